@@ -1,0 +1,250 @@
+/**
+ * LoRA training-step benchmark: tokens/s and model-FLOPs utilisation on the active backend,
+ * plus a per-kernel profile of one step.
+ *
+ *   npm run bench:train                      # small + wide, human-readable
+ *   npm run bench:train -- --json            # one JSON object on stdout
+ *   npm run bench:train -- --config wide --steps 5 --backend wasm --profile
+ *   ... --no-patch (stock wasm kernels) --no-fused (tf-op RMSNorm/RoPE) --no-weight-copies
+ *
+ * Model FLOPs (the usual convention, stated here so numbers are comparable):
+ *   model flops/step = 6 * N * tokens + 12 * L * T * d * tokens
+ * with N = non-embedding parameters + the lm_head (the embedding lookup is free), tokens =
+ * B * T, and the attention term for QK^T and PV (forward 4 L T d, x3 for backward).
+ *   MFU = model flops/s / CPU peak,  CPU peak = cores used * clock * 32 FLOP/cycle
+ * (two 256-bit FMA pipes, AVX2; cores used = 1 for wasm, which runs single-threaded in Node).
+ * A LoRA step with a frozen base does less work (no weight gradients):
+ *   hardware flops/step = 4 * N * tokens + 12 * L * T * d * tokens,
+ * and "matmul util" = hardware flops/s / the best measured plain-matmul throughput of the
+ * same backend, i.e. how close the step gets to what this backend can do at all.
+ */
+import { readFileSync } from 'node:fs'
+import os from 'node:os'
+import * as tf from '@tensorflow/tfjs'
+import { initAdapter } from '../src/lora/init.js'
+import { selectBackend, type BackendPreference } from '../src/model/backend.js'
+import { llamaConfig, type LlamaConfig } from '../src/model/config.js'
+import { LlamaModel } from '../src/model/llama.js'
+import { trainLora, type TrainingExample } from '../src/model/trainer.js'
+
+interface BenchConfig {
+  readonly name: string
+  readonly model: LlamaConfig
+  readonly batchSize: number
+  readonly seqLen: number
+  readonly rank: number
+}
+
+const CONFIGS: BenchConfig[] = [
+  {
+    name: 'small',
+    model: llamaConfig({ vocabSize: 4096, hiddenSize: 256, intermediateSize: 688, numLayers: 4, numHeads: 4, maxPositionEmbeddings: 512 }),
+    batchSize: 8,
+    seqLen: 128,
+    rank: 16,
+  },
+  {
+    name: 'wide',
+    model: llamaConfig({ vocabSize: 4096, hiddenSize: 512, intermediateSize: 1376, numLayers: 8, numHeads: 8, maxPositionEmbeddings: 512 }),
+    batchSize: 8,
+    seqLen: 128,
+    rank: 16,
+  },
+]
+
+function arg(name: string): string | undefined {
+  const i = process.argv.indexOf(`--${name}`)
+  return i >= 0 ? process.argv[i + 1] : undefined
+}
+const flag = (name: string) => process.argv.includes(`--${name}`)
+
+/** Non-embedding parameters + lm_head (what a token's matmuls touch). */
+function activeParams(c: LlamaConfig): number {
+  const d = c.hiddenSize
+  const attn = d * c.numHeads * c.headDim * 2 + d * c.numKvHeads * c.headDim * 2
+  const mlp = 3 * d * c.intermediateSize
+  return c.numLayers * (attn + mlp) + c.vocabSize * d
+}
+
+/** Nominal clock: --cpu-ghz, else os.cpus(), else /proc/cpuinfo (VMs often report 0 to Node). */
+function cpuClockHz(): number {
+  const given = arg('cpu-ghz')
+  if (given !== undefined) return Number(given) * 1e9
+  const mhz = os.cpus()[0]?.speed ?? 0
+  if (mhz > 0) return mhz * 1e6
+  try {
+    const m = /cpu MHz\s*:\s*([\d.]+)/.exec(readFileSync('/proc/cpuinfo', 'utf8'))
+    if (m !== null) return Number(m[1]) * 1e6
+  } catch {
+    // not Linux
+  }
+  return NaN
+}
+
+/** Best FLOP/s of plain matmuls of the benchmark's typical shapes (best of 5 each). */
+function measurePeak(): number {
+  let best = 0
+  for (const [m, k, n] of [
+    [1024, 1024, 1024],
+    [1024, 512, 1376],
+    [1024, 512, 512],
+  ]) {
+    const a = tf.randomNormal([m, k])
+    const b = tf.randomNormal([k, n])
+    tf.matMul(a, b).dispose()
+    for (let i = 0; i < 5; i++) {
+      const t0 = performance.now()
+      const c = tf.matMul(a, b)
+      c.dataSync()
+      const s = (performance.now() - t0) / 1000
+      c.dispose()
+      best = Math.max(best, (2 * m * k * n) / s)
+    }
+    tf.dispose([a, b])
+  }
+  return best
+}
+
+function examples(c: BenchConfig, count: number): TrainingExample[] {
+  // Full-length sequences, loss on every token after a 16-token prompt.
+  const out: TrainingExample[] = []
+  let x = 12345
+  for (let e = 0; e < count; e++) {
+    const ids: number[] = []
+    for (let i = 0; i < c.seqLen; i++) {
+      x = (Math.imul(x, 1103515245) + 12345) >>> 0
+      ids.push(x % c.model.vocabSize)
+    }
+    out.push({ inputIds: ids, promptLength: 16 })
+  }
+  return out
+}
+
+interface ProfileRow {
+  readonly kernel: string
+  readonly ms: number
+  readonly calls: number
+}
+
+async function profileStep(model: LlamaModel, bc: BenchConfig, data: TrainingExample[]): Promise<ProfileRow[]> {
+  const info = await tf.profile(async () => {
+    await trainLora(model, data, { steps: 1, batchSize: bc.batchSize, seqLen: bc.seqLen, lr: 1e-4, seed: 0 })
+  })
+  const rows = new Map<string, { ms: number; calls: number }>()
+  for (const k of info.kernels) {
+    // customGrad scopes time their inner kernels, which are listed on their own too.
+    if (k.name === 'unnamed scope') continue
+    const shapes = k.inputShapes.map((s) => (s === null ? '-' : `[${s.join(',')}]`)).join(' ')
+    const key = `${k.name} ${shapes}`
+    const r = rows.get(key) ?? { ms: 0, calls: 0 }
+    r.ms += typeof k.kernelTimeMs === 'number' ? k.kernelTimeMs : 0
+    r.calls++
+    rows.set(key, r)
+  }
+  return [...rows.entries()].map(([kernel, r]) => ({ kernel, ...r })).sort((a, b) => b.ms - a.ms)
+}
+
+async function main(): Promise<void> {
+  const json = flag('json')
+  const steps = Number(arg('steps') ?? 5)
+  const which = arg('config') ?? 'all'
+  const backend = await selectBackend((arg('backend') ?? 'auto') as BackendPreference, { patchWasmKernels: !flag('no-patch') })
+  const peak = measurePeak()
+  const coresUsed = backend.backend === 'wasm' || backend.backend === 'cpu' ? 1 : os.cpus().length
+  const clockHz = cpuClockHz()
+  const cpuPeak = coresUsed * clockHz * 32
+  const results = []
+  for (const bc of CONFIGS.filter((c) => which === 'all' || c.name === which)) {
+    const model = LlamaModel.random(bc.model, 'bench', {
+      fusedKernels: !flag('no-fused'),
+      ...(flag('no-weight-copies') ? { backwardWeightCopies: false } : {}),
+    })
+    model.setAdapter(initAdapter({ shapes: model.targetModuleShapes(), rank: bc.rank, alpha: 2 * bc.rank, seed: 0 }))
+    const data = examples(bc, 4 * bc.batchSize)
+    const opts = { batchSize: bc.batchSize, seqLen: bc.seqLen, lr: 1e-4, seed: 0 }
+    await trainLora(model, data, { ...opts, steps: 1 }) // warm-up (kernel setup, operator caches)
+    // Per-step wall times; the machine may be shared, so report the best and the median.
+    // CPU time of this (single-threaded) process is what the step costs; wall time also
+    // counts other processes' turns on a shared machine.
+    const times: number[] = []
+    const cpuTimes: number[] = []
+    let last = 0
+    let lastCpu = process.cpuUsage()
+    await trainLora(model, data, {
+      ...opts,
+      steps,
+      onStep: (i) => {
+        times.push(i.elapsedMs - last)
+        last = i.elapsedMs
+        const cpu = process.cpuUsage(lastCpu)
+        cpuTimes.push((cpu.user + cpu.system) / 1000)
+        lastCpu = process.cpuUsage()
+      },
+    })
+    times.sort((a, b) => a - b)
+    cpuTimes.sort((a, b) => a - b)
+    const stepMs = times[0]
+    const medianMs = times[Math.floor(times.length / 2)]
+    const cpuMs = cpuTimes[Math.floor(cpuTimes.length / 2)]
+    const tokens = bc.batchSize * bc.seqLen
+    const n = activeParams(bc.model)
+    const attn = 12 * bc.model.numLayers * bc.seqLen * bc.model.hiddenSize
+    const modelFlops = (6 * n + attn) * tokens
+    const hwFlops = (4 * n + attn) * tokens
+    const profile = flag('profile') || !json ? (await profileStep(model, bc, data)).slice(0, 15) : undefined
+    model.dispose()
+    results.push({
+      config: bc.name,
+      hidden: bc.model.hiddenSize,
+      layers: bc.model.numLayers,
+      vocab: bc.model.vocabSize,
+      batch: bc.batchSize,
+      seqLen: bc.seqLen,
+      loraRank: bc.rank,
+      targets: 'q_proj,v_proj',
+      activeParams: n,
+      stepMs: Math.round(stepMs),
+      medianStepMs: Math.round(medianMs),
+      cpuMsPerStep: Math.round(cpuMs),
+      tokensPerCpuSecond: Math.round(tokens / (cpuMs / 1000)),
+      tokensPerSecond: Math.round(tokens / (stepMs / 1000)),
+      modelTflopsPerStep: modelFlops / 1e12,
+      modelGflops: Math.round(modelFlops / (stepMs / 1000) / 1e7) / 100,
+      mfu: Math.round((modelFlops / (stepMs / 1000) / cpuPeak) * 1000) / 1000,
+      hardwareGflops: Math.round(hwFlops / (stepMs / 1000) / 1e7) / 100,
+      matmulUtil: Math.round((hwFlops / (stepMs / 1000) / peak) * 1000) / 1000,
+      ...(profile !== undefined ? { profile } : {}),
+    })
+  }
+  const summary = {
+    backend: backend.backend,
+    patchedKernels: backend.patchedKernels,
+    skipped: backend.skipped,
+    threads: backend.threads,
+    matmulPeakGflops: Math.round(peak / 1e7) / 100,
+    cpuPeakGflops: Math.round(cpuPeak / 1e7) / 100,
+    cpu: `${os.cpus()[0]?.model ?? 'unknown'} x${os.cpus().length}`,
+    node: process.version,
+    results,
+  }
+  if (json) {
+    process.stdout.write(JSON.stringify(summary) + '\n')
+    return
+  }
+  console.log(`backend ${summary.backend} (threads ${summary.threads ?? '?'}, patched: ${summary.patchedKernels.join(', ') || 'none'}) on ${summary.cpu}`)
+  for (const s of summary.skipped) console.log(`  skipped ${s.backend}: ${s.reason}`)
+  console.log(`best plain matmul: ${summary.matmulPeakGflops} GFLOP/s; CPU peak (${coresUsed} core(s), AVX2 FMA): ${summary.cpuPeakGflops} GFLOP/s`)
+  for (const r of results) {
+    console.log(
+      `\n${r.config}: d=${r.hidden} L=${r.layers} V=${r.vocab} B=${r.batch} T=${r.seqLen} r=${r.loraRank}  ` +
+        `${r.stepMs} ms/step (median ${r.medianStepMs}, cpu ${r.cpuMsPerStep})  ${r.tokensPerSecond} tok/s  model ${r.modelGflops} GFLOP/s  MFU ${(r.mfu * 100).toFixed(1)}%  (hardware ${r.hardwareGflops} GFLOP/s = ${(r.matmulUtil * 100).toFixed(0)}% of the best matmul)`,
+    )
+    if (r.profile !== undefined) {
+      const total = r.profile.reduce((a, p) => a + p.ms, 0)
+      console.log(`  top kernels of one step (${total.toFixed(0)} ms in the top 15):`)
+      for (const p of r.profile) console.log(`  ${p.ms.toFixed(1).padStart(8)} ms ${String(p.calls).padStart(4)}x  ${p.kernel}`)
+    }
+  }
+}
+
+await main()

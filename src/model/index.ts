@@ -1,0 +1,89 @@
+/** Public API of the model layer: backends, config, safetensors, Llama + LoRA, checkpoints, tokenizer, trainer, generation. */
+export {
+  BackendUnavailableError,
+  installWasmKernelPatches,
+  selectBackend,
+  type BackendName,
+  type BackendPreference,
+  type BackendSelection,
+  type SelectBackendOptions,
+  type SkippedBackend,
+} from './backend.js'
+export {
+  fromHfConfig,
+  llamaConfig,
+  ModelConfigError,
+  parameterCount,
+  toHfConfig,
+  UnsupportedModelError,
+  validateConfig,
+  type LlamaConfig,
+} from './config.js'
+export {
+  decodeTensor,
+  MAX_HEADER_BYTES,
+  parseSafetensors,
+  parseSafetensorsHeader,
+  readSafetensorsFile,
+  SafetensorsError,
+  serializeSafetensors,
+  writeSafetensorsFile,
+  type DecodedTensor,
+  type ParsedSafetensors,
+  type SafetensorsDType,
+  type SafetensorsHeader,
+  type SerializeOptions,
+  type TensorEntry,
+  type TensorToWrite,
+} from './safetensors.js'
+export {
+  DEFAULT_TARGET_MODULES,
+  expectedWeightShapes,
+  LINEAR_MODULES,
+  LlamaModel,
+  ModelWeightError,
+  moduleName,
+  randomLlamaWeights,
+  ropeTableValues,
+  type ForwardOptions,
+  type LinearModuleKind,
+  type LlamaModelOptions,
+  type WeightMap,
+} from './llama.js'
+export { frozenMatMul, LoraLinear, transpose2d, type DropoutFn, type LoraState } from './lora-layer.js'
+export { fusedKernelsAvailable, fusedRmsNorm, fusedRope } from './kernels.js'
+export {
+  CheckpointError,
+  loadModel,
+  loadPeftAdapter,
+  readCheckpoint,
+  saveCheckpoint,
+  saveModel,
+  savePeftAdapter,
+  type Checkpoint,
+  type SaveCheckpointOptions,
+  type SavePeftOptions,
+} from './checkpoint.js'
+export { LlamaTokenizer, TokenizerError, type DecodeOptions, type EncodeOptions, type SpecialTokenOverrides } from './tokenizer.js'
+export {
+  adapterGradients,
+  evaluate,
+  exampleTargets,
+  IGNORE_INDEX,
+  learningRate,
+  makeBatch,
+  trainLora,
+  TrainingAbortedError,
+  TrainingError,
+  type Batch,
+  type EvalOptions,
+  type EvalResult,
+  type ModuleGradient,
+  type LrSchedule,
+  type StepInfo,
+  type TrainingExample,
+  type TrainOptions,
+  type TrainResult,
+} from './trainer.js'
+export { argmax, generate, GenerationError, sampleTopP, type GenerateOptions } from './generate.js'
+export { createProgressReporter, type ProgressOptions, type ProgressReporter } from './progress.js'

@@ -1,0 +1,185 @@
+/**
+ * Fused element-wise kernels in plain JS for the wasm and cpu backends.
+ *
+ * On these backends every tfjs op is a separate pass over memory (and the wasm
+ * element-wise kernels are scalar C++), so a chain like RMSNorm's square, mean, add,
+ * rsqrt, mul, mul, and its autodiff backward of twice as many ops, costs far more than one
+ * JS loop over the same data. Each kernel here is one pass, forward and backward, and is
+ * checked against the plain tf-op formulation in the tests (llama.ts keeps that
+ * formulation for the other backends).
+ *
+ *   rope:     y1 = x1 c1 - x2 s1,  y2 = x2 c2 + x1 s2            (x = [x1, x2] halves)
+ *             dx1 = dy1 c1 + dy2 s2,  dx2 = dy2 c2 - dy1 s1
+ *   rmsnorm:  r = 1 / sqrt(mean(x^2) + eps),  y = x r w
+ *             dx = r (w dy) - x r^3 mean(x w dy)                 (w frozen: no dw)
+ */
+import * as tf from '@tensorflow/tfjs'
+import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm'
+
+const ROPE = 'FloraRope'
+const RMS_NORM = 'FloraRmsNorm'
+const RMS_NORM_GRAD = 'FloraRmsNormGrad'
+const BACKENDS = ['wasm', 'cpu'] as const
+
+type KernelArgs = Parameters<tf.KernelFunc>[0]
+
+/** Read access to inputs and a fresh float32 output, per backend. */
+interface Io {
+  input(t: tf.TensorInfo): Float32Array
+  output(shape: number[]): { info: tf.TensorInfo; values: Float32Array }
+}
+
+function io(backendName: string, backend: object): Io {
+  if (backendName === 'wasm') {
+    const b = backend as BackendWasm
+    return {
+      // Views into the wasm heap: valid until the next allocation, so outputs are made first.
+      input: (t) => b.typedArrayFromHeap(t) as Float32Array,
+      output: (shape) => {
+        const info = b.makeOutput(shape, 'float32')
+        return { info, values: b.typedArrayFromHeap(info) as Float32Array }
+      },
+    }
+  }
+  const b = backend as { readSync(dataId: object): unknown; makeTensorInfo(shape: number[], dtype: tf.DataType, values: Float32Array): tf.TensorInfo }
+  return {
+    input: (t) => b.readSync(t.dataId) as Float32Array,
+    output: (shape) => {
+      const values = new Float32Array(shape.reduce((a, d) => a * d, 1))
+      return { info: b.makeTensorInfo(shape, 'float32', values), values }
+    },
+  }
+}
+
+let registered = false
+
+function registerFusedKernels(): void {
+  if (registered) return
+  registered = true
+  for (const backendName of BACKENDS) {
+    tf.registerKernel({
+      kernelName: ROPE,
+      backendName,
+      kernelFunc: (args: KernelArgs) => {
+        const { x, cos, sin } = args.inputs as { x: tf.TensorInfo; cos: tf.TensorInfo; sin: tf.TensorInfo }
+        const transposed = (args.attrs as { transposed: boolean }).transposed
+        const k = io(backendName, args.backend)
+        const { info, values: y } = k.output(x.shape)
+        ropeLoop(k.input(x), k.input(cos), k.input(sin), y, x.shape, transposed)
+        return info
+      },
+    })
+    tf.registerKernel({
+      kernelName: RMS_NORM,
+      backendName,
+      kernelFunc: (args: KernelArgs) => {
+        const { x, w } = args.inputs as { x: tf.TensorInfo; w: tf.TensorInfo }
+        const eps = (args.attrs as { eps: number }).eps
+        const k = io(backendName, args.backend)
+        const { info, values: y } = k.output(x.shape)
+        const xs = k.input(x)
+        const ws = k.input(w)
+        const d = x.shape[x.shape.length - 1]
+        for (let o = 0; o < xs.length; o += d) {
+          let ss = 0
+          for (let j = 0; j < d; j++) ss += xs[o + j] * xs[o + j]
+          const r = 1 / Math.sqrt(ss / d + eps)
+          for (let j = 0; j < d; j++) y[o + j] = xs[o + j] * r * ws[j]
+        }
+        return info
+      },
+    })
+    tf.registerKernel({
+      kernelName: RMS_NORM_GRAD,
+      backendName,
+      kernelFunc: (args: KernelArgs) => {
+        const { dy, x, w } = args.inputs as { dy: tf.TensorInfo; x: tf.TensorInfo; w: tf.TensorInfo }
+        const eps = (args.attrs as { eps: number }).eps
+        const k = io(backendName, args.backend)
+        const { info, values: dx } = k.output(x.shape)
+        const xs = k.input(x)
+        const ws = k.input(w)
+        const g = k.input(dy)
+        const d = x.shape[x.shape.length - 1]
+        for (let o = 0; o < xs.length; o += d) {
+          let ss = 0
+          let dot = 0
+          for (let j = 0; j < d; j++) {
+            ss += xs[o + j] * xs[o + j]
+            dot += xs[o + j] * ws[j] * g[o + j]
+          }
+          const r = 1 / Math.sqrt(ss / d + eps)
+          const c = (r * r * r * dot) / d
+          for (let j = 0; j < d; j++) dx[o + j] = r * ws[j] * g[o + j] - xs[o + j] * c
+        }
+        return info
+      },
+    })
+  }
+}
+
+/** x [..., T, H, hd] (positions on axis -3), tables [T, hd]. */
+function ropeLoop(x: Float32Array, cos: Float32Array, sin: Float32Array, y: Float32Array, shape: readonly number[], transposed: boolean): void {
+  const r = shape.length
+  const hd = shape[r - 1]
+  const heads = shape[r - 2]
+  const t = shape[r - 3]
+  const half = hd / 2
+  const rows = x.length / hd
+  for (let row = 0; row < rows; row++) {
+    const p = Math.floor(row / heads) % t
+    const o = row * hd
+    const to = p * hd
+    for (let j = 0; j < half; j++) {
+      const x1 = x[o + j]
+      const x2 = x[o + half + j]
+      const c1 = cos[to + j]
+      const c2 = cos[to + half + j]
+      const s1 = sin[to + j]
+      const s2 = sin[to + half + j]
+      if (transposed) {
+        y[o + j] = x1 * c1 + x2 * s2
+        y[o + half + j] = x2 * c2 - x1 * s1
+      } else {
+        y[o + j] = x1 * c1 - x2 * s1
+        y[o + half + j] = x2 * c2 + x1 * s2
+      }
+    }
+  }
+}
+
+/** Whether the fused kernels run on the active backend. */
+export function fusedKernelsAvailable(): boolean {
+  registerFusedKernels()
+  return (BACKENDS as readonly string[]).includes(tf.getBackend())
+}
+
+/** RoPE on x [B, T, H, hd] with cos/sin tables [T, hd] (fused; see fusedKernelsAvailable). */
+export function fusedRope(x: tf.Tensor4D, cos: tf.Tensor2D, sin: tf.Tensor2D): tf.Tensor4D {
+  const f = tf.customGrad((...args) => {
+    const xIn = args[0] as tf.Tensor4D
+    const save = args[1] as tf.GradSaveFunc
+    save([cos, sin])
+    return {
+      value: tf.engine().runKernel(ROPE, { x: xIn, cos, sin }, { transposed: false }) as tf.Tensor4D,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
+        tf.engine().runKernel(ROPE, { x: dy, cos: saved[0], sin: saved[1] }, { transposed: true }) as tf.Tensor,
+    }
+  })
+  return f(x) as tf.Tensor4D
+}
+
+/** RMSNorm over the last axis with a frozen weight (fused; see fusedKernelsAvailable). */
+export function fusedRmsNorm(x: tf.Tensor2D, w: tf.Tensor1D, eps: number): tf.Tensor2D {
+  const f = tf.customGrad((...args) => {
+    const xIn = args[0] as tf.Tensor2D
+    const save = args[1] as tf.GradSaveFunc
+    save([xIn, w])
+    return {
+      value: tf.engine().runKernel(RMS_NORM, { x: xIn, w }, { eps }) as tf.Tensor2D,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
+        tf.engine().runKernel(RMS_NORM_GRAD, { dy, x: saved[0], w: saved[1] }, { eps }) as tf.Tensor,
+    }
+  })
+  return f(x) as tf.Tensor2D
+}

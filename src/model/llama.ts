@@ -1,0 +1,576 @@
+/**
+ * The Llama decoder in tfjs, with LoRA on chosen linear layers. One file, top to bottom:
+ * weights, RMSNorm, rotary embeddings, attention, MLP, the forward pass, then the LoRA
+ * and base-weight plumbing the federation uses.
+ *
+ *   h_0     = embed[ids]
+ *   a_l     = h_{l-1} + o_proj(attn(rope(q_proj(n)), rope(k_proj(n)), v_proj(n))),  n = rmsnorm(h_{l-1})
+ *   h_l     = a_l + down_proj(silu(gate_proj(m)) * up_proj(m)),                     m = rmsnorm(a_l)
+ *   logits  = rmsnorm(h_L) @ lm_head^T
+ *
+ * Every linear layer is a LoraLinear (lora-layer.ts): y = x W^T + s * (x A^T) B^T with a
+ * frozen W and, where an adapter is set, trainable A [r, in], B [out, r]. Base weights
+ * are read and written in HF layout (getBaseWeight/setBaseWeight), exactly.
+ * RMSNorm and RoPE have two implementations: the tf ops below (the reference, used on the
+ * native backends) and fused JS kernels (kernels.ts) on wasm/cpu; tests hold them equal.
+ */
+import * as tf from '@tensorflow/tfjs'
+import { createPrng, type SeedLike } from '../lora/prng.js'
+import type { AdapterSet, LoraModule, ModuleShape } from '../lora/types.js'
+import { compareModuleNames, validateAdapterAgainstShapes } from '../lora/validate.js'
+import { type LlamaConfig, validateConfig } from './config.js'
+import { fusedKernelsAvailable, fusedRmsNorm, fusedRope } from './kernels.js'
+import { type DropoutFn, frozenMatMul, LoraLinear, transpose2d } from './lora-layer.js'
+
+export const LINEAR_MODULES = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const
+export type LinearModuleKind = (typeof LINEAR_MODULES)[number]
+/** The paper's (and PEFT's usual) default targets. */
+export const DEFAULT_TARGET_MODULES: readonly LinearModuleKind[] = ['q_proj', 'v_proj']
+
+/** HF weight name -> row-major values in HF layout ([out, in] for linear layers). */
+export type WeightMap = ReadonlyMap<string, Float32Array>
+
+/** Missing, unexpected or wrongly sized base weights. */
+export class ModelWeightError extends Error {
+  override readonly name = 'ModelWeightError'
+  constructor(
+    message: string,
+    readonly weight?: string,
+  ) {
+    super(weight === undefined ? message : `weight '${weight}': ${message}`)
+  }
+}
+
+export interface LlamaModelOptions {
+  /** Which linear layers targetModuleShapes() offers for LoRA (default q_proj, v_proj). */
+  readonly targetModules?: readonly LinearModuleKind[]
+  /**
+   * Keep each frozen weight in both layouts so the backward pass uses a plain matmul
+   * (x2 base-weight memory). Default: on for the wasm and cpu backends, off for the
+   * native TensorFlow backends whose transposed matmuls are fast.
+   */
+  readonly backwardWeightCopies?: boolean
+  /** Use the fused JS kernels of kernels.ts (RMSNorm, RoPE) on wasm/cpu (default true). */
+  readonly fusedKernels?: boolean
+}
+
+export interface ForwardOptions {
+  /** LoRA dropout on the adapter input, training only (PEFT lora_dropout). */
+  readonly loraDropout?: number
+  /** Seed for the dropout masks of this call. */
+  readonly dropoutSeed?: number
+}
+
+const MASK_VALUE = -1e9
+
+// ---------------------------------------------------------------------------------
+// Weight names and shapes
+// ---------------------------------------------------------------------------------
+
+function linearShapes(c: LlamaConfig): Record<LinearModuleKind, [number, number]> {
+  const d = c.hiddenSize
+  return {
+    q_proj: [c.numHeads * c.headDim, d],
+    k_proj: [c.numKvHeads * c.headDim, d],
+    v_proj: [c.numKvHeads * c.headDim, d],
+    o_proj: [d, c.numHeads * c.headDim],
+    gate_proj: [c.intermediateSize, d],
+    up_proj: [c.intermediateSize, d],
+    down_proj: [d, c.intermediateSize],
+  }
+}
+
+/** Module name of a linear layer, e.g. `model.layers.0.self_attn.q_proj`. */
+export function moduleName(layer: number, kind: LinearModuleKind): string {
+  const block = kind === 'gate_proj' || kind === 'up_proj' || kind === 'down_proj' ? 'mlp' : 'self_attn'
+  return `model.layers.${layer}.${block}.${kind}`
+}
+
+/** Every base weight the config needs, in HF naming and layout. */
+export function expectedWeightShapes(c: LlamaConfig): Map<string, number[]> {
+  const out = new Map<string, number[]>()
+  out.set('model.embed_tokens.weight', [c.vocabSize, c.hiddenSize])
+  const lin = linearShapes(c)
+  for (let i = 0; i < c.numLayers; i++) {
+    out.set(`model.layers.${i}.input_layernorm.weight`, [c.hiddenSize])
+    for (const kind of LINEAR_MODULES) out.set(`${moduleName(i, kind)}.weight`, lin[kind])
+    out.set(`model.layers.${i}.post_attention_layernorm.weight`, [c.hiddenSize])
+  }
+  out.set('model.norm.weight', [c.hiddenSize])
+  if (!c.tieWordEmbeddings) out.set('lm_head.weight', [c.vocabSize, c.hiddenSize])
+  return out
+}
+
+/** Random base weights (N(0, 0.02), norms 1), for tests and benchmarks. */
+export function randomLlamaWeights(c: LlamaConfig, seed: SeedLike, std = 0.02): Map<string, Float32Array> {
+  const prng = createPrng(seed).fork('llama.random-weights')
+  const out = new Map<string, Float32Array>()
+  for (const [name, shape] of expectedWeightShapes(c)) {
+    const data = new Float32Array(shape.reduce((a, b) => a * b, 1))
+    if (name.endsWith('norm.weight')) data.fill(1)
+    else prng.fork(name).fillNormal(data, 0, std)
+    out.set(name, data)
+  }
+  return out
+}
+
+// ---------------------------------------------------------------------------------
+// The model
+// ---------------------------------------------------------------------------------
+
+interface Block {
+  inputNorm: tf.Tensor1D
+  postNorm: tf.Tensor1D
+  readonly q: LoraLinear
+  readonly k: LoraLinear
+  readonly v: LoraLinear
+  readonly o: LoraLinear
+  readonly gate: LoraLinear
+  readonly up: LoraLinear
+  readonly down: LoraLinear
+}
+
+export class LlamaModel {
+  readonly config: LlamaConfig
+  readonly targetModules: readonly LinearModuleKind[]
+  private embed: tf.Tensor2D // [vocab, d]
+  private lmHeadT: tf.Tensor2D // [d, vocab]
+  private lmHeadW: tf.Tensor2D | undefined // [vocab, d] for the backward pass (untied, with copies)
+  private readonly copies: boolean
+  private readonly fused: boolean
+  private finalNorm: tf.Tensor1D
+  private readonly blocks: Block[]
+  private readonly linears = new Map<string, LoraLinear>()
+  private rope: { cos: tf.Tensor2D; sin: tf.Tensor2D; length: number } | undefined
+  private disposed = false
+
+  constructor(config: LlamaConfig, weights: WeightMap, options: LlamaModelOptions = {}) {
+    validateConfig(config)
+    this.config = config
+    this.targetModules = options.targetModules ?? DEFAULT_TARGET_MODULES
+    for (const t of this.targetModules) {
+      if (!LINEAR_MODULES.includes(t)) throw new ModelWeightError(`unknown target module '${String(t)}' (one of ${LINEAR_MODULES.join(', ')})`)
+    }
+    const expected = expectedWeightShapes(config)
+    for (const [name, shape] of expected) {
+      const w = weights.get(name)
+      if (w === undefined) throw new ModelWeightError('missing', name)
+      checkSize(name, w, shape)
+    }
+    for (const name of weights.keys()) {
+      if (!expected.has(name) && !(config.tieWordEmbeddings && name === 'lm_head.weight')) {
+        throw new ModelWeightError('not a weight of this config', name)
+      }
+    }
+    const get = (name: string): Float32Array => weights.get(name) as Float32Array
+    const c = config
+    this.copies = options.backwardWeightCopies ?? tf.getBackend() !== 'tensorflow'
+    this.fused = options.fusedKernels ?? true
+    this.embed = tf.tensor2d(get('model.embed_tokens.weight'), [c.vocabSize, c.hiddenSize])
+    const head = c.tieWordEmbeddings ? get('model.embed_tokens.weight') : get('lm_head.weight')
+    this.lmHeadT = tf.tensor2d(transpose2d(head, c.vocabSize, c.hiddenSize), [c.hiddenSize, c.vocabSize])
+    if (this.copies && !c.tieWordEmbeddings) this.lmHeadW = tf.tensor2d(head, [c.vocabSize, c.hiddenSize])
+    this.finalNorm = tf.tensor1d(get('model.norm.weight'))
+    const shapes = linearShapes(c)
+    const linear = (layer: number, kind: LinearModuleKind): LoraLinear => {
+      const name = moduleName(layer, kind)
+      const [out, inF] = shapes[kind]
+      const l = new LoraLinear(name, get(`${name}.weight`), out, inF, this.copies)
+      this.linears.set(name, l)
+      return l
+    }
+    this.blocks = []
+    for (let i = 0; i < c.numLayers; i++) {
+      this.blocks.push({
+        inputNorm: tf.tensor1d(get(`model.layers.${i}.input_layernorm.weight`)),
+        postNorm: tf.tensor1d(get(`model.layers.${i}.post_attention_layernorm.weight`)),
+        q: linear(i, 'q_proj'),
+        k: linear(i, 'k_proj'),
+        v: linear(i, 'v_proj'),
+        o: linear(i, 'o_proj'),
+        gate: linear(i, 'gate_proj'),
+        up: linear(i, 'up_proj'),
+        down: linear(i, 'down_proj'),
+      })
+    }
+  }
+
+  /** A model with random weights (tests, benchmarks). */
+  static random(config: LlamaConfig, seed: SeedLike, options: LlamaModelOptions = {}): LlamaModel {
+    return new LlamaModel(config, randomLlamaWeights(config, seed), options)
+  }
+
+  // -------------------------------------------------------------------------------
+  // Forward pass
+  // -------------------------------------------------------------------------------
+
+  /** Logits [B, T, vocab] for token ids [B, T] (int32). The caller owns the result. */
+  forward(inputIds: tf.Tensor2D, options: ForwardOptions = {}): tf.Tensor3D {
+    return tf.tidy(() => {
+      const [b, t] = inputIds.shape
+      return this.lmHead(this.hiddenStates(inputIds, options)).reshape([b, t, this.config.vocabSize])
+    })
+  }
+
+  /** Final-norm hidden states [B*T, hidden] for token ids [B, T]. */
+  hiddenStates(inputIds: tf.Tensor2D, options: ForwardOptions = {}): tf.Tensor2D {
+    this.assertLive()
+    const [b, t] = inputIds.shape
+    if (t > this.config.maxPositionEmbeddings) {
+      throw new RangeError(`sequence length ${t} exceeds maxPositionEmbeddings ${this.config.maxPositionEmbeddings}`)
+    }
+    const dropout = dropoutFn(options)
+    const ops = this.fused && fusedKernelsAvailable() ? FUSED_OPS : TF_OPS
+    const eps = this.config.rmsNormEps
+    return tf.tidy(() => {
+      const { cos, sin } = this.ropeTables(t)
+      const mask = causalMask(t)
+      let x = tf.gather(this.embed, inputIds.reshape([b * t])) as tf.Tensor2D
+      for (const blk of this.blocks) {
+        const n = ops.rmsNorm(x, blk.inputNorm, eps)
+        x = x.add(this.attention(n, blk, b, t, (z) => ops.rope(z, cos, sin), mask, dropout))
+        const m = ops.rmsNorm(x, blk.postNorm, eps)
+        x = x.add(this.mlp(m, blk, dropout))
+      }
+      return ops.rmsNorm(x, this.finalNorm, eps)
+    })
+  }
+
+  /** Logits [rows, vocab] for hidden states [rows, hidden]. */
+  lmHead(hidden: tf.Tensor2D): tf.Tensor2D {
+    const backward = this.copies ? (this.config.tieWordEmbeddings ? this.embed : this.lmHeadW) : undefined
+    return frozenMatMul(hidden, this.lmHeadT, backward)
+  }
+
+  private attention(
+    x: tf.Tensor2D,
+    blk: Block,
+    b: number,
+    t: number,
+    rope: (x: tf.Tensor4D) => tf.Tensor4D,
+    mask: tf.Tensor2D,
+    dropout: DropoutFn | undefined,
+  ): tf.Tensor2D {
+    const { numHeads: nh, numKvHeads: nkv, headDim: hd } = this.config
+    const rep = nh / nkv
+    // [B*T, heads*hd] -> [B, T, heads, hd] -> rope -> [B, heads, T, hd]
+    const q = rope(blk.q.forward(x, dropout).reshape<tf.Tensor4D>([b, t, nh, hd])).transpose([0, 2, 1, 3])
+    const k = rope(blk.k.forward(x, dropout).reshape<tf.Tensor4D>([b, t, nkv, hd])).transpose([0, 2, 1, 3])
+    const v = blk.v.forward(x, dropout).reshape([b, t, nkv, hd]).transpose([0, 2, 1, 3])
+    // GQA without repeating k/v: query head h uses kv head floor(h / rep) (HF repeat_kv), so
+    // the rep query heads of one kv head stack into rows: q [B, KV, rep*T, hd].
+    const qg = q.mul(1 / Math.sqrt(hd)).reshape([b, nkv, rep * t, hd])
+    // scores = q k^T / sqrt(hd) + causal mask, softmax over keys
+    const scores = tf.matMul(qg, k, false, true).reshape([b, nkv, rep, t, t]).add(mask)
+    const probs = tf.softmax(scores).reshape([b, nkv, rep * t, t])
+    const out = tf.matMul(probs, v) // [B, KV, rep*T, hd] = [B, H, T, hd]
+    const merged = out.reshape([b, nh, t, hd]).transpose([0, 2, 1, 3]).reshape([b * t, nh * hd]) as tf.Tensor2D
+    return blk.o.forward(merged, dropout)
+  }
+
+  private mlp(x: tf.Tensor2D, blk: Block, dropout: DropoutFn | undefined): tf.Tensor2D {
+    // down(silu(gate(x)) * up(x)),  silu(z) = z * sigmoid(z)
+    const g = blk.gate.forward(x, dropout)
+    const u = blk.up.forward(x, dropout)
+    return blk.down.forward(g.mul(tf.sigmoid(g)).mul(u), dropout)
+  }
+
+  /** cos/sin tables [T, hd] for positions 0..T-1 (cached for the longest T seen). */
+  private ropeTables(t: number): { cos: tf.Tensor2D; sin: tf.Tensor2D } {
+    if (this.rope === undefined || this.rope.length < t) {
+      this.rope?.cos.dispose()
+      this.rope?.sin.dispose()
+      const length = Math.min(this.config.maxPositionEmbeddings, Math.max(t, 2 ** Math.ceil(Math.log2(Math.max(t, 16)))))
+      const { cos, sin } = ropeTableValues(length, this.config.headDim, this.config.ropeTheta)
+      this.rope = {
+        cos: tf.keep(tf.tensor2d(cos, [length, this.config.headDim])),
+        sin: tf.keep(tf.tensor2d(sin, [length, this.config.headDim])),
+        length,
+      }
+    }
+    const hd = this.config.headDim
+    return { cos: this.rope.cos.slice([0, 0], [t, hd]), sin: this.rope.sin.slice([0, 0], [t, hd]) }
+  }
+
+  // -------------------------------------------------------------------------------
+  // LoRA
+  // -------------------------------------------------------------------------------
+
+  /** Shapes of the configured target modules, in canonical (name) order. */
+  targetModuleShapes(): ModuleShape[] {
+    return this.moduleShapes().filter((s) => this.targetModules.some((t) => s.name.endsWith(`.${t}`)))
+  }
+
+  /** Shapes of every linear layer (what an adapter may target), in canonical order. */
+  moduleShapes(): ModuleShape[] {
+    return [...this.linears.values()]
+      .map((l) => ({ name: l.name, inFeatures: l.inFeatures, outFeatures: l.outFeatures }))
+      .sort((a, b) => compareModuleNames(a.name, b.name))
+  }
+
+  /**
+   * Replace the LoRA adapters by `adapter` (its modules may be any subset of the linear
+   * layers; the others run without LoRA). Values are copied into fresh variables.
+   */
+  setAdapter(adapter: AdapterSet): void {
+    this.assertLive()
+    validateAdapterAgainstShapes(adapter, this.moduleShapes())
+    this.clearAdapter()
+    for (const m of adapter.modules) (this.linears.get(m.name) as LoraLinear).setAdapter(m)
+  }
+
+  /** Remove every adapter (the model is then the base model). */
+  clearAdapter(): void {
+    for (const l of this.linears.values()) l.clearAdapter()
+  }
+
+  /** The current adapter as plain Float32Arrays, modules in canonical order. */
+  getAdapter(): AdapterSet {
+    this.assertLive()
+    return { modules: this.adaptedLinears().map((l) => l.getAdapter() as LoraModule) }
+  }
+
+  /** Names of the modules that carry an adapter, canonical order. */
+  adapterModuleNames(): string[] {
+    return this.adaptedLinears().map((l) => l.name)
+  }
+
+  /** The trainable variables (A then B of each adapted module, canonical order). */
+  trainableVariables(): tf.Variable[] {
+    return this.adaptedLinears().flatMap((l) => l.variables())
+  }
+
+  private adaptedLinears(): LoraLinear[] {
+    return [...this.linears.values()].filter((l) => l.hasAdapter).sort((a, b) => compareModuleNames(a.name, b.name))
+  }
+
+  // -------------------------------------------------------------------------------
+  // Base weights (HF names and layout)
+  // -------------------------------------------------------------------------------
+
+  /** Names of every base weight (HF naming). */
+  baseWeightNames(): string[] {
+    return [...expectedWeightShapes(this.config).keys()]
+  }
+
+  /**
+   * A base weight in HF layout (`model.layers.0.self_attn.q_proj.weight` is [out, in]).
+   * A module name without `.weight` is accepted for linear layers.
+   */
+  getBaseWeight(name: string): Float32Array {
+    this.assertLive()
+    const [kind, key] = this.resolveWeight(name)
+    switch (kind) {
+      case 'linear':
+        return (this.linears.get(key) as LoraLinear).getWeight()
+      case 'embed':
+        return this.embed.dataSync().slice() as Float32Array
+      case 'lm_head':
+        return transpose2d(this.lmHeadT.dataSync() as Float32Array, this.config.hiddenSize, this.config.vocabSize)
+      case 'norm':
+        return this.normTensor(key).dataSync().slice() as Float32Array
+    }
+  }
+
+  /** Replace a base weight (HF layout); the values are copied. */
+  setBaseWeight(name: string, data: Float32Array): void {
+    this.assertLive()
+    const [kind, key] = this.resolveWeight(name)
+    const c = this.config
+    const shape = expectedWeightShapes(c).get(kind === 'linear' ? `${key}.weight` : key) as number[]
+    checkSize(name, data, shape)
+    switch (kind) {
+      case 'linear':
+        ;(this.linears.get(key) as LoraLinear).setWeight(data)
+        return
+      case 'embed': {
+        const old = this.embed
+        this.embed = tf.tensor2d(data.slice(), [c.vocabSize, c.hiddenSize])
+        old.dispose()
+        if (c.tieWordEmbeddings) this.replaceLmHead(data)
+        return
+      }
+      case 'lm_head':
+        this.replaceLmHead(data)
+        return
+      case 'norm': {
+        const t = tf.tensor1d(data.slice())
+        if (key === 'model.norm.weight') {
+          this.finalNorm.dispose()
+          this.finalNorm = t
+        } else {
+          const m = /^model\.layers\.(\d+)\.(input_layernorm|post_attention_layernorm)\.weight$/.exec(key) as RegExpExecArray
+          const blk = this.blocks[Number(m[1])]
+          if (m[2] === 'input_layernorm') {
+            blk.inputNorm.dispose()
+            blk.inputNorm = t
+          } else {
+            blk.postNorm.dispose()
+            blk.postNorm = t
+          }
+        }
+        return
+      }
+    }
+  }
+
+  private replaceLmHead(data: Float32Array): void {
+    const c = this.config
+    const old = [this.lmHeadT, this.lmHeadW]
+    this.lmHeadT = tf.tensor2d(transpose2d(data, c.vocabSize, c.hiddenSize), [c.hiddenSize, c.vocabSize])
+    if (this.copies && !c.tieWordEmbeddings) this.lmHeadW = tf.tensor2d(data.slice(), [c.vocabSize, c.hiddenSize])
+    tf.dispose(old.filter((t): t is tf.Tensor2D => t !== undefined))
+  }
+
+  private resolveWeight(name: string): ['linear' | 'embed' | 'lm_head' | 'norm', string] {
+    const moduleKey = name.endsWith('.weight') ? name.slice(0, -'.weight'.length) : name
+    if (this.linears.has(moduleKey)) return ['linear', moduleKey]
+    if (name === 'model.embed_tokens.weight') return ['embed', name]
+    if (name === 'lm_head.weight') {
+      if (this.config.tieWordEmbeddings) {
+        throw new ModelWeightError('lm_head is tied to model.embed_tokens.weight; use that name', name)
+      }
+      return ['lm_head', name]
+    }
+    if (expectedWeightShapes(this.config).has(name) && name.endsWith('norm.weight')) return ['norm', name]
+    throw new ModelWeightError('no such base weight', name)
+  }
+
+  private normTensor(name: string): tf.Tensor1D {
+    if (name === 'model.norm.weight') return this.finalNorm
+    const m = /^model\.layers\.(\d+)\.(input_layernorm|post_attention_layernorm)\.weight$/.exec(name) as RegExpExecArray
+    const blk = this.blocks[Number(m[1])]
+    return m[2] === 'input_layernorm' ? blk.inputNorm : blk.postNorm
+  }
+
+  /** Number of base parameters (embedding once when tied). */
+  baseParameterCount(): number {
+    let n = 0
+    for (const [, shape] of expectedWeightShapes(this.config)) n += shape.reduce((a, b) => a * b, 1)
+    return n
+  }
+
+  /** Free every tensor and variable of the model. */
+  dispose(): void {
+    if (this.disposed) return
+    this.clearAdapter()
+    const ts: tf.Tensor[] = [this.embed, this.lmHeadT, this.finalNorm]
+    if (this.lmHeadW !== undefined) ts.push(this.lmHeadW)
+    for (const blk of this.blocks) ts.push(blk.inputNorm, blk.postNorm)
+    for (const l of this.linears.values()) l.dispose()
+    if (this.rope !== undefined) ts.push(this.rope.cos, this.rope.sin)
+    tf.dispose(ts)
+    this.rope = undefined
+    this.disposed = true
+  }
+
+  private assertLive(): void {
+    if (this.disposed) throw new Error('LlamaModel has been disposed')
+  }
+}
+
+function checkSize(name: string, data: Float32Array, shape: readonly number[]): void {
+  if (!(data instanceof Float32Array)) throw new ModelWeightError('must be a Float32Array', name)
+  const n = shape.reduce((a, b) => a * b, 1)
+  if (data.length !== n) {
+    throw new ModelWeightError(`has ${data.length} values, expected shape [${shape.join(', ')}] (${n} values)`, name)
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// Building blocks
+// ---------------------------------------------------------------------------------
+
+/**
+ * The element-wise parts in two implementations: tf ops (the reference, used on the
+ * native backends) and fused JS kernels (kernels.ts) where those are registered.
+ */
+interface ElementwiseOps {
+  rmsNorm(x: tf.Tensor2D, w: tf.Tensor1D, eps: number): tf.Tensor2D
+  rope(x: tf.Tensor4D, cos: tf.Tensor2D, sin: tf.Tensor2D): tf.Tensor4D
+}
+const TF_OPS: ElementwiseOps = { rmsNorm, rope: applyRope }
+const FUSED_OPS: ElementwiseOps = { rmsNorm: fusedRmsNorm, rope: fusedRope }
+
+/** RMSNorm: x / sqrt(mean(x^2) + eps) * w, over the last axis. */
+function rmsNorm(x: tf.Tensor2D, w: tf.Tensor1D, eps: number): tf.Tensor2D {
+  const ms = tf.mean(tf.square(x), -1, true)
+  return x.mul(tf.rsqrt(ms.add(eps))).mul(w)
+}
+
+/**
+ * Rotary embedding, HF convention: x * cos + rotate_half(x) * sin with
+ * rotate_half([x1, x2]) = [-x2, x1] over the two halves of the head dimension.
+ * x is [B, T, heads, hd]; cos/sin are [T, hd].
+ */
+function applyRope(x: tf.Tensor4D, cos2d: tf.Tensor2D, sin2d: tf.Tensor2D): tf.Tensor4D {
+  const [t, hd] = cos2d.shape
+  const cos = cos2d.reshape([t, 1, hd])
+  const sin = sin2d.reshape([t, 1, hd])
+  // The gradient is dy * cos + rotate_half^T(dy * sin), rotate_half^T([a, b]) = [b, -a];
+  // written out because autodiff of concat goes through the wasm split kernel, which
+  // copies its whole input once per piece.
+  const f = tf.customGrad((...args) => {
+    const xIn = args[0] as tf.Tensor4D
+    const save = args[1] as tf.GradSaveFunc
+    save([cos, sin])
+    return {
+      value: xIn.mul(cos).add(rotateHalf(xIn, false).mul(sin)),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => {
+        const [c, s] = saved
+        return dy.mul(c).add(rotateHalf(dy.mul(s) as tf.Tensor4D, true))
+      },
+    }
+  })
+  return f(x) as tf.Tensor4D
+}
+
+/** [x1, x2] -> [-x2, x1] over the last axis, or its transpose [x2, -x1]. */
+function rotateHalf(x: tf.Tensor4D, transposed: boolean): tf.Tensor4D {
+  const [b, t, h, hd] = x.shape
+  const half = hd / 2
+  const x1 = tf.slice(x, [0, 0, 0, 0], [b, t, h, half])
+  const x2 = tf.slice(x, [0, 0, 0, half], [b, t, h, half])
+  return tf.concat(transposed ? [x2, tf.neg(x1)] : [tf.neg(x2), x1], -1)
+}
+
+/**
+ * cos/sin of the rotary angles, row-major [length, hd]:
+ *   inv_freq_i = 1 / theta^(2i / hd),  angle(p, i) = p * inv_freq_i,  emb = [angles, angles]
+ * computed in float32 steps like HF's LlamaRotaryEmbedding, so real checkpoints match.
+ */
+export function ropeTableValues(length: number, hd: number, theta: number): { cos: Float32Array; sin: Float32Array } {
+  const half = hd / 2
+  const invFreq = new Float32Array(half)
+  for (let i = 0; i < half; i++) invFreq[i] = 1 / Math.fround(theta ** Math.fround((2 * i) / hd))
+  const cos = new Float32Array(length * hd)
+  const sin = new Float32Array(length * hd)
+  for (let p = 0; p < length; p++) {
+    for (let i = 0; i < half; i++) {
+      const angle = Math.fround(p * invFreq[i])
+      const c = Math.cos(angle)
+      const s = Math.sin(angle)
+      cos[p * hd + i] = c
+      cos[p * hd + half + i] = c
+      sin[p * hd + i] = s
+      sin[p * hd + half + i] = s
+    }
+  }
+  return { cos, sin }
+}
+
+/** Additive causal mask [T, T]: 0 where key <= query, a large negative value above. */
+function causalMask(t: number): tf.Tensor2D {
+  const m = new Float32Array(t * t)
+  for (let i = 0; i < t; i++) for (let j = i + 1; j < t; j++) m[i * t + j] = MASK_VALUE
+  return tf.tensor2d(m, [t, t])
+}
+
+/** LoRA dropout for one forward call: a fresh mask seed for every application. */
+function dropoutFn(options: ForwardOptions): DropoutFn | undefined {
+  const rate = options.loraDropout ?? 0
+  if (!(rate >= 0 && rate < 1)) throw new RangeError(`loraDropout must be in [0, 1), got ${rate}`)
+  if (rate === 0) return undefined
+  let seed = options.dropoutSeed ?? 0
+  return (x) => tf.dropout(x, rate, undefined, seed++) as tf.Tensor2D
+}

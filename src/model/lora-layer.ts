@@ -1,0 +1,150 @@
+/**
+ * A frozen linear layer with an optional LoRA adapter, after HF PEFT's
+ * `tuners/lora/layer.py` (same names: loraA, loraB, scaling, rank, alpha):
+ *
+ *   y = x W^T + scaling * (dropout(x) A^T) B^T,    W [out, in], A [rank, in], B [out, rank]
+ *
+ * W is frozen: it is stored as a plain tensor, pre-transposed (W^T [in, out]) so the
+ * forward product is a plain matmul, and optionally also as W [out, in] so the backward
+ * product dx = dy W is one as well (wasm/cpu: a transposed operand costs a transpose and
+ * an XNNPACK re-pack on every step). A and B are the only tf.Variables.
+ */
+import * as tf from '@tensorflow/tfjs'
+import type { LoraModule } from '../lora/types.js'
+
+export interface LoraState {
+  readonly rank: number
+  readonly alpha: number
+  readonly scaling: number
+  /** [rank, in] */
+  readonly loraA: tf.Variable
+  /** [out, rank] */
+  readonly loraB: tf.Variable
+}
+
+/** Applies LoRA dropout to the adapter input (identity when training without dropout). */
+export type DropoutFn = (x: tf.Tensor2D) => tf.Tensor2D
+
+export class LoraLinear {
+  /** Module name, e.g. `model.layers.0.self_attn.q_proj`. */
+  readonly name: string
+  readonly inFeatures: number
+  readonly outFeatures: number
+  private wT: tf.Tensor2D // [in, out]
+  private w: tf.Tensor2D | undefined // [out, in], backward only
+  private lora: LoraState | undefined
+
+  /** `weight` in HF layout [out, in]; `backwardCopy` keeps W for the backward product. */
+  constructor(name: string, weight: Float32Array, outFeatures: number, inFeatures: number, private readonly backwardCopy: boolean) {
+    this.name = name
+    this.inFeatures = inFeatures
+    this.outFeatures = outFeatures
+    this.wT = tf.tensor2d(transpose2d(weight, outFeatures, inFeatures), [inFeatures, outFeatures])
+    this.w = backwardCopy ? tf.tensor2d(weight, [outFeatures, inFeatures]) : undefined
+  }
+
+  /** y = x W^T + scaling * (dropout(x) A^T) B^T for x [N, in]. */
+  forward(x: tf.Tensor2D, dropout?: DropoutFn): tf.Tensor2D {
+    const y = frozenMatMul(x, this.wT, this.w)
+    if (this.lora === undefined) return y
+    const { loraA, loraB, scaling } = this.lora
+    // Scale the rank-r intermediate rather than the output: r << out.
+    const h = tf.matMul(dropout === undefined ? x : dropout(x), loraA, false, true).mul(scaling)
+    return y.add(tf.matMul(h, loraB, false, true))
+  }
+
+  get hasAdapter(): boolean {
+    return this.lora !== undefined
+  }
+
+  /** Replace the adapter by a copy of `m` (shapes checked by the caller). */
+  setAdapter(m: LoraModule): void {
+    this.clearAdapter()
+    this.lora = {
+      rank: m.rank,
+      alpha: m.alpha,
+      scaling: m.scaling,
+      // tidy frees the initial-value tensors; variables survive it.
+      loraA: tf.tidy(() => tf.variable(tf.tensor2d(m.loraA, [m.rank, m.inFeatures]), true)),
+      loraB: tf.tidy(() => tf.variable(tf.tensor2d(m.loraB, [m.outFeatures, m.rank]), true)),
+    }
+  }
+
+  clearAdapter(): void {
+    if (this.lora === undefined) return
+    this.lora.loraA.dispose()
+    this.lora.loraB.dispose()
+    this.lora = undefined
+  }
+
+  /** The adapter as plain arrays, or undefined. */
+  getAdapter(): LoraModule | undefined {
+    if (this.lora === undefined) return undefined
+    const { rank, alpha, scaling, loraA, loraB } = this.lora
+    return {
+      name: this.name,
+      rank,
+      inFeatures: this.inFeatures,
+      outFeatures: this.outFeatures,
+      alpha,
+      scaling,
+      loraA: loraA.dataSync().slice() as Float32Array,
+      loraB: loraB.dataSync().slice() as Float32Array,
+    }
+  }
+
+  /** [loraA, loraB], or [] without an adapter. */
+  variables(): tf.Variable[] {
+    return this.lora === undefined ? [] : [this.lora.loraA, this.lora.loraB]
+  }
+
+  /** W in HF layout [out, in] (exact float32 values). */
+  getWeight(): Float32Array {
+    if (this.w !== undefined) return this.w.dataSync().slice() as Float32Array
+    return transpose2d(this.wT.dataSync() as Float32Array, this.inFeatures, this.outFeatures)
+  }
+
+  /** Replace W (HF layout [out, in]); the values are copied. */
+  setWeight(weight: Float32Array): void {
+    const old = [this.wT, this.w]
+    this.wT = tf.tensor2d(transpose2d(weight, this.outFeatures, this.inFeatures), [this.inFeatures, this.outFeatures])
+    this.w = this.backwardCopy ? tf.tensor2d(weight.slice(), [this.outFeatures, this.inFeatures]) : undefined
+    tf.dispose(old.filter((t): t is tf.Tensor2D => t !== undefined))
+  }
+
+  dispose(): void {
+    this.clearAdapter()
+    this.wT.dispose()
+    this.w?.dispose()
+  }
+}
+
+/**
+ * x @ wT for a frozen weight. With `w` (= wT^T) the gradient dx = dy @ w is a plain matmul
+ * on a persistent tensor instead of dy @ wT^T (a transpose and a re-pack every step).
+ */
+export function frozenMatMul(x: tf.Tensor2D, wT: tf.Tensor2D, w: tf.Tensor2D | undefined): tf.Tensor2D {
+  if (w === undefined) return tf.matMul(x, wT)
+  const f = tf.customGrad((...args) => ({
+    value: tf.matMul(args[0] as tf.Tensor2D, wT),
+    gradFunc: (dy: tf.Tensor) => tf.matMul(dy as tf.Tensor2D, w),
+  }))
+  return f(x) as tf.Tensor2D
+}
+
+/** Row-major [rows, cols] -> [cols, rows] (cache-blocked). */
+export function transpose2d(src: Float32Array, rows: number, cols: number): Float32Array {
+  const dst = new Float32Array(src.length)
+  const bs = 32
+  for (let i0 = 0; i0 < rows; i0 += bs) {
+    const i1 = Math.min(i0 + bs, rows)
+    for (let j0 = 0; j0 < cols; j0 += bs) {
+      const j1 = Math.min(j0 + bs, cols)
+      for (let i = i0; i < i1; i++) {
+        const row = i * cols
+        for (let j = j0; j < j1; j++) dst[j * rows + i] = src[row + j]
+      }
+    }
+  }
+  return dst
+}

@@ -1,0 +1,458 @@
+/**
+ * Local LoRA training: next-token cross-entropy on response tokens only, AdamW, global
+ * gradient-norm clipping, seeded batching, held-out evaluation.
+ *
+ * Targets: position i of an example predicts token i + 1. With `labels` (HF style, aligned
+ * with inputIds, -100 = ignored) the target of position i is labels[i + 1]; otherwise it
+ * is inputIds[i + 1] when i + 1 >= promptLength (the prompt is context, not target).
+ *
+ * AdamW (decoupled weight decay, as torch.optim.AdamW), for each trainable p with grad g:
+ *   p <- p - lr * wd * p
+ *   m <- b1 m + (1 - b1) g,   v <- b2 v + (1 - b2) g^2
+ *   p <- p - lr * (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)
+ * after clipping: g <- g * min(1, maxGradNorm / (||g||_2 + 1e-6)) over all grads together.
+ *
+ * Every call starts a fresh optimizer (FLoRA starts each round with fresh state).
+ */
+import * as tf from '@tensorflow/tfjs'
+import { createPrng, type SeedLike } from '../lora/prng.js'
+import type { LlamaModel } from './llama.js'
+
+export const IGNORE_INDEX = -100
+
+export interface TrainingExample {
+  readonly inputIds: readonly number[]
+  /** Tokens before this index are prompt (no loss on predicting them). Default 0. */
+  readonly promptLength?: number
+  /** HF-style labels aligned with inputIds (-100 = no loss); overrides promptLength. */
+  readonly labels?: readonly number[]
+}
+
+export type LrSchedule = 'constant' | 'linear' | 'cosine'
+
+export interface TrainOptions {
+  readonly steps: number
+  readonly batchSize: number
+  /** Examples are cut to this many tokens. */
+  readonly seqLen: number
+  readonly lr: number
+  readonly seed: SeedLike
+  /** Decoupled weight decay (default 0, the HF Trainer default). */
+  readonly weightDecay?: number
+  readonly beta1?: number
+  readonly beta2?: number
+  readonly eps?: number
+  /** Clip the global gradient norm to this (default 1.0; 0 or Infinity disables). */
+  readonly maxGradNorm?: number
+  /** Linear warmup steps (default 0), then the schedule (default constant). */
+  readonly warmupSteps?: number
+  readonly schedule?: LrSchedule
+  /** Id used for padding (never a target). Default 0. */
+  readonly padId?: number
+  /** LoRA dropout (default 0). */
+  readonly loraDropout?: number
+  /** Held-out examples; evaluated every `evalEvery` steps (default: at the end only). */
+  readonly evalExamples?: readonly TrainingExample[]
+  readonly evalEvery?: number
+  readonly evalBatchSize?: number
+  readonly onStep?: (info: StepInfo) => void
+  readonly signal?: AbortSignal
+}
+
+export interface EvalResult {
+  /** Mean cross-entropy per target token (nats). */
+  readonly loss: number
+  readonly perplexity: number
+  /** Target tokens evaluated. */
+  readonly tokens: number
+}
+
+export interface StepInfo {
+  /** 1-based. */
+  readonly step: number
+  readonly steps: number
+  readonly loss: number
+  /** Global gradient norm before clipping. */
+  readonly gradNorm: number
+  readonly lr: number
+  /** Tokens processed in this step (including padding) and target tokens. */
+  readonly tokens: number
+  readonly targetTokens: number
+  readonly elapsedMs: number
+  /** Input tokens per second over the run so far. */
+  readonly tokensPerSecond: number
+  readonly eval?: EvalResult
+}
+
+export interface TrainResult {
+  readonly steps: number
+  readonly losses: readonly number[]
+  readonly finalLoss: number
+  readonly tokens: number
+  readonly elapsedMs: number
+  readonly eval?: EvalResult
+}
+
+export class TrainingError extends Error {
+  override readonly name = 'TrainingError'
+}
+
+/** Thrown when the signal aborts training; the model keeps the adapter trained so far. */
+export class TrainingAbortedError extends Error {
+  override readonly name = 'AbortError'
+  constructor(readonly stepsCompleted: number) {
+    super(`training aborted after ${stepsCompleted} steps`)
+  }
+}
+
+// ---------------------------------------------------------------------------------
+// Batching
+// ---------------------------------------------------------------------------------
+
+export interface Batch {
+  readonly batchSize: number
+  readonly seqLen: number
+  /** [batchSize * seqLen] token ids, right-padded. */
+  readonly ids: Int32Array
+  /** Flat positions (b * seqLen + t) that have a target. */
+  readonly rows: Int32Array
+  /** Target id of each row. */
+  readonly targets: Int32Array
+}
+
+/** Targets of one example cut to `len` tokens: targets[i] for position i, or IGNORE_INDEX. */
+export function exampleTargets(ex: TrainingExample, len: number): Int32Array {
+  const out = new Int32Array(len).fill(IGNORE_INDEX)
+  const ids = ex.inputIds
+  if (ex.labels !== undefined && ex.labels.length !== ids.length) {
+    throw new TrainingError(`labels has ${ex.labels.length} entries, inputIds ${ids.length}`)
+  }
+  const prompt = ex.promptLength ?? 0
+  for (let i = 0; i + 1 < len; i++) {
+    if (ex.labels !== undefined) out[i] = ex.labels[i + 1]
+    else if (i + 1 >= prompt) out[i] = ids[i + 1]
+  }
+  return out
+}
+
+/** Pad/cut a group of examples into one batch (length = min(seqLen, longest)). */
+export function makeBatch(examples: readonly TrainingExample[], seqLen: number, padId: number, vocabSize?: number): Batch {
+  if (examples.length === 0) throw new TrainingError('empty batch')
+  const t = Math.min(seqLen, Math.max(...examples.map((e) => e.inputIds.length)))
+  if (t < 1) throw new TrainingError('examples are empty')
+  const ids = new Int32Array(examples.length * t).fill(padId)
+  const rows: number[] = []
+  const targets: number[] = []
+  examples.forEach((ex, b) => {
+    const len = Math.min(t, ex.inputIds.length)
+    for (let i = 0; i < len; i++) {
+      const id = ex.inputIds[i]
+      if (!Number.isInteger(id) || id < 0 || (vocabSize !== undefined && id >= vocabSize)) {
+        throw new TrainingError(`token id ${id} at position ${i} is outside the vocabulary`)
+      }
+      ids[b * t + i] = id
+    }
+    const tg = exampleTargets(ex, len)
+    for (let i = 0; i < len; i++) {
+      if (tg[i] === IGNORE_INDEX) continue
+      if (!Number.isInteger(tg[i]) || tg[i] < 0 || (vocabSize !== undefined && tg[i] >= vocabSize)) {
+        throw new TrainingError(`label ${tg[i]} at position ${i + 1} is outside the vocabulary`)
+      }
+      rows.push(b * t + i)
+      targets.push(tg[i])
+    }
+  })
+  return { batchSize: examples.length, seqLen: t, ids, rows: Int32Array.from(rows), targets: Int32Array.from(targets) }
+}
+
+// ---------------------------------------------------------------------------------
+// Loss
+// ---------------------------------------------------------------------------------
+
+/** x[rows] with a scatter gradient (tf.gather's gradient kernel is missing on wasm). */
+function gatherRows(x: tf.Tensor2D, rows: tf.Tensor1D): tf.Tensor2D {
+  const f = tf.customGrad((...args) => {
+    const xIn = args[0] as tf.Tensor
+    return {
+      value: tf.gather(xIn, rows),
+      gradFunc: (dy: tf.Tensor) => tf.scatterND(rows.expandDims(1), dy, xIn.shape),
+    }
+  })
+  return f(x) as tf.Tensor2D
+}
+
+/**
+ * Mean cross-entropy of logits [M, V] against integer targets [M]:
+ *   loss = mean_i (logsumexp(z_i) - z_i[t_i]),   d loss / d z_i = (softmax(z_i) - onehot(t_i)) / M
+ * One fused pass in JS over the logits (max, exp-sum, gradient): the element-wise wasm
+ * kernels (exp above all) cost several times more than this loop for [M, V] tensors.
+ */
+function crossEntropy(logits: tf.Tensor2D, targets: Int32Array, withGrad: boolean): tf.Scalar {
+  const f = tf.customGrad((...args) => {
+    const z = args[0] as tf.Tensor2D
+    const save = args[1] as tf.GradSaveFunc
+    const [m, v] = z.shape
+    const data = z.dataSync() as Float32Array
+    const grad = withGrad ? new Float32Array(m * v) : undefined
+    let total = 0
+    for (let i = 0; i < m; i++) {
+      const row = data.subarray(i * v, (i + 1) * v)
+      let max = -Infinity
+      for (let j = 0; j < v; j++) if (row[j] > max) max = row[j]
+      let sum = 0
+      if (grad === undefined) {
+        for (let j = 0; j < v; j++) sum += Math.exp(row[j] - max)
+      } else {
+        const g = grad.subarray(i * v, (i + 1) * v)
+        for (let j = 0; j < v; j++) {
+          const e = Math.exp(row[j] - max)
+          g[j] = e
+          sum += e
+        }
+        const scale = 1 / (sum * m)
+        for (let j = 0; j < v; j++) g[j] *= scale
+        g[targets[i]] -= 1 / m
+      }
+      total += Math.log(sum) + max - row[targets[i]]
+    }
+    if (grad !== undefined) save([tf.tensor2d(grad, [m, v])])
+    return {
+      value: tf.scalar(total / m),
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => saved[0].mul(dy),
+    }
+  })
+  return f(logits) as tf.Scalar
+}
+
+/** Mean loss of a batch; the caller disposes the result (or runs it under a tape). */
+function batchLoss(
+  model: LlamaModel,
+  batch: Batch,
+  t: BatchTensors,
+  withGrad: boolean,
+  dropout?: { rate: number; seed: number },
+): tf.Scalar {
+  return tf.tidy(() => {
+    const hidden = model.hiddenStates(t.ids, dropout === undefined ? {} : { loraDropout: dropout.rate, dropoutSeed: dropout.seed })
+    const logits = model.lmHead(gatherRows(hidden, t.rows))
+    return crossEntropy(logits, batch.targets, withGrad)
+  })
+}
+
+interface BatchTensors {
+  readonly ids: tf.Tensor2D
+  readonly rows: tf.Tensor1D
+}
+
+function batchTensors(b: Batch): BatchTensors {
+  return {
+    ids: tf.tensor2d(b.ids, [b.batchSize, b.seqLen], 'int32'),
+    rows: tf.tensor1d(b.rows, 'int32'),
+  }
+}
+
+function disposeBatch(t: BatchTensors): void {
+  tf.dispose([t.ids, t.rows])
+}
+
+// ---------------------------------------------------------------------------------
+// Evaluation
+// ---------------------------------------------------------------------------------
+
+export interface EvalOptions {
+  readonly batchSize?: number
+  readonly seqLen: number
+  readonly padId?: number
+}
+
+/** Mean target-token loss and perplexity over `examples` (no gradients, no dropout). */
+export function evaluate(model: LlamaModel, examples: readonly TrainingExample[], options: EvalOptions): EvalResult {
+  const bs = options.batchSize ?? 8
+  let sum = 0
+  let count = 0
+  for (let i = 0; i < examples.length; i += bs) {
+    const batch = makeBatch(examples.slice(i, i + bs), options.seqLen, options.padId ?? 0, model.config.vocabSize)
+    if (batch.rows.length === 0) continue
+    const t = batchTensors(batch)
+    const loss = batchLoss(model, batch, t, false)
+    sum += (loss.dataSync()[0] as number) * batch.rows.length
+    count += batch.rows.length
+    loss.dispose()
+    disposeBatch(t)
+  }
+  if (count === 0) throw new TrainingError('evaluation examples have no target tokens')
+  const loss = sum / count
+  return { loss, perplexity: Math.exp(loss), tokens: count }
+}
+
+export interface ModuleGradient {
+  readonly name: string
+  /** d loss / d loraA, [rank, in]. */
+  readonly dA: Float32Array
+  /** d loss / d loraB, [out, rank]. */
+  readonly dB: Float32Array
+}
+
+/**
+ * Mean target-token loss of one batch of `examples` and its gradient with respect to
+ * every adapter matrix (no dropout, no update). For diagnostics and gradient checks.
+ */
+export function adapterGradients(
+  model: LlamaModel,
+  examples: readonly TrainingExample[],
+  options: { readonly seqLen: number; readonly padId?: number },
+): { loss: number; modules: ModuleGradient[] } {
+  const vars = model.trainableVariables()
+  if (vars.length === 0) throw new TrainingError('the model has no adapter: call setAdapter first')
+  const batch = makeBatch(examples, options.seqLen, options.padId ?? 0, model.config.vocabSize)
+  if (batch.rows.length === 0) throw new TrainingError('the examples have no target tokens')
+  const bt = batchTensors(batch)
+  const { value, grads } = tf.variableGrads(() => batchLoss(model, batch, bt, true), vars)
+  const names = model.adapterModuleNames()
+  const modules = names.map((name, i) => ({
+    name,
+    dA: grads[vars[2 * i].name].dataSync().slice() as Float32Array,
+    dB: grads[vars[2 * i + 1].name].dataSync().slice() as Float32Array,
+  }))
+  const loss = value.dataSync()[0] as number
+  tf.dispose([value, ...Object.values(grads)])
+  disposeBatch(bt)
+  return { loss, modules }
+}
+
+// ---------------------------------------------------------------------------------
+// Training
+// ---------------------------------------------------------------------------------
+
+/** Learning rate at 1-based step `step`. */
+export function learningRate(o: Pick<TrainOptions, 'lr' | 'steps' | 'warmupSteps' | 'schedule'>, step: number): number {
+  const warm = o.warmupSteps ?? 0
+  if (step <= warm) return (o.lr * step) / warm
+  const span = Math.max(1, o.steps - warm)
+  const progress = Math.min(1, (step - warm) / span)
+  switch (o.schedule ?? 'constant') {
+    case 'constant':
+      return o.lr
+    case 'linear':
+      return o.lr * (1 - progress)
+    case 'cosine':
+      return o.lr * 0.5 * (1 + Math.cos(Math.PI * progress))
+  }
+}
+
+function checkOptions(o: TrainOptions): void {
+  const posInt = (k: keyof TrainOptions) => {
+    const v = o[k]
+    if (typeof v !== 'number' || !Number.isInteger(v) || v < 1) throw new TrainingError(`${String(k)} must be a positive integer, got ${String(v)}`)
+  }
+  posInt('steps')
+  posInt('batchSize')
+  posInt('seqLen')
+  if (!(o.lr > 0) || !Number.isFinite(o.lr)) throw new TrainingError(`lr must be > 0, got ${o.lr}`)
+  if ((o.weightDecay ?? 0) < 0) throw new TrainingError('weightDecay must be >= 0')
+  if ((o.maxGradNorm ?? 1) < 0) throw new TrainingError('maxGradNorm must be >= 0')
+}
+
+/**
+ * Train the model's current adapter (setAdapter first) for `options.steps` steps.
+ * Yields to the event loop between steps so networking keeps running.
+ */
+export async function trainLora(model: LlamaModel, examples: readonly TrainingExample[], options: TrainOptions): Promise<TrainResult> {
+  checkOptions(options)
+  const vars = model.trainableVariables()
+  if (vars.length === 0) throw new TrainingError('the model has no adapter: call setAdapter first')
+  const usable = examples.filter((ex) => exampleTargets(ex, Math.min(options.seqLen, ex.inputIds.length)).some((x) => x !== IGNORE_INDEX))
+  if (usable.length === 0) throw new TrainingError('no training example has a target token within seqLen')
+  const padId = options.padId ?? 0
+  const b1 = options.beta1 ?? 0.9
+  const b2 = options.beta2 ?? 0.999
+  const eps = options.eps ?? 1e-8
+  const wd = options.weightDecay ?? 0
+  const maxNorm = options.maxGradNorm ?? 1
+  const dropoutRate = options.loraDropout ?? 0
+  const prng = createPrng(options.seed).fork('trainer')
+  const order = prng.fork('batches')
+  const dropoutSeeds = prng.fork('dropout')
+
+  const m = vars.map((v) => tf.tidy(() => tf.variable(tf.zerosLike(v), false)))
+  const s = vars.map((v) => tf.tidy(() => tf.variable(tf.zerosLike(v), false)))
+  let queue: number[] = []
+  const nextBatch = (): TrainingExample[] => {
+    const out: TrainingExample[] = []
+    while (out.length < options.batchSize) {
+      if (queue.length === 0) queue = order.shuffle([...usable.keys()])
+      out.push(usable[queue.pop() as number])
+    }
+    return out
+  }
+
+  const losses: number[] = []
+  let tokens = 0
+  const start = performance.now()
+  let lastEval: EvalResult | undefined
+  try {
+    for (let step = 1; step <= options.steps; step++) {
+      if (options.signal?.aborted === true) throw new TrainingAbortedError(step - 1)
+      const batch = makeBatch(nextBatch(), options.seqLen, padId, model.config.vocabSize)
+      const bt = batchTensors(batch)
+      const dropout = dropoutRate > 0 ? { rate: dropoutRate, seed: dropoutSeeds.nextUint32() } : undefined
+      const { value, grads } = tf.variableGrads(() => batchLoss(model, batch, bt, true, dropout), vars)
+      const lr = learningRate(options, step)
+      const gradNorm = tf.tidy(() => {
+        const gs = vars.map((v) => grads[v.name])
+        const norm = tf.sqrt(tf.addN(gs.map((g) => tf.sum(tf.square(g)))))
+        const clip = maxNorm > 0 && Number.isFinite(maxNorm) ? tf.minimum(1, tf.div(maxNorm, norm.add(1e-6))) : tf.scalar(1)
+        const c1 = 1 - b1 ** step
+        const c2 = 1 - b2 ** step
+        vars.forEach((p, i) => {
+          const g = gs[i].mul(clip)
+          const mi = m[i].mul(b1).add(g.mul(1 - b1))
+          const si = s[i].mul(b2).add(g.square().mul(1 - b2))
+          m[i].assign(mi)
+          s[i].assign(si)
+          const decayed = wd > 0 ? p.mul(1 - lr * wd) : p
+          p.assign(decayed.sub(mi.div(c1).div(si.div(c2).sqrt().add(eps)).mul(lr)))
+        })
+        return norm.dataSync()[0] as number
+      })
+      const loss = value.dataSync()[0] as number
+      tf.dispose([value, ...Object.values(grads)])
+      disposeBatch(bt)
+      if (!Number.isFinite(loss)) throw new TrainingError(`loss is ${loss} at step ${step}`)
+      losses.push(loss)
+      tokens += batch.batchSize * batch.seqLen
+      const evalNow =
+        options.evalExamples !== undefined &&
+        options.evalExamples.length > 0 &&
+        (step === options.steps || (options.evalEvery !== undefined && step % options.evalEvery === 0))
+      lastEval = evalNow
+        ? evaluate(model, options.evalExamples as TrainingExample[], { batchSize: options.evalBatchSize, seqLen: options.seqLen, padId })
+        : undefined
+      const elapsedMs = performance.now() - start
+      options.onStep?.({
+        step,
+        steps: options.steps,
+        loss,
+        gradNorm,
+        lr,
+        tokens: batch.batchSize * batch.seqLen,
+        targetTokens: batch.rows.length,
+        elapsedMs,
+        tokensPerSecond: tokens / (elapsedMs / 1000),
+        ...(lastEval !== undefined ? { eval: lastEval } : {}),
+      })
+      // Let timers and sockets run between the (synchronous) steps.
+      await new Promise<void>((resolve) => setImmediate(resolve))
+    }
+  } finally {
+    tf.dispose([...m, ...s])
+  }
+  return {
+    steps: options.steps,
+    losses,
+    finalLoss: losses[losses.length - 1],
+    tokens,
+    elapsedMs: performance.now() - start,
+    ...(lastEval !== undefined ? { eval: lastEval } : {}),
+  }
+}
