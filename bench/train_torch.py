@@ -1,0 +1,164 @@
+#!/usr/bin/env python3
+"""PyTorch baseline for bench/train.ts: the same Llama + LoRA (r=16 on q_proj, v_proj)
+training step, float32 on CPU, AdamW, loss on the tokens after a 16-token prompt.
+
+    /usr/bin/python3 bench/train_torch.py [--config small|wide|all] [--steps 5] [--threads 1] [--json]
+
+Reports the median CPU time and the best wall time per step, like the TypeScript bench.
+"""
+import argparse
+import json
+import math
+import resource
+import time
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+CONFIGS = {
+    "small": dict(vocab=4096, d=256, inter=688, layers=4, heads=4),
+    "wide": dict(vocab=4096, d=512, inter=1376, layers=8, heads=8),
+}
+BATCH, SEQ, RANK, PROMPT = 8, 128, 16, 16
+
+
+class LoraLinear(nn.Module):
+    def __init__(self, inf, outf, rank=0, alpha=0.0):
+        super().__init__()
+        self.weight = nn.Parameter(torch.randn(outf, inf) * 0.02, requires_grad=False)
+        self.rank = rank
+        if rank:
+            self.lora_A = nn.Parameter(torch.empty(rank, inf).uniform_(-1 / math.sqrt(inf), 1 / math.sqrt(inf)))
+            self.lora_B = nn.Parameter(torch.zeros(outf, rank))
+            self.scaling = alpha / rank
+
+    def forward(self, x):
+        y = F.linear(x, self.weight)
+        if self.rank:
+            y = y + F.linear(F.linear(x, self.lora_A), self.lora_B) * self.scaling
+        return y
+
+
+def rms_norm(x, w, eps=1e-5):
+    return x * torch.rsqrt(x.pow(2).mean(-1, keepdim=True) + eps) * w
+
+
+def rotate_half(x):
+    x1, x2 = x.chunk(2, dim=-1)
+    return torch.cat((-x2, x1), dim=-1)
+
+
+class Block(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        d, h = c["d"], c["heads"]
+        self.h, self.hd = h, d // h
+        self.q = LoraLinear(d, d, RANK, 2 * RANK)
+        self.k = LoraLinear(d, d)
+        self.v = LoraLinear(d, d, RANK, 2 * RANK)
+        self.o = LoraLinear(d, d)
+        self.gate = LoraLinear(d, c["inter"])
+        self.up = LoraLinear(d, c["inter"])
+        self.down = LoraLinear(c["inter"], d)
+        self.n1 = nn.Parameter(torch.ones(d), requires_grad=False)
+        self.n2 = nn.Parameter(torch.ones(d), requires_grad=False)
+
+    def forward(self, x, cos, sin):
+        b, t, d = x.shape
+        n = rms_norm(x, self.n1)
+        q = self.q(n).view(b, t, self.h, self.hd).transpose(1, 2)
+        k = self.k(n).view(b, t, self.h, self.hd).transpose(1, 2)
+        v = self.v(n).view(b, t, self.h, self.hd).transpose(1, 2)
+        q = q * cos + rotate_half(q) * sin
+        k = k * cos + rotate_half(k) * sin
+        # Explicit attention (no fused SDPA kernel: torch 1.13 has none on CPU).
+        att = (q @ k.transpose(-1, -2)) / math.sqrt(self.hd)
+        att = att.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
+        x = x + self.o((att @ v).transpose(1, 2).reshape(b, t, d))
+        m = rms_norm(x, self.n2)
+        return x + self.down(F.silu(self.gate(m)) * self.up(m))
+
+
+class Llama(nn.Module):
+    def __init__(self, c):
+        super().__init__()
+        self.embed = nn.Parameter(torch.randn(c["vocab"], c["d"]) * 0.02, requires_grad=False)
+        self.blocks = nn.ModuleList(Block(c) for _ in range(c["layers"]))
+        self.norm = nn.Parameter(torch.ones(c["d"]), requires_grad=False)
+        self.head = nn.Parameter(torch.randn(c["vocab"], c["d"]) * 0.02, requires_grad=False)
+        hd = c["d"] // c["heads"]
+        inv = 1.0 / (10000 ** (torch.arange(0, hd, 2).float() / hd))
+        ang = torch.outer(torch.arange(SEQ).float(), inv)
+        emb = torch.cat((ang, ang), -1)
+        self.cos, self.sin = emb.cos(), emb.sin()
+
+    def forward(self, ids):
+        x = self.embed[ids]
+        for blk in self.blocks:
+            x = blk(x, self.cos, self.sin)
+        return F.linear(rms_norm(x, self.norm), self.head)
+
+
+def run(name, steps, threads):
+    torch.manual_seed(0)
+    torch.set_num_threads(threads)
+    c = CONFIGS[name]
+    model = Llama(c)
+    params = [p for p in model.parameters() if p.requires_grad]
+    opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
+    ids = torch.randint(0, c["vocab"], (BATCH, SEQ))
+    labels = ids.clone()
+    labels[:, :PROMPT] = -100
+
+    def step():
+        logits = model(ids)
+        loss = F.cross_entropy(logits[:, :-1].reshape(-1, c["vocab"]), labels[:, 1:].reshape(-1), ignore_index=-100)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        return loss.item()
+
+    step()
+    walls, cpus = [], []
+    for _ in range(steps):
+        w0 = time.perf_counter()
+        r0 = resource.getrusage(resource.RUSAGE_SELF)
+        step()
+        r1 = resource.getrusage(resource.RUSAGE_SELF)
+        walls.append((time.perf_counter() - w0) * 1000)
+        cpus.append(((r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)) * 1000)
+    walls.sort()
+    cpus.sort()
+    tokens = BATCH * SEQ
+    return dict(
+        config=name,
+        threads=threads,
+        stepMs=round(walls[0]),
+        medianStepMs=round(walls[len(walls) // 2]),
+        cpuMsPerStep=round(cpus[len(cpus) // 2]),
+        tokensPerSecond=round(tokens / (walls[0] / 1000)),
+    )
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--config", default="all")
+    ap.add_argument("--steps", type=int, default=5)
+    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--json", action="store_true")
+    a = ap.parse_args()
+    names = list(CONFIGS) if a.config == "all" else [a.config]
+    res = [run(n, a.steps, a.threads) for n in names]
+    out = dict(torch=torch.__version__, results=res)
+    if a.json:
+        print(json.dumps(out))
+    else:
+        for r in res:
+            print(f"torch {torch.__version__} {r['config']}: {r['stepMs']} ms/step (median {r['medianStepMs']}, cpu {r['cpuMsPerStep']}) "
+                  f"{r['tokensPerSecond']} tok/s, {r['threads']} thread(s)")
+
+
+if __name__ == "__main__":
+    main()
