@@ -1,0 +1,329 @@
+/**
+ * A real multi-process swarm on 127.0.0.1: N `flora-peer` processes (peer 0 first, the
+ * rest bootstrap to it), heterogeneous ranks and a non-IID split by default. Writes
+ * DIR/report.json (per round: contributors, every peer's state hash and held-out eval
+ * loss; per peer: rank, samples, bytes) and exits non-zero if any round's hashes disagree.
+ *
+ *   npm run swarm                                   # small default swarm
+ *   npm run swarm -- --peers 4 --rounds 5 --ranks 16,8,4 --strategy flora --out runs/x
+ */
+import { spawn, type ChildProcess } from 'node:child_process'
+import { mkdir, readFile, writeFile } from 'node:fs/promises'
+import { createWriteStream } from 'node:fs'
+import { join, resolve } from 'node:path'
+import { createInterface } from 'node:readline'
+import { fileURLToPath } from 'node:url'
+import { Command, InvalidArgumentError } from 'commander'
+import cliProgress from 'cli-progress'
+import type { PeerReport } from '../src/node/cli.js'
+
+/** The FLoRA paper's heterogeneous ranks, cycled for larger swarms. */
+export const PAPER_RANKS = [64, 32, 16, 16, 8, 8, 4, 4, 4, 4]
+
+export interface SwarmOptions {
+  peers: number
+  rounds: number
+  ranks?: number[]
+  strategy?: string
+  trainer?: string
+  out: string
+  deadlineMs?: number
+  graceMs?: number
+  timeoutMs?: number
+  /** Extra flags for every peer. */
+  peerArgs?: string[]
+  /** Show progress (default: when stdout is a TTY). */
+  progress?: boolean
+}
+
+export interface SwarmRoundReport {
+  round: number
+  contributors: readonly string[]
+  proposer: string | null
+  /** peer id -> state hash after the round (null: the peer did not finish it). */
+  hashes: Record<string, string | null>
+  evalLoss: Record<string, number | null>
+  agree: boolean
+}
+
+export interface SwarmReport {
+  swarmId: string | null
+  options: { peers: number; rounds: number; ranks: number[]; strategy: string; trainer: string }
+  durationMs: number
+  agreement: boolean
+  allFinished: boolean
+  genesis: { stateHash: string | null; evalLoss: number | null }
+  rounds: SwarmRoundReport[]
+  peers: Array<{
+    index: number
+    peerId: string | null
+    rank: number
+    samples: number | null
+    bytesSent: number | null
+    bytesReceived: number | null
+    wireBytesIn: number | null
+    wireBytesOut: number | null
+    rejected: Record<string, number>
+    exitCode: number | null
+    finished: boolean
+  }>
+}
+
+const here = fileURLToPath(new URL('.', import.meta.url))
+const BIN = resolve(here, '..', 'bin', 'flora-peer.js')
+
+function lines(child: ChildProcess, onLine: (line: string) => void): void {
+  if (child.stdout == null) return
+  createInterface({ input: child.stdout }).on('line', onLine)
+}
+
+export async function runSwarm(options: SwarmOptions): Promise<SwarmReport> {
+  const n = options.peers
+  const ranks = Array.from({ length: n }, (_, i) => (options.ranks != null && options.ranks.length > 0 ? options.ranks[i % options.ranks.length] : PAPER_RANKS[i % PAPER_RANKS.length]))
+  const strategy = options.strategy ?? 'flora'
+  const trainer = options.trainer ?? 'synthetic'
+  const out = resolve(options.out)
+  await mkdir(out, { recursive: true })
+  const t0 = Date.now()
+  const children: ChildProcess[] = []
+  const exits: Array<Promise<number | null>> = []
+  let completions = 0
+  const showProgress = options.progress ?? process.stdout.isTTY === true
+  const bar = showProgress ? new cliProgress.SingleBar({ format: 'swarm |{bar}| {value}/{total} peer-rounds  {status}' }, cliProgress.Presets.shades_classic) : null
+  bar?.start(n * options.rounds, 0, { status: 'starting' })
+  const say = (msg: string): void => {
+    if (bar == null) process.stderr.write(`${msg}\n`)
+    else bar.update(completions, { status: msg })
+  }
+
+  const common = [
+    '--trainer', trainer,
+    '--strategy', strategy,
+    '--rounds', String(options.rounds),
+    '--min-peers', String(n),
+    '--listen', '/ip4/127.0.0.1/tcp/0',
+    '--json',
+    ...(options.deadlineMs != null ? ['--deadline', String(options.deadlineMs)] : []),
+    ...(options.graceMs != null ? ['--grace', String(options.graceMs)] : []),
+    ...(options.peerArgs ?? []),
+  ]
+  const env = { ...process.env, FLORA_FROM_SOURCE: import.meta.url.endsWith('.ts') ? '1' : (process.env.FLORA_FROM_SOURCE ?? '') }
+
+  const launch = (i: number, bootstrap: string | undefined): { child: ChildProcess; listening: Promise<string> } => {
+    const args = [
+      BIN,
+      ...common,
+      '--rank', String(ranks[i]),
+      '--data', trainer === 'synthetic' ? `synthetic:${i}` : `${i}/${n}`,
+      '--identity', join(out, `peer-${i}.key`),
+      '--report', join(out, `peer-${i}.json`),
+      '--records', join(out, `peer-${i}.records.jsonl`),
+      ...(bootstrap != null ? ['--bootstrap', bootstrap] : []),
+    ]
+    const child = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] })
+    child.stderr?.pipe(createWriteStream(join(out, `peer-${i}.log`)))
+    const events = createWriteStream(join(out, `peer-${i}.events.jsonl`))
+    let resolveAddr!: (a: string) => void
+    let rejectAddr!: (e: Error) => void
+    const listening = new Promise<string>((res, rej) => {
+      resolveAddr = res
+      rejectAddr = rej
+    })
+    lines(child, (line) => {
+      events.write(`${line}\n`)
+      let ev: { event?: string; multiaddrs?: string[]; round?: number }
+      try {
+        ev = JSON.parse(line) as typeof ev
+      } catch {
+        return
+      }
+      if (ev.event === 'listening' && ev.multiaddrs?.[0] != null) resolveAddr(ev.multiaddrs[0])
+      if (ev.event === 'round:complete') {
+        completions++
+        say(`peer ${i} finished round ${ev.round}`)
+      }
+    })
+    exits.push(
+      new Promise((res) => {
+        child.on('exit', (code) => {
+          events.end()
+          rejectAddr(new Error(`peer ${i} exited (${code}) before listening; see ${join(out, `peer-${i}.log`)}`))
+          res(code)
+        })
+      }),
+    )
+    children.push(child)
+    return { child, listening }
+  }
+
+  const stopAll = (signal: NodeJS.Signals): void => {
+    for (const c of children) if (c.exitCode == null) c.kill(signal)
+  }
+  const onSigint = (): void => stopAll('SIGINT')
+  process.on('SIGINT', onSigint)
+  const timer = setTimeout(() => {
+    say('timeout: stopping peers')
+    stopAll('SIGTERM')
+  }, options.timeoutMs ?? 15 * 60_000)
+  try {
+    const first = launch(0, undefined)
+    const addr = await first.listening
+    say(`peer 0 listening on ${addr}`)
+    for (let i = 1; i < n; i++) launch(i, addr)
+    const codes = await Promise.all(exits)
+    bar?.update(completions, { status: 'done' })
+    bar?.stop()
+    return await buildReport(out, n, ranks, strategy, trainer, options.rounds, codes, Date.now() - t0)
+  } finally {
+    clearTimeout(timer)
+    process.off('SIGINT', onSigint)
+    stopAll('SIGKILL')
+  }
+}
+
+export async function buildReport(
+  out: string,
+  n: number,
+  ranks: number[],
+  strategy: string,
+  trainer: string,
+  rounds: number,
+  codes: Array<number | null>,
+  durationMs: number,
+): Promise<SwarmReport> {
+  const reports: Array<PeerReport | null> = await Promise.all(
+    Array.from({ length: n }, async (_, i) => {
+      try {
+        return JSON.parse(await readFile(join(out, `peer-${i}.json`), 'utf8')) as PeerReport
+      } catch {
+        return null
+      }
+    }),
+  )
+  const ids = reports.map((r) => r?.peerId ?? null)
+  const roundReports: SwarmRoundReport[] = []
+  let agreement = true
+  for (let r = 1; r <= rounds; r++) {
+    const hashes: Record<string, string | null> = {}
+    const evalLoss: Record<string, number | null> = {}
+    let contributors: readonly string[] = []
+    let proposer: string | null = null
+    reports.forEach((rep, i) => {
+      const key = ids[i] ?? `peer-${i}`
+      const rec = rep?.rounds.find((x) => x.round === r)
+      hashes[key] = rec?.stateHash ?? null
+      evalLoss[key] = rec?.evalLoss ?? null
+      if (rec != null) {
+        contributors = rec.contributors
+        proposer = rec.proposer
+      }
+    })
+    const seen = Object.values(hashes)
+    const agree = seen.every((h) => h != null) && new Set(seen).size === 1
+    if (!agree) agreement = false
+    roundReports.push({ round: r, contributors, proposer, hashes, evalLoss, agree })
+  }
+  const report: SwarmReport = {
+    swarmId: reports.find((r) => r != null)?.swarmId ?? null,
+    options: { peers: n, rounds, ranks, strategy, trainer },
+    durationMs,
+    agreement,
+    allFinished: reports.every((r) => r?.finished === true),
+    genesis: { stateHash: reports[0]?.genesis.stateHash ?? null, evalLoss: reports[0]?.genesis.evalLoss ?? null },
+    rounds: roundReports,
+    peers: reports.map((rep, i) => ({
+      index: i,
+      peerId: rep?.peerId ?? null,
+      rank: ranks[i],
+      samples: rep?.samples ?? null,
+      bytesSent: rep?.stats.payloadBytesSent ?? null,
+      bytesReceived: rep?.stats.payloadBytesReceived ?? null,
+      wireBytesIn: rep?.stats.wireBytesIn ?? null,
+      wireBytesOut: rep?.stats.wireBytesOut ?? null,
+      rejected: rep?.rejected ?? {},
+      exitCode: codes[i],
+      finished: rep?.finished ?? false,
+    })),
+  }
+  await writeFile(join(out, 'report.json'), `${JSON.stringify(report, null, 2)}\n`)
+  return report
+}
+
+function positive(name: string) {
+  return (v: string): number => {
+    const x = Number(v)
+    if (!Number.isInteger(x) || x < 1) throw new InvalidArgumentError(`${name} must be a positive integer`)
+    return x
+  }
+}
+
+async function cli(): Promise<void> {
+  const program = new Command('swarm')
+    .description('Run a local multi-process flora swarm on 127.0.0.1 and check that every round\'s state hashes agree.')
+    .option('-p, --peers <n>', 'number of peer processes', positive('--peers'), 3)
+    .option('-r, --rounds <n>', 'rounds', positive('--rounds'), 5)
+    .option('--ranks <list>', `comma-separated ranks, cycled over peers (default: the FLoRA paper's ${PAPER_RANKS.join(',')})`, (v) =>
+      v.split(',').map((x) => positive('--ranks')(x.trim())),
+    )
+    .option('-s, --strategy <name>', 'aggregation strategy', 'flora')
+    .option('-t, --trainer <name>', 'training backend of every peer', 'synthetic')
+    .option('-o, --out <dir>', 'output directory (default: runs/swarm-<time>)')
+    .option('--deadline <ms>', 'round deadline', positive('--deadline'))
+    .option('--grace <ms>', 'grace per fallback proposer', positive('--grace'))
+    .option('--timeout <s>', 'stop everything after this many seconds', positive('--timeout'), 900)
+    .option('--no-progress', 'no progress bar')
+    .allowExcessArguments(false)
+  program.parse(process.argv)
+  const o = program.opts<{
+    peers: number
+    rounds: number
+    ranks?: number[]
+    strategy: string
+    trainer: string
+    out?: string
+    deadline?: number
+    grace?: number
+    timeout: number
+    progress: boolean
+  }>()
+  const out = o.out ?? join('runs', `swarm-${new Date().toISOString().replace(/[:.]/g, '-')}`)
+  const report = await runSwarm({
+    peers: o.peers,
+    rounds: o.rounds,
+    ranks: o.ranks,
+    strategy: o.strategy,
+    trainer: o.trainer,
+    out,
+    deadlineMs: o.deadline,
+    graceMs: o.grace,
+    timeoutMs: o.timeout * 1000,
+    progress: o.progress && process.stdout.isTTY === true,
+  })
+  const lossOf = (r: SwarmRoundReport): string => {
+    const v = Object.values(r.evalLoss).filter((x): x is number => x != null)
+    return v.length > 0 ? v[0].toPrecision(5) : '-'
+  }
+  process.stdout.write(`swarm ${report.swarmId ?? '?'}: ${report.options.peers} peers, ranks ${report.options.ranks.join(',')}, ${report.options.strategy}\n`)
+  process.stdout.write(`round 0: eval loss ${report.genesis.evalLoss?.toPrecision(5) ?? '-'}\n`)
+  for (const r of report.rounds) {
+    const hashes = new Set(Object.values(r.hashes))
+    process.stdout.write(
+      `round ${r.round}: ${r.agree ? 'hashes agree' : 'HASHES DISAGREE'} (${[...hashes].map((h) => h?.slice(0, 12) ?? 'missing').join(', ')}), ${r.contributors.length} contributors, eval loss ${lossOf(r)}\n`,
+    )
+  }
+  process.stdout.write(`report: ${join(resolve(out), 'report.json')} (${(report.durationMs / 1000).toFixed(1)} s)\n`)
+  const failed = report.peers.filter((p) => p.exitCode !== 0)
+  if (!report.agreement || failed.length > 0 || !report.allFinished) {
+    process.stderr.write(
+      `swarm FAILED: ${!report.agreement ? 'state hashes disagree; ' : ''}${failed.length > 0 ? `peers ${failed.map((p) => p.index).join(',')} exited non-zero; ` : ''}${!report.allFinished ? 'not every peer finished' : ''}\n`,
+    )
+    process.exit(1)
+  }
+}
+
+if (process.argv[1] != null && resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
+  cli().catch((err: unknown) => {
+    process.stderr.write(`swarm: ${err instanceof Error ? err.message : String(err)}\n`)
+    process.exit(1)
+  })
+}

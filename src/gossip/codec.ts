@@ -1,0 +1,33 @@
+/** Gossip message bytes: canonical JSON of a signed envelope, decoded strictly. */
+import { canonicalBytes, type CanonicalValue } from './canonical.js'
+import { GossipMessageSchema, MAX_ANNOUNCEMENT_BYTES, MAX_MANIFEST_BYTES, type GossipMessage } from './messages.js'
+import type { RejectReason } from './errors.js'
+
+export function encodeGossipMessage(msg: GossipMessage): Uint8Array {
+  return canonicalBytes(msg as unknown as CanonicalValue)
+}
+
+export type DecodeResult = { ok: true; msg: GossipMessage } | { ok: false; reason: RejectReason; detail: string }
+
+const decoder = new TextDecoder('utf-8', { fatal: true })
+
+export function decodeGossipMessage(bytes: Uint8Array): DecodeResult {
+  if (bytes.byteLength > MAX_MANIFEST_BYTES) {
+    return { ok: false, reason: 'oversized', detail: `message of ${bytes.byteLength} bytes exceeds ${MAX_MANIFEST_BYTES}` }
+  }
+  let json: unknown
+  try {
+    json = JSON.parse(decoder.decode(bytes))
+  } catch (err) {
+    return { ok: false, reason: 'malformed', detail: `not UTF-8 JSON: ${(err as Error).message}` }
+  }
+  const parsed = GossipMessageSchema.safeParse(json)
+  if (!parsed.success) {
+    const issue = parsed.error.issues[0]
+    return { ok: false, reason: 'malformed', detail: `schema: ${issue?.path.join('.') ?? ''} ${issue?.message ?? ''}`.trim() }
+  }
+  if (parsed.data.kind === 'announce' && bytes.byteLength > MAX_ANNOUNCEMENT_BYTES) {
+    return { ok: false, reason: 'oversized', detail: `announcement of ${bytes.byteLength} bytes exceeds ${MAX_ANNOUNCEMENT_BYTES}` }
+  }
+  return { ok: true, msg: parsed.data }
+}

@@ -1,0 +1,54 @@
+/**
+ * Named errors and rejection reasons of the gossip layer. Callers branch on `err.name`
+ * and then `err.code`; messages are for humans.
+ */
+
+/**
+ * Why a message, payload or peer was refused. Every rejection is logged with one of these
+ * and surfaced as a `peer:rejected` event, so an operator can tell a bug from an attack.
+ */
+export type RejectReason =
+  | 'malformed' // not valid JSON, or fails the schema
+  | 'oversized' // message or declared payload larger than the caps
+  | 'wrong-swarm' // swarm id differs from ours (other config or base model)
+  | 'round-window' // round too far from ours to be considered
+  | 'forged-author' // gossipsub publisher differs from the signed author/proposer
+  | 'bad-signature' // signature does not verify against the author's peer id
+  | 'wrong-parent' // built on a parent state hash other than the agreed one
+  | 'equivocation' // a second, different announcement by one author for one round
+  | 'malformed-payload' // payload bytes are not a valid adapter for this swarm
+  | 'payload-mismatch' // payload decodes, but rank/alpha differ from the announcement
+  | 'payload-unavailable' // no peer could serve the payload in time
+  | 'manifest-invalid' // manifest entries unsorted, duplicated or badly signed
+  | 'manifest-hash-mismatch' // replaying the manifest gives another state hash
+  | 'superseded' // a competing manifest from an earlier proposer won the round
+
+export type PayloadTransferErrorCode =
+  | 'NOT_FOUND' // the remote does not hold the payload
+  | 'TOO_LARGE' // declared or received size above the cap
+  | 'SIZE_MISMATCH' // received size differs from the declared one
+  | 'HASH_MISMATCH' // received bytes do not hash to the requested sha256
+  | 'PROTOCOL' // malformed frame
+  | 'TIMEOUT'
+  | 'ABORTED'
+  | 'UNREACHABLE' // no connection or stream could be opened
+
+/** A payload could not be fetched from one peer (or from any, for `fetchFromAny`). */
+export class PayloadTransferError extends Error {
+  override readonly name = 'PayloadTransferError'
+  readonly code: PayloadTransferErrorCode
+  constructor(code: PayloadTransferErrorCode, message: string, options?: { cause?: unknown }) {
+    super(`${code}: ${message}`, options)
+    this.code = code
+  }
+}
+
+/** A gossip message or manifest failed validation. */
+export class MessageRejectedError extends Error {
+  override readonly name = 'MessageRejectedError'
+  readonly reason: RejectReason
+  constructor(reason: RejectReason, message: string) {
+    super(`${reason}: ${message}`)
+    this.reason = reason
+  }
+}

@@ -1,0 +1,148 @@
+/**
+ * Fetches each payload at most once, from whichever known holder answers first in order
+ * of preference (author, then the manifest's proposer, then other members), verified
+ * against its hash. Concurrent requests for one hash share one transfer; a payload
+ * already in the store costs nothing. This is what keeps a peer's inbound bytes per round
+ * close to the sum of the other peers' adapter sizes.
+ */
+import { peerIdFromString } from '@libp2p/peer-id'
+import { PayloadTransferError } from './errors.js'
+import { fetchPayload, type PayloadStore, type StreamOpener } from './payload.js'
+
+export interface PayloadFetcherInit {
+  open: StreamOpener
+  store: PayloadStore
+  /** Our own peer id: never a source. */
+  self: string
+  maxBytes: number
+  /** Per-attempt (one source) timeout. */
+  attemptTimeoutMs?: number
+  /** Pause between passes over all known sources when none could serve. */
+  retryDelayMs?: number
+  /** Accounting hook: payload bytes received from a peer. */
+  onReceived?: (from: string, hash: string, bytes: number) => void
+  /** Diagnostics for failed attempts. */
+  onAttemptFailed?: (from: string, hash: string, err: PayloadTransferError) => void
+}
+
+export interface FetchRequest {
+  size: number
+  round: number
+  signal: AbortSignal
+}
+
+export class PayloadFetcher {
+  readonly #init: PayloadFetcherInit
+  readonly #inflight = new Map<string, Promise<Uint8Array>>()
+  readonly #sources = new Map<string, string[]>()
+  readonly #wakeups = new Map<string, () => void>()
+
+  constructor(init: PayloadFetcherInit) {
+    this.#init = init
+  }
+
+  /** Records peers that hold (or should hold) a payload, in order of preference. */
+  addSources(hash: string, peers: Iterable<string>): void {
+    let list = this.#sources.get(hash)
+    if (list == null) {
+      list = []
+      this.#sources.set(hash, list)
+    }
+    let added = false
+    for (const p of peers) {
+      if (p !== this.#init.self && !list.includes(p)) {
+        list.push(p)
+        added = true
+      }
+    }
+    if (added) this.#wakeups.get(hash)?.()
+  }
+
+  /** Forgets source lists of payloads we no longer fetch (call after pruning the store). */
+  forget(hashes: Iterable<string>): void {
+    for (const h of hashes) if (!this.#inflight.has(h)) this.#sources.delete(h)
+  }
+
+  /** The verified payload bytes; from the store if held, else fetched once. */
+  async fetch(hash: string, req: FetchRequest): Promise<Uint8Array> {
+    const held = this.#init.store.get(hash)
+    if (held != null) return held
+    let p = this.#inflight.get(hash)
+    if (p == null) {
+      p = this.#run(hash, req).finally(() => this.#inflight.delete(hash))
+      this.#inflight.set(hash, p)
+    }
+    return raceAbort(p, req.signal)
+  }
+
+  async #run(hash: string, req: FetchRequest): Promise<Uint8Array> {
+    const bad = new Set<string>()
+    let lastErr: PayloadTransferError | undefined
+    while (!req.signal.aborted) {
+      const candidates = (this.#sources.get(hash) ?? []).filter((p) => !bad.has(p))
+      for (const source of candidates) {
+        if (req.signal.aborted) break
+        try {
+          const bytes = await fetchPayload(this.#init.open, peerIdFromString(source), {
+            hash,
+            expectedSize: req.size,
+            maxBytes: this.#init.maxBytes,
+            signal: req.signal,
+            timeoutMs: this.#init.attemptTimeoutMs ?? 60_000,
+          })
+          this.#init.store.putVerified(hash, bytes, req.round)
+          this.#init.onReceived?.(source, hash, bytes.byteLength)
+          return bytes
+        } catch (err) {
+          const e = err instanceof PayloadTransferError ? err : new PayloadTransferError('PROTOCOL', String(err))
+          lastErr = e
+          if (e.code === 'ABORTED') break
+          // A peer that sent wrong bytes is not asked again for this payload.
+          if (e.code === 'HASH_MISMATCH' || e.code === 'SIZE_MISMATCH' || e.code === 'TOO_LARGE' || e.code === 'PROTOCOL') bad.add(source)
+          this.#init.onAttemptFailed?.(source, hash, e)
+        }
+      }
+      if (req.signal.aborted) break
+      await this.#waitForSources(hash, req.signal)
+    }
+    throw new PayloadTransferError(
+      'ABORTED',
+      `payload ${hash.slice(0, 12)} not fetched${lastErr ? ` (last error: ${lastErr.message})` : ''}`,
+      { cause: lastErr },
+    )
+  }
+
+  /** Waits for a new source or the retry delay, whichever comes first. */
+  async #waitForSources(hash: string, signal: AbortSignal): Promise<void> {
+    let resolve!: () => void
+    const promise = new Promise<void>((r) => {
+      resolve = r
+    })
+    const timer = setTimeout(resolve, this.#init.retryDelayMs ?? 250)
+    const onAbort = (): void => resolve()
+    signal.addEventListener('abort', onAbort, { once: true })
+    this.#wakeups.set(hash, resolve)
+    try {
+      await promise
+    } finally {
+      clearTimeout(timer)
+      signal.removeEventListener('abort', onAbort)
+      this.#wakeups.delete(hash)
+    }
+  }
+}
+
+async function raceAbort<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
+  if (signal.aborted) throw new PayloadTransferError('ABORTED', 'aborted')
+  let reject!: (err: Error) => void
+  const promise = new Promise<never>((_, rj) => {
+    reject = rj
+  })
+  const onAbort = (): void => reject(new PayloadTransferError('ABORTED', 'aborted'))
+  signal.addEventListener('abort', onAbort, { once: true })
+  try {
+    return await Promise.race([p, promise])
+  } finally {
+    signal.removeEventListener('abort', onAbort)
+  }
+}

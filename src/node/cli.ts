@@ -1,0 +1,305 @@
+/**
+ * `flora-peer`: one peer of a flora swarm, from the command line.
+ *
+ * Prints its own multiaddrs on start (others bootstrap to them), human lines on a TTY and
+ * JSON lines otherwise (stdout: events, stderr: logs), and shuts down cleanly on Ctrl-C.
+ */
+import { writeFile, mkdir } from 'node:fs/promises'
+import { dirname } from 'node:path'
+import { Command, InvalidArgumentError, Option } from 'commander'
+import { swarmIdOf } from './config.js'
+import { createLogger } from './logger.js'
+import { createPeer } from './peer.js'
+import { defaultTrainerBackend, setupPeer, trainerBackends } from './setup.js'
+import type { RoundCompleteDetail, RoundSupersededDetail } from './engine.js'
+import type { WireCounter } from './wire-metrics.js'
+import { listStrategies } from '../aggregation/index.js'
+
+export interface PeerReport {
+  peerId: string
+  swarmId: string
+  multiaddrs: string[]
+  trainer: string
+  rank: number
+  alpha: number
+  samples: number
+  genesis: { stateHash: string; evalLoss: number }
+  rounds: Array<{
+    round: number
+    stateHash: string
+    parentStateHash: string
+    proposer: string
+    contributors: readonly string[]
+    evalLoss: number
+    metrics: RoundCompleteDetail['metrics']
+  }>
+  superseded: RoundSupersededDetail[]
+  rejected: Record<string, number>
+  stats: { payloadBytesReceived: number; payloadBytesSent: number; gossipBytesReceived: number; wireBytesIn: number; wireBytesOut: number }
+  finished: boolean
+}
+
+function int(name: string, min: number) {
+  return (value: string): number => {
+    const n = Number(value)
+    if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be an integer >= ${min}`)
+    return n
+  }
+}
+
+function num(name: string) {
+  return (value: string): number => {
+    const n = Number(value)
+    if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive number`)
+    return n
+  }
+}
+
+function list(value: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), ...value.split(',').map((s) => s.trim()).filter((s) => s.length > 0)]
+}
+
+export function buildProgram(): Command {
+  const program = new Command('flora-peer')
+  program
+    .description(
+      'Join a flora swarm: fine-tune the shared base model with a LoRA of your own rank on your own data, ' +
+        'exchange adapters with the other peers over libp2p, and merge every round bit-identically (FLoRA stacking).',
+    )
+    .addOption(new Option('-b, --bootstrap <multiaddr>', 'address of a running peer, as it printed it (/ip4/.../tcp/.../p2p/<id>); repeatable or comma-separated').argParser(list).env('FLORA_BOOTSTRAP'))
+    .addOption(new Option('-l, --listen <multiaddr>', 'address to listen on; repeatable').argParser(list).env('FLORA_LISTEN'))
+    .addOption(new Option('--announce <multiaddr>', 'address to announce instead of the listen address (public IP, NAT); repeatable').argParser(list).env('FLORA_ANNOUNCE'))
+    .addOption(new Option('-r, --rank <n>', 'LoRA rank of this peer').argParser(int('--rank', 1)).default(8).env('FLORA_RANK'))
+    .addOption(new Option('--alpha <x>', 'LoRA alpha (default: 2 x rank, as in the FLoRA paper)').argParser(num('--alpha')).env('FLORA_ALPHA'))
+    .addOption(new Option('-d, --data <spec>', 'training data: a JSONL file or a bundled task (model trainer); synthetic[:k] (synthetic trainer)').env('FLORA_DATA'))
+    .addOption(new Option('-m, --model <dir>', 'base model directory (model trainer)').env('FLORA_MODEL'))
+    .addOption(new Option('-n, --rounds <n>', 'rounds to take part in, then leave (default: until stopped)').argParser(int('--rounds', 1)).env('FLORA_ROUNDS'))
+    .addOption(new Option('--local-steps <n>', 'local training steps per round').argParser(int('--local-steps', 1)).env('FLORA_LOCAL_STEPS'))
+    .addOption(new Option('-s, --strategy <name>', `aggregation strategy (swarm-wide): ${listStrategies().join(', ')}`).env('FLORA_STRATEGY'))
+    .addOption(new Option('-c, --config <file>', 'swarm config JSON (as printed by --print-config); overrides the swarm flags').env('FLORA_CONFIG'))
+    .addOption(new Option('--print-config', 'print the swarm config these options define, and exit'))
+    .addOption(new Option('-t, --trainer <name>', `training backend: ${trainerBackends().join(', ')}`).default(defaultTrainerBackend()).env('FLORA_TRAINER'))
+    .addOption(new Option('--name <name>', 'swarm name (part of the swarm id)').env('FLORA_SWARM_NAME'))
+    .addOption(new Option('--min-peers <n>', 'members (this peer included) to wait for before round 1 (swarm-wide)').argParser(int('--min-peers', 1)).env('FLORA_MIN_PEERS'))
+    .addOption(new Option('--deadline <ms>', 'round deadline in ms after a peer starts the round (swarm-wide)').argParser(int('--deadline', 100)).env('FLORA_DEADLINE_MS'))
+    .addOption(new Option('--grace <ms>', 'extra wait per fallback proposer in ms (swarm-wide)').argParser(int('--grace', 50)).env('FLORA_GRACE_MS'))
+    .addOption(new Option('--seed <n>', 'swarm seed (swarm-wide)').argParser(int('--seed', 0)).env('FLORA_SEED'))
+    .addOption(new Option('--layers <n>', 'synthetic base: layers').argParser(int('--layers', 1)).env('FLORA_SYNTHETIC_LAYERS'))
+    .addOption(new Option('--hidden <n>', 'synthetic base: hidden size').argParser(int('--hidden', 1)).env('FLORA_SYNTHETIC_HIDDEN'))
+    .addOption(new Option('--samples <n>', 'synthetic trainer: reported sample count').argParser(int('--samples', 1)).env('FLORA_SAMPLES'))
+    .addOption(new Option('-i, --identity <file>', 'key file that keeps this peer\'s id across restarts (created if missing)').default('.flora/peer.key').env('FLORA_IDENTITY'))
+    .addOption(new Option('--mdns', 'also discover peers on the local network (mDNS)').env('FLORA_MDNS'))
+    .addOption(new Option('--records <file>', 'append every committed round record (manifest chain) to this JSON-lines file').env('FLORA_RECORDS'))
+    .addOption(new Option('--report <file>', 'write a JSON summary of this peer\'s run here on exit').env('FLORA_REPORT'))
+    .addOption(new Option('--linger <ms>', 'after the last round, keep serving payloads this long for slower peers (default: min(grace, 3000))').argParser(int('--linger', 0)).env('FLORA_LINGER_MS'))
+    .addOption(new Option('--merge-workers <n>', 'merge worker threads (0: main thread)').argParser(int('--merge-workers', 0)).default(0).env('FLORA_MERGE_WORKERS'))
+    .addOption(new Option('--log-level <level>', 'trace, debug, info, warn, error, silent').default('info').env('FLORA_LOG_LEVEL'))
+    .addOption(new Option('--json', 'JSON lines even on a TTY').env('FLORA_JSON'))
+    .addHelpText(
+      'after',
+      `
+Every option has an environment variable (shown above); flags win over the environment.
+Peers with a different swarm config (base model, targets, strategy, round policy, name)
+are refused with a log line naming the differing fields.
+
+Examples:
+  # first peer: note the /p2p/ address it prints
+  flora-peer --trainer synthetic --rank 8 --listen /ip4/0.0.0.0/tcp/4001 --rounds 5
+
+  # another peer, on another machine, joining through the first one
+  flora-peer --trainer synthetic --rank 4 --data synthetic:1 --rounds 5 \\
+    --bootstrap /ip4/192.168.1.10/tcp/4001/p2p/12D3KooW...
+
+  # share one swarm config file instead of repeating the swarm flags
+  flora-peer --trainer synthetic --print-config > swarm.json
+  flora-peer --config swarm.json --rank 16 --bootstrap ...
+`,
+    )
+  return program
+}
+
+interface CliOptions {
+  bootstrap?: string[]
+  listen?: string[]
+  announce?: string[]
+  rank: number
+  alpha?: number
+  data?: string
+  model?: string
+  rounds?: number
+  localSteps?: number
+  strategy?: string
+  config?: string
+  printConfig?: boolean
+  trainer: string
+  name?: string
+  minPeers?: number
+  deadline?: number
+  grace?: number
+  seed?: number
+  layers?: number
+  hidden?: number
+  samples?: number
+  identity: string
+  mdns?: boolean
+  records?: string
+  report?: string
+  linger?: number
+  mergeWorkers: number
+  logLevel: string
+  json?: boolean
+}
+
+/** Runs the CLI; resolves with the process exit code. */
+export async function main(argv: readonly string[] = process.argv): Promise<number> {
+  const program = buildProgram()
+  program.parse([...argv])
+  const o = program.opts<CliOptions>()
+  const human = o.json !== true && process.stdout.isTTY === true
+  const log = createLogger({ level: o.logLevel, human: o.json !== true && process.stderr.isTTY === true })
+  const emit = (event: string, data: Record<string, unknown>, line: string): void => {
+    process.stdout.write(human ? `${line}\n` : `${JSON.stringify({ event, time: new Date().toISOString(), ...data })}\n`)
+  }
+
+  const alpha = o.alpha ?? 2 * o.rank
+  const setup = await setupPeer({
+    trainer: o.trainer,
+    configFile: o.config,
+    name: o.name,
+    strategy: o.strategy,
+    round: {
+      ...(o.minPeers != null ? { minPeers: o.minPeers } : {}),
+      ...(o.deadline != null ? { deadlineMs: o.deadline } : {}),
+      ...(o.grace != null ? { graceMs: o.grace } : {}),
+    },
+    rank: o.rank,
+    alpha,
+    data: o.data,
+    model: o.model,
+    localSteps: o.localSteps,
+    samples: o.samples,
+    seed: o.seed,
+    layers: o.layers,
+    hidden: o.hidden,
+  })
+  if (o.printConfig === true) {
+    process.stdout.write(`${JSON.stringify(setup.config, null, 2)}\n`)
+    return 0
+  }
+  if (o.strategy != null && o.config != null && o.strategy !== setup.config.strategy) {
+    log.error({ flag: o.strategy, config: setup.config.strategy }, '--strategy differs from the strategy in --config')
+    return 2
+  }
+
+  const stop = new AbortController()
+  let interrupted = false
+  const onSignal = (sig: string): void => {
+    if (stop.signal.aborted) {
+      log.warn({ signal: sig }, 'second signal: exiting now')
+      process.exit(130)
+    }
+    interrupted = true
+    log.info({ signal: sig }, 'shutting down (press Ctrl-C again to force)')
+    stop.abort(new Error(sig))
+  }
+  process.on('SIGINT', () => onSignal('SIGINT'))
+  process.on('SIGTERM', () => onSignal('SIGTERM'))
+
+  const wire: WireCounter = { bytesIn: 0, bytesOut: 0 }
+  const peer = await createPeer({
+    config: setup.config,
+    weights: setup.weights,
+    rank: o.rank,
+    alpha,
+    trainer: setup.trainer,
+    rounds: o.rounds,
+    logger: log,
+    identityFile: o.identity,
+    listen: o.listen ?? ['/ip4/0.0.0.0/tcp/0'],
+    announce: o.announce,
+    bootstrap: o.bootstrap,
+    mdns: o.mdns,
+    recordsFile: o.records,
+    mergeWorkers: o.mergeWorkers,
+    wireCounter: wire,
+  })
+
+  const report: PeerReport = {
+    peerId: peer.peerId,
+    swarmId: swarmIdOf(setup.config),
+    multiaddrs: [],
+    trainer: o.trainer,
+    rank: o.rank,
+    alpha,
+    samples: setup.samples,
+    genesis: { stateHash: setup.config.genesisStateHash, evalLoss: await setup.evaluate(peer.head.weights) },
+    rounds: [],
+    superseded: [],
+    rejected: {},
+    stats: { payloadBytesReceived: 0, payloadBytesSent: 0, gossipBytesReceived: 0, wireBytesIn: 0, wireBytesOut: 0 },
+    finished: false,
+  }
+  const pending: Promise<void>[] = []
+  peer.addEventListener('round:complete', (e) => {
+    const d = e.detail
+    const weights = peer.head.weights
+    pending.push(
+      setup.evaluate(weights).then((evalLoss) => {
+        report.rounds.push({ ...d, evalLoss })
+        emit(
+          'round:complete',
+          { ...d, evalLoss },
+          `round ${d.round}${o.rounds != null ? `/${o.rounds}` : ''} complete  state ${d.stateHash.slice(0, 16)}  ${d.contributors.length} contributors  eval loss ${evalLoss.toPrecision(5)}  ${(d.metrics.roundMs / 1000).toFixed(1)} s`,
+        )
+      }),
+    )
+  })
+  peer.addEventListener('round:superseded', (e) => {
+    report.superseded.push(e.detail)
+    emit('round:superseded', { ...e.detail }, `round ${e.detail.round} superseded by ${e.detail.proposer}'s manifest: state ${e.detail.stateHash.slice(0, 16)}`)
+  })
+  peer.addEventListener('peer:rejected', (e) => {
+    report.rejected[e.detail.reason] = (report.rejected[e.detail.reason] ?? 0) + 1
+    emit('peer:rejected', { ...e.detail }, `rejected ${e.detail.peerId}: ${e.detail.reason} (${e.detail.detail})`)
+  })
+  peer.addEventListener('member:join', (e) => emit('member:join', { ...e.detail }, `member joined: ${e.detail.peerId}`))
+  peer.addEventListener('member:leave', (e) => emit('member:leave', { ...e.detail }, `member left: ${e.detail.peerId}`))
+
+  try {
+    await peer.start()
+  } catch (err) {
+    log.error({ err: (err as Error).message }, 'could not start the peer')
+    return 1
+  }
+  report.multiaddrs = peer.multiaddrs()
+  log.info({ trainer: o.trainer, setup: setup.description }, 'training backend')
+  emit(
+    'listening',
+    { peerId: peer.peerId, swarmId: report.swarmId, multiaddrs: report.multiaddrs, rank: o.rank, alpha },
+    `flora-peer ${peer.peerId}\nswarm ${report.swarmId}\nlistening on (bootstrap other peers to one of these):\n${report.multiaddrs.map((a) => `  ${a}`).join('\n')}`,
+  )
+
+  const aborted = new Promise<void>((resolve) => stop.signal.addEventListener('abort', () => resolve(), { once: true }))
+  await Promise.race([peer.whenDone(), aborted])
+  report.finished = o.rounds != null && peer.head.round >= o.rounds
+  if (report.finished && !stop.signal.aborted) {
+    const linger = o.linger ?? Math.min(setup.config.round.graceMs, 3000)
+    log.info({ lingerMs: linger }, 'all rounds done; serving payloads a little longer for slower peers')
+    await Promise.race([new Promise((resolve) => setTimeout(resolve, linger).unref()), aborted])
+  }
+  await Promise.all(pending)
+  await peer.stop()
+  const stats = peer.stats()
+  report.stats = { ...stats, wireBytesIn: wire.bytesIn, wireBytesOut: wire.bytesOut }
+  const last = report.rounds.at(-1)
+  emit(
+    'done',
+    { round: last?.round ?? 0, stateHash: last?.stateHash ?? report.genesis.stateHash, finished: report.finished, stats: report.stats },
+    `done after ${report.rounds.length} round(s); state ${(last?.stateHash ?? report.genesis.stateHash).slice(0, 16)}; received ${stats.payloadBytesReceived} payload bytes, sent ${stats.payloadBytesSent}`,
+  )
+  if (o.report != null) {
+    await mkdir(dirname(o.report), { recursive: true })
+    await writeFile(o.report, `${JSON.stringify(report, null, 2)}\n`)
+  }
+  return interrupted ? 130 : 0
+}

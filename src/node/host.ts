@@ -1,0 +1,77 @@
+/**
+ * The libp2p host of a flora peer: TCP, Noise, Yamux, identify, gossipsub, bootstrap-list
+ * discovery and optionally mDNS, with the flora service on it.
+ */
+import { createLibp2p, type Libp2p, type Libp2pOptions } from 'libp2p'
+import { tcp } from '@libp2p/tcp'
+import { noise } from '@chainsafe/libp2p-noise'
+import { yamux } from '@chainsafe/libp2p-yamux'
+import { identify } from '@libp2p/identify'
+import { gossipsub } from '@libp2p/gossipsub'
+import { bootstrap } from '@libp2p/bootstrap'
+import { mdns } from '@libp2p/mdns'
+import type { PrivateKey } from '@libp2p/interface'
+import { flora, type FloraInit, type FloraService } from './service.js'
+import { wireMetrics, type WireCounter } from './wire-metrics.js'
+
+export interface HostOptions {
+  privateKey: PrivateKey
+  /** Listen multiaddrs (default /ip4/0.0.0.0/tcp/0). */
+  listen?: readonly string[]
+  /** Addresses to announce instead of the listen addresses (NAT, public IPs). */
+  announce?: readonly string[]
+  /** Multiaddrs (with /p2p/<id>) of peers to join through. */
+  bootstrap?: readonly string[]
+  /** Discover peers on the LAN with mDNS. */
+  mdns?: boolean
+  flora: FloraInit
+  /** Count raw transport bytes into this object. */
+  wireCounter?: WireCounter
+}
+
+export type FloraLibp2p = Libp2p<{ identify: unknown; pubsub: unknown; flora: FloraService }>
+
+export async function createHost(options: HostOptions): Promise<FloraLibp2p> {
+  // The gater consults the flora service (created below) so peers of other swarms are not redialled.
+  let service: FloraService | undefined
+  const discovery: NonNullable<Libp2pOptions['peerDiscovery']> = []
+  if (options.bootstrap != null && options.bootstrap.length > 0) {
+    discovery.push(bootstrap({ list: [...options.bootstrap], timeout: 0 }))
+  }
+  if (options.mdns === true) discovery.push(mdns())
+  const node = await createLibp2p({
+    start: false,
+    privateKey: options.privateKey,
+    addresses: {
+      listen: [...(options.listen ?? ['/ip4/0.0.0.0/tcp/0'])],
+      announce: options.announce != null ? [...options.announce] : undefined,
+    },
+    transports: [tcp()],
+    connectionEncrypters: [noise()],
+    streamMuxers: [yamux()],
+    peerDiscovery: discovery,
+    // A local swarm opens many connections from one host at once; libp2p's per-host
+    // inbound rate limit (5/s) would reset most of them. Loopback is exempt (as above).
+    connectionManager: { allow: ['/ip4/127.0.0.0/ipcidr/8', '/ip6/::1/ipcidr/128'] },
+    connectionGater: {
+      denyDialPeer: (peerId) => service?.isRefused(peerId.toString()) ?? false,
+      denyInboundEncryptedConnection: (peerId) => service?.isRefused(peerId.toString()) ?? false,
+    },
+    metrics: options.wireCounter != null ? wireMetrics(options.wireCounter) : undefined,
+    services: {
+      identify: identify(),
+      pubsub: gossipsub({
+        allowPublishToZeroTopicPeers: true,
+        emitSelf: false,
+        // gossipsub's IP-colocation penalty graylists a host's 11th+ peer from one IP, which
+        // silently partitions a local swarm (the swarm script, tests, benches) above 10
+        // peers. Loopback is exempt; flora's own validation (signatures, manifests) does
+        // not rely on gossipsub scores.
+        scoreParams: { IPColocationFactorWhitelist: new Set(['127.0.0.1', '::1']) },
+      }),
+      flora: flora(options.flora),
+    },
+  })
+  service = node.services.flora
+  return node as unknown as FloraLibp2p
+}

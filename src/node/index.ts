@@ -1,0 +1,34 @@
+/** Public API of the peer layer: createPeer, the libp2p service factory, config, events. */
+export { createPeer, PeerOptionsError, type FloraPeer, type PeerOptions } from './peer.js'
+export { flora, FloraService, FLORA_AGENT, type FloraComponents, type FloraEvents, type FloraInit, type FloraStats } from './service.js'
+export { createHost, type FloraLibp2p, type HostOptions } from './host.js'
+export {
+  DEFAULT_ROUND_POLICY,
+  makeSwarmConfig,
+  parseSwarmConfig,
+  swarmIdOf,
+  SwarmConfigError,
+  type RoundPolicy,
+  type SwarmConfig,
+  type SwarmConfigInit,
+} from './config.js'
+export {
+  RoundEngine,
+  trainingSeed,
+  type AdapterReceivedDetail,
+  type PeerRejectedDetail,
+  type RoundCompleteDetail,
+  type RoundMetrics,
+  type RoundNetwork,
+  type RoundSupersededDetail,
+} from './engine.js'
+export { RoundLog, verifyChain, type RoundRecord } from './round-log.js'
+export { applyRound, genesisState, type SwarmState } from './state.js'
+export { computeStateHash } from './state-hash.js'
+export { proposerBeats, proposerOrder, proposerPriority } from './proposer.js'
+export { identityFromSeed, IdentityError, loadOrCreateIdentity } from './identity.js'
+export { syntheticEvalLoss, syntheticTrainer, type SyntheticTrainerOptions, type TrainContext, type Trainer, type TrainResult } from './trainer.js'
+export { syntheticShapes, syntheticSwarm, syntheticWeights, type SyntheticModelSpec, type SyntheticSwarmOptions } from './synthetic.js'
+export { defaultTrainerBackend, registerTrainerBackend, setupPeer, trainerBackends, type PeerSetup, type SetupOptions, type TrainerBackend } from './setup.js'
+export { createLogger, type Logger } from './logger.js'
+export { wireMetrics, type WireCounter } from './wire-metrics.js'

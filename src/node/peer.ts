@@ -1,0 +1,185 @@
+/**
+ * `createPeer(options)`: a complete flora peer (its own libp2p host with the flora
+ * service) in one call.
+ *
+ *   const peer = await createPeer({ config, weights, rank: 8, trainer, bootstrap: [addr] })
+ *   peer.addEventListener('round:complete', (e) => console.log(e.detail.round, e.detail.stateHash))
+ *   await peer.start()
+ *   await peer.whenDone()
+ *   await peer.stop()
+ */
+import { TypedEventEmitter, type PeerId, type PrivateKey } from '@libp2p/interface'
+import { generateKeyPair } from '@libp2p/crypto/keys'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { multiaddr } from '@multiformats/multiaddr'
+import { createHost, type FloraLibp2p } from './host.js'
+import { loadOrCreateIdentity } from './identity.js'
+import type { FloraEvents, FloraInit, FloraService, FloraStats } from './service.js'
+import type { RoundLog } from './round-log.js'
+import type { SwarmState } from './state.js'
+import type { WireCounter } from './wire-metrics.js'
+
+export interface PeerOptions extends FloraInit {
+  /** The peer's key; otherwise loaded from (or created in) `identityFile`, else ephemeral. */
+  privateKey?: PrivateKey
+  /** Key file that keeps the peer id across restarts. */
+  identityFile?: string
+  /** Listen multiaddrs (default /ip4/0.0.0.0/tcp/0). */
+  listen?: readonly string[]
+  /** Multiaddrs to announce instead of the listen addresses. */
+  announce?: readonly string[]
+  /** Multiaddrs, each ending in /p2p/<peer id>, of swarm members to join through. */
+  bootstrap?: readonly string[]
+  /** LAN discovery with mDNS. */
+  mdns?: boolean
+  /** Count raw transport bytes (benchmarks). */
+  wireCounter?: WireCounter
+  /** Aborting stops the peer. */
+  signal?: AbortSignal
+}
+
+export interface FloraPeer {
+  readonly peerId: string
+  readonly swarmId: string
+  readonly libp2p: FloraLibp2p
+  readonly service: FloraService
+  /** The last committed state: round, weights, hash. */
+  readonly head: SwarmState
+  /** The chain of committed round records. */
+  readonly records: RoundLog
+  /** Addresses others can bootstrap to (with /p2p/<peer id>). */
+  multiaddrs(): string[]
+  /** Starts the host; rounds begin when `config.round.minPeers` members are ready. */
+  start(): Promise<void>
+  /** Leaves the swarm and stops the host (idempotent). */
+  stop(): Promise<void>
+  /** Resolves when `rounds` rounds are committed, or the peer stops. */
+  whenDone(): Promise<void>
+  /** Connects to a peer by multiaddr. */
+  dial(addr: string, signal?: AbortSignal): Promise<void>
+  stats(): Readonly<FloraStats>
+  addEventListener: FloraEventTarget['addEventListener']
+  removeEventListener: FloraEventTarget['removeEventListener']
+}
+
+type FloraEventTarget = TypedEventEmitter<FloraEvents>
+
+export class PeerOptionsError extends Error {
+  override readonly name = 'PeerOptionsError'
+}
+
+const FORWARDED = ['round:start', 'round:complete', 'round:superseded', 'adapter:received', 'peer:rejected', 'member:join', 'member:leave', 'done'] as const
+
+class Peer extends TypedEventEmitter<FloraEvents> implements FloraPeer {
+  readonly libp2p: FloraLibp2p
+  readonly service: FloraService
+  readonly #bootstrap: readonly { id: PeerId; addr: string }[]
+  #timer: NodeJS.Timeout | undefined
+  #stopping: Promise<void> | undefined
+
+  constructor(libp2p: FloraLibp2p, bootstrapList: readonly { id: PeerId; addr: string }[], signal?: AbortSignal) {
+    super()
+    this.libp2p = libp2p
+    this.service = libp2p.services.flora
+    this.#bootstrap = bootstrapList
+    for (const type of FORWARDED) {
+      this.service.addEventListener(type, (evt) => {
+        this.safeDispatchEvent(type, { detail: (evt as CustomEvent).detail })
+      })
+    }
+    libp2p.addEventListener('peer:discovery', (evt) => {
+      const id = evt.detail.id
+      if (id.equals(libp2p.peerId) || libp2p.getConnections(id).length > 0 || this.service.isRefused(id.toString())) return
+      libp2p.dial(id).catch(() => {})
+    })
+    signal?.addEventListener('abort', () => void this.stop(), { once: true })
+  }
+
+  get peerId(): string {
+    return this.libp2p.peerId.toString()
+  }
+
+  get swarmId(): string {
+    return this.service.swarmId
+  }
+
+  get head(): SwarmState {
+    return this.service.head
+  }
+
+  get records(): RoundLog {
+    return this.service.records
+  }
+
+  multiaddrs(): string[] {
+    return this.libp2p.getMultiaddrs().map((m) => m.toString())
+  }
+
+  async start(): Promise<void> {
+    await this.libp2p.start()
+    if (this.#bootstrap.length > 0) {
+      // @libp2p/bootstrap dials once; keep trying so peers may start in any order.
+      const tick = (): void => {
+        for (const b of this.#bootstrap) {
+          if (this.libp2p.getConnections(b.id).length > 0 || this.service.isRefused(b.id.toString())) continue
+          this.libp2p.dial(multiaddr(b.addr)).catch(() => {})
+        }
+      }
+      this.#timer = setInterval(tick, 2000)
+      this.#timer.unref()
+    }
+  }
+
+  async stop(): Promise<void> {
+    this.#stopping ??= (async () => {
+      if (this.#timer != null) clearInterval(this.#timer)
+      await this.libp2p.stop()
+    })()
+    await this.#stopping
+  }
+
+  whenDone(): Promise<void> {
+    return this.service.whenDone()
+  }
+
+  async dial(addr: string, signal?: AbortSignal): Promise<void> {
+    await this.libp2p.dial(multiaddr(addr), { signal })
+  }
+
+  stats(): Readonly<FloraStats> {
+    return this.service.stats()
+  }
+}
+
+export async function createPeer(options: PeerOptions): Promise<FloraPeer> {
+  const bootstrapList = (options.bootstrap ?? []).map((addr) => {
+    let ma
+    try {
+      ma = multiaddr(addr)
+    } catch (err) {
+      throw new PeerOptionsError(`bootstrap address ${addr} is not a multiaddr: ${(err as Error).message}`)
+    }
+    const id = ma.getComponents().findLast((c) => c.name === 'p2p')?.value
+    if (id == null) {
+      throw new PeerOptionsError(`bootstrap address ${addr} must end with /p2p/<peer id> (copy the address a running peer prints on start)`)
+    }
+    return { addr, id }
+  })
+  const privateKey =
+    options.privateKey ??
+    (options.identityFile != null ? (await loadOrCreateIdentity(options.identityFile)).privateKey : await generateKeyPair('Ed25519'))
+  const libp2p = await createHost({
+    privateKey,
+    listen: options.listen,
+    announce: options.announce,
+    bootstrap: options.bootstrap,
+    mdns: options.mdns,
+    wireCounter: options.wireCounter,
+    flora: options,
+  })
+  return new Peer(
+    libp2p,
+    bootstrapList.map((b) => ({ addr: b.addr, id: peerIdFromString(b.id) })),
+    options.signal,
+  )
+}

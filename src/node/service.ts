@@ -1,0 +1,512 @@
+/**
+ * flora as a libp2p service: `services: { pubsub: gossipsub(), identify: identify(),
+ * flora: flora({...}) }` on an app's own libp2p node. `createPeer` builds exactly such a
+ * node; embedding apps get the same behaviour on theirs.
+ *
+ * The service wires the round engine to the node: the swarm topic and its validator,
+ * the payload and hello protocols, membership (peers that passed the handshake and are
+ * connected), and byte accounting.
+ */
+import {
+  serviceCapabilities,
+  serviceDependencies,
+  TypedEventEmitter,
+  type ComponentLogger,
+  type Libp2pEvents,
+  type PeerId,
+  type PeerStore,
+  type PrivateKey,
+  type Startable,
+  type TypedEventTarget,
+} from '@libp2p/interface'
+import type { ConnectionManager, Registrar, AddressManager } from '@libp2p/interface-internal'
+import type { GossipSub, Message } from '@libp2p/gossipsub'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { multiaddr } from '@multiformats/multiaddr'
+import type { Logger } from 'pino'
+import type { CanonicalValue } from '../gossip/canonical.js'
+import { decodeGossipMessage, encodeGossipMessage } from '../gossip/codec.js'
+import { PayloadFetcher } from '../gossip/fetcher.js'
+import { configDiff, HELLO_PROTOCOL, helloHandler, MAX_HELLO_PEERS, sayHello, type Hello } from '../gossip/hello.js'
+import type { GossipMessage } from '../gossip/messages.js'
+import { PAYLOAD_PROTOCOL, payloadHandler, PayloadStore, type StreamOpener } from '../gossip/payload.js'
+import { swarmTopic } from '../gossip/topics.js'
+import { createTopicValidator, type RejectInfo } from '../gossip/validator.js'
+import { SwarmConfigError, swarmIdOf, type SwarmConfig } from './config.js'
+import {
+  RoundEngine,
+  type AdapterReceivedDetail,
+  type PeerRejectedDetail,
+  type RoundCompleteDetail,
+  type RoundSupersededDetail,
+} from './engine.js'
+import { silentLogger } from './logger.js'
+import type { RoundLog } from './round-log.js'
+import { genesisState, type SwarmState } from './state.js'
+import type { Trainer } from './trainer.js'
+
+export const FLORA_AGENT = 'flora/0.1.0'
+
+export interface FloraEvents {
+  'round:start': CustomEvent<{ round: number; parentStateHash: string }>
+  'round:complete': CustomEvent<RoundCompleteDetail>
+  'round:superseded': CustomEvent<RoundSupersededDetail>
+  'adapter:received': CustomEvent<AdapterReceivedDetail>
+  'peer:rejected': CustomEvent<PeerRejectedDetail>
+  'member:join': CustomEvent<{ peerId: string }>
+  'member:leave': CustomEvent<{ peerId: string }>
+  done: CustomEvent<{ round: number; stateHash: string }>
+}
+
+export interface FloraInit {
+  /** The swarm definition every member shares (see config.ts). */
+  config: SwarmConfig
+  /** The base model's target weights at round 0; must hash to config.genesisStateHash. */
+  weights: ReadonlyMap<string, Float32Array>
+  /** This peer's LoRA rank. */
+  rank: number
+  /** LoRA alpha (default 2 * rank, the FLoRA paper's choice). */
+  alpha?: number
+  /** The local training step. */
+  trainer: Trainer
+  /** Rounds to run before `done` (default: until stopped). */
+  rounds?: number
+  logger?: Logger
+  /** Name of the gossipsub service on the node (default 'pubsub'). */
+  pubsubService?: string
+  /** Begin rounds as soon as the node starts and enough members are ready (default true). */
+  autoStart?: boolean
+  /** Merge worker threads (default 0: merge on the event loop thread). */
+  mergeWorkers?: number
+  /** Append every committed round record to this JSON-lines file. */
+  recordsFile?: string
+  /** Per-source payload transfer timeout (default 120 s). */
+  fetchTimeoutMs?: number
+  /** Rounds of payloads kept and served (default 2). */
+  retainRounds?: number
+  /** How long a refused (other-swarm) peer stays blocked (default 60 s). */
+  refuseMs?: number
+}
+
+export interface FloraComponents {
+  peerId: PeerId
+  privateKey: PrivateKey
+  registrar: Registrar
+  connectionManager: ConnectionManager
+  peerStore: PeerStore
+  addressManager: AddressManager
+  events: TypedEventTarget<Libp2pEvents>
+  logger: ComponentLogger
+}
+
+export interface FloraStats {
+  /** Payload bytes fetched from other peers, all rounds. */
+  payloadBytesReceived: number
+  /** Payload bytes served to other peers, all rounds. */
+  payloadBytesSent: number
+  /** Gossip message bytes delivered to us (after de-duplication). */
+  gossipBytesReceived: number
+}
+
+export class FloraService extends TypedEventEmitter<FloraEvents> implements Startable {
+  readonly [serviceCapabilities]: string[] = ['@flora/federation']
+  readonly [serviceDependencies]: string[] = ['@libp2p/pubsub', '@libp2p/identify']
+  readonly [Symbol.toStringTag] = '@flora/service'
+
+  readonly config: SwarmConfig
+  readonly swarmId: string
+  readonly topic: string
+  readonly engine: RoundEngine
+  readonly store = new PayloadStore()
+  readonly #c: FloraComponents & Record<string, unknown>
+  readonly #init: FloraInit
+  readonly #log: Logger
+  readonly #fetcher: PayloadFetcher
+  readonly #self: string
+  readonly #members = new Set<string>()
+  readonly #helloInFlight = new Set<string>()
+  readonly #refused = new Map<string, number>()
+  readonly #served = new Map<string, number>()
+  readonly #fetched = new Map<string, number>()
+  readonly #stats: FloraStats = { payloadBytesReceived: 0, payloadBytesSent: 0, gossipBytesReceived: 0 }
+  #pubsub: GossipSub | undefined
+  #topologyId: string | undefined
+  #started = false
+  readonly #stopController = new AbortController()
+
+  constructor(components: FloraComponents, init: FloraInit) {
+    super()
+    this.#c = components as FloraComponents & Record<string, unknown>
+    this.#init = init
+    this.config = init.config
+    this.swarmId = swarmIdOf(init.config)
+    this.topic = swarmTopic(this.swarmId)
+    this.#self = components.peerId.toString()
+    this.#log = (init.logger ?? silentLogger()).child({ peer: shortId(this.#self) })
+    const genesis = genesisState(checkedWeights(init.weights, init.config), init.config.targets)
+    if (genesis.hash !== init.config.genesisStateHash) {
+      throw new SwarmConfigError(
+        `the base weights hash to ${genesis.hash.slice(0, 16)}, but the swarm config's genesisStateHash is ${init.config.genesisStateHash.slice(0, 16)}: this is not the swarm's base model`,
+      )
+    }
+    const open: StreamOpener = (peer, protocol, options) =>
+      this.#c.connectionManager.openStream(peer, protocol, { signal: options.signal })
+    this.#fetcher = new PayloadFetcher({
+      open,
+      store: this.store,
+      self: this.#self,
+      maxBytes: init.config.maxPayloadBytes,
+      attemptTimeoutMs: init.fetchTimeoutMs ?? 120_000,
+      onReceived: (_from, hash, bytes) => {
+        this.#fetched.set(hash, (this.#fetched.get(hash) ?? 0) + bytes)
+        this.#stats.payloadBytesReceived += bytes
+      },
+      onAttemptFailed: (from, hash, err) => {
+        this.#log.debug({ from: shortId(from), hash: hash.slice(0, 12), code: err.code }, 'payload fetch attempt failed')
+      },
+    })
+    this.engine = new RoundEngine({
+      self: this.#self,
+      privateKey: components.privateKey,
+      config: init.config,
+      swarmId: this.swarmId,
+      genesis,
+      rank: init.rank,
+      alpha: init.alpha ?? 2 * init.rank,
+      trainer: init.trainer,
+      store: this.store,
+      fetcher: this.#fetcher,
+      log: this.#log,
+      maxRounds: init.rounds,
+      mergeWorkers: init.mergeWorkers ?? 0,
+      recordsFile: init.recordsFile,
+      retainRounds: init.retainRounds,
+      network: {
+        publish: async (msg) => this.#publish(msg),
+        members: () => this.#members,
+        isReady: (peer) => this.#isSubscribed(peer),
+        bytesServed: (hash) => this.#served.get(hash) ?? 0,
+        bytesFetched: (hash) => this.#fetched.get(hash) ?? 0,
+      },
+    })
+    for (const type of ['round:start', 'round:complete', 'round:superseded', 'adapter:received', 'peer:rejected', 'done'] as const) {
+      this.engine.addEventListener(type, (evt) => {
+        this.safeDispatchEvent(type, { detail: (evt as CustomEvent).detail })
+      })
+    }
+    this.engine.addEventListener('round:complete', () => this.#pruneCounters())
+    // A peer done with its rounds leaves the topic: the others stop expecting its adapters
+    // and drop it from the proposer order. It keeps serving payloads until it stops.
+    this.engine.addEventListener('done', () => {
+      try {
+        this.#pubsub?.unsubscribe(this.topic)
+      } catch {
+        // stopping
+      }
+    })
+  }
+
+  /** The last committed state (weights, hash, round). */
+  get head(): SwarmState {
+    return this.engine.head
+  }
+
+  /** The committed round records (manifest chain). */
+  get records(): RoundLog {
+    return this.engine.records
+  }
+
+  /** Connected peers that passed the swarm handshake. */
+  get members(): readonly string[] {
+    return [...this.#members].sort()
+  }
+
+  stats(): Readonly<FloraStats> {
+    return { ...this.#stats }
+  }
+
+  /** True while a peer is refused (other swarm); the node's connection gater consults this. */
+  isRefused(peerId: string): boolean {
+    const until = this.#refused.get(peerId)
+    if (until == null) return false
+    if (until < Date.now()) {
+      this.#refused.delete(peerId)
+      return false
+    }
+    return true
+  }
+
+  /** Begins rounds (once enough members are ready); resolves when round 1 has started. */
+  async startRounds(signal?: AbortSignal): Promise<void> {
+    await this.engine.start(signal)
+  }
+
+  /** Resolves when the configured number of rounds is done, or the service stops. */
+  whenDone(): Promise<void> {
+    return this.engine.whenDone()
+  }
+
+  async start(): Promise<void> {
+    const reg = this.#c.registrar
+    await reg.handle(
+      PAYLOAD_PROTOCOL,
+      payloadHandler(this.store, {
+        onServed: (_peer, hash, bytes) => {
+          this.#served.set(hash, (this.#served.get(hash) ?? 0) + bytes)
+          this.#stats.payloadBytesSent += bytes
+        },
+      }),
+      { maxInboundStreams: 1024, maxOutboundStreams: 1024 },
+    )
+    await reg.handle(
+      HELLO_PROTOCOL,
+      helloHandler(
+        async () => this.#hello(),
+        (peer, hello) => this.#onHello(peer, hello),
+      ),
+      { maxInboundStreams: 64, maxOutboundStreams: 64 },
+    )
+    this.#topologyId = await reg.register(HELLO_PROTOCOL, {
+      onConnect: (peer) => {
+        void this.#greet(peer)
+      },
+    })
+    this.#started = true
+  }
+
+  async afterStart(): Promise<void> {
+    const name = this.#init.pubsubService ?? 'pubsub'
+    const pubsub = this.#c[name] as GossipSub | undefined
+    if (pubsub == null || typeof pubsub.subscribe !== 'function') {
+      throw new Error(`flora needs a gossipsub service named '${name}' on the libp2p node (services: { ${name}: gossipsub() })`)
+    }
+    this.#pubsub = pubsub
+    pubsub.topicValidators.set(
+      this.topic,
+      createTopicValidator({
+        swarmId: this.swarmId,
+        maxPayloadBytes: this.config.maxPayloadBytes,
+        maxRank: this.config.maxRank,
+        checkContext: (msg) => this.engine.checkContext(msg),
+        onRefused: (info) => this.#onRefused(info),
+      }),
+    )
+    pubsub.addEventListener('message', this.#onMessage)
+    pubsub.addEventListener('subscription-change', this.#onSubscriptionChange)
+    pubsub.addEventListener('gossipsub:heartbeat', this.#onHeartbeat)
+    pubsub.subscribe(this.topic)
+    this.#c.events.addEventListener('peer:disconnect', this.#onDisconnect)
+    this.#log.info({ swarm: this.swarmId.slice(0, 16), topic: this.topic, rank: this.#init.rank, strategy: this.config.strategy }, 'flora started')
+    if (this.#init.autoStart !== false) {
+      this.engine.start(this.#stopController.signal).catch((err: Error) => {
+        if (!this.#stopController.signal.aborted) this.#log.error({ err: err.message }, 'could not start rounds')
+      })
+    }
+  }
+
+  async beforeStop(): Promise<void> {
+    this.#stopController.abort(new Error('flora stopping'))
+    this.engine.stop()
+    await this.engine.records.flush()
+    const pubsub = this.#pubsub
+    if (pubsub != null) {
+      pubsub.removeEventListener('message', this.#onMessage)
+      pubsub.removeEventListener('subscription-change', this.#onSubscriptionChange)
+      pubsub.removeEventListener('gossipsub:heartbeat', this.#onHeartbeat)
+      pubsub.topicValidators.delete(this.topic)
+      try {
+        pubsub.unsubscribe(this.topic)
+      } catch {
+        // gossipsub may already be stopping
+      }
+    }
+    this.#c.events.removeEventListener('peer:disconnect', this.#onDisconnect)
+  }
+
+  async stop(): Promise<void> {
+    if (!this.#started) return
+    this.#started = false
+    if (this.#topologyId != null) this.#c.registrar.unregister(this.#topologyId)
+    await this.#c.registrar.unhandle(PAYLOAD_PROTOCOL).catch(() => {})
+    await this.#c.registrar.unhandle(HELLO_PROTOCOL).catch(() => {})
+  }
+
+  // ---------------------------------------------------------------------------------
+
+  async #publish(msg: GossipMessage): Promise<void> {
+    const pubsub = this.#pubsub
+    if (pubsub == null) throw new Error('flora is not started')
+    // The GossipSub class takes publish options its interface does not declare; a lone
+    // peer (minPeers 1) must still be able to publish its own round.
+    const publish = pubsub.publish as (topic: string, data: Uint8Array, opts?: { allowPublishToZeroTopicPeers?: boolean }) => Promise<unknown>
+    await publish.call(pubsub, this.topic, encodeGossipMessage(msg), { allowPublishToZeroTopicPeers: true })
+  }
+
+  /**
+   * A member is ready when gossip flows both ways: it is subscribed to the swarm topic
+   * (we got its subscription over its stream to us) and our own outbound gossipsub stream
+   * to it is open. Without the second check a message published right after the member
+   * subscribed can be dropped. The outbound stream table is internal to @libp2p/gossipsub
+   * (pinned major); if it ever disappears we fall back to the subscription alone.
+   */
+  #isSubscribed(peer: string): boolean {
+    const pubsub = this.#pubsub
+    if (pubsub == null) return false
+    if (!pubsub.getSubscribers(this.topic).some((p) => p.toString() === peer)) return false
+    const outbound = (pubsub as unknown as { streamsOutbound?: unknown }).streamsOutbound
+    return outbound instanceof Map ? outbound.has(peer) : true
+  }
+
+  readonly #onMessage = (evt: CustomEvent<Message>): void => {
+    const m = evt.detail
+    if (m.topic !== this.topic) return
+    this.#stats.gossipBytesReceived += m.data.byteLength
+    const decoded = decodeGossipMessage(m.data)
+    if (decoded.ok) this.engine.handleMessage(decoded.msg)
+  }
+
+  readonly #onSubscriptionChange = (): void => {
+    this.engine.membersChanged()
+  }
+
+  // Outbound gossip streams open without an event; the heartbeat (1 s) re-checks readiness
+  // while the engine waits for its first round.
+  readonly #onHeartbeat = (): void => {
+    if (this.engine.status === 'waiting') this.engine.membersChanged()
+  }
+
+  readonly #onDisconnect = (evt: CustomEvent<PeerId>): void => {
+    const id = evt.detail.toString()
+    if (this.#members.delete(id)) {
+      this.#log.info({ member: shortId(id), members: this.#members.size }, 'member left')
+      this.safeDispatchEvent('member:leave', { detail: { peerId: id } })
+      this.engine.membersChanged()
+    }
+  }
+
+  #onRefused(info: RejectInfo): void {
+    const peerId = info.publisher ?? info.from
+    const round = info.msg?.body.round
+    const fields = { from: shortId(info.from), publisher: info.publisher && shortId(info.publisher), reason: info.reason, round }
+    if (info.action === 'reject') this.#log.warn(fields, `gossip rejected: ${info.detail}`)
+    else this.#log.info(fields, `gossip ignored: ${info.detail}`)
+    this.safeDispatchEvent('peer:rejected', { detail: { peerId, reason: info.reason, detail: info.detail, round } })
+  }
+
+  async #hello(): Promise<Hello> {
+    const peers: { id: string; addrs: string[] }[] = []
+    for (const id of [...this.#members].slice(0, MAX_HELLO_PEERS)) {
+      try {
+        const p = await this.#c.peerStore.get(peerIdFromString(id))
+        const addrs = p.addresses.map((a) => a.multiaddr.toString()).slice(0, 16)
+        if (addrs.length > 0) peers.push({ id, addrs })
+      } catch {
+        // not in the peer store (yet): skip
+      }
+    }
+    return {
+      v: 1,
+      swarmId: this.swarmId,
+      config: this.config as unknown as CanonicalValue,
+      agent: FLORA_AGENT,
+      peers,
+    }
+  }
+
+  async #greet(peer: PeerId): Promise<void> {
+    const id = peer.toString()
+    if (this.#members.has(id) || this.#helloInFlight.has(id) || !this.#started) return
+    if (this.isRefused(id)) {
+      await this.#c.connectionManager.closeConnections(peer).catch(() => {})
+      return
+    }
+    this.#helloInFlight.add(id)
+    try {
+      const signal = AbortSignal.any([AbortSignal.timeout(15_000), this.#stopController.signal])
+      const theirs = await sayHello(
+        (p, protocol, options) => this.#c.connectionManager.openStream(p, protocol, { signal: options.signal }),
+        peer,
+        await this.#hello(),
+        signal,
+      )
+      this.#onHello(peer, theirs)
+    } catch (err) {
+      if (!this.#stopController.signal.aborted) this.#log.debug({ peer: shortId(id), err: (err as Error).message }, 'hello failed')
+    } finally {
+      this.#helloInFlight.delete(id)
+    }
+  }
+
+  #onHello(peer: PeerId, hello: Hello | null): void {
+    const id = peer.toString()
+    if (this.#stopController.signal.aborted) return
+    if (hello == null || hello.swarmId !== this.swarmId) {
+      if (this.isRefused(id)) return
+      const detail =
+        hello == null
+          ? 'malformed swarm handshake'
+          : `peer is in swarm ${hello.swarmId.slice(0, 16)}, we are in ${this.swarmId.slice(0, 16)}; config differs in: ${configDiff(this.config as unknown as CanonicalValue, hello.config).join(', ') || '(unknown)'}`
+      this.#refused.set(id, Date.now() + (this.#init.refuseMs ?? 60_000))
+      this.#log.warn({ peer: id, reason: 'wrong-swarm' }, `refusing peer: ${detail}`)
+      this.safeDispatchEvent('peer:rejected', { detail: { peerId: id, reason: 'wrong-swarm', detail } })
+      void this.#c.connectionManager.closeConnections(peer).catch(() => {})
+      return
+    }
+    if (!this.#members.has(id)) {
+      this.#members.add(id)
+      this.#log.info({ member: shortId(id), members: this.#members.size }, 'member joined')
+      this.safeDispatchEvent('member:join', { detail: { peerId: id } })
+      this.engine.membersChanged()
+    }
+    // Meet the members it knows that we do not.
+    for (const p of hello.peers) {
+      if (p.id === this.#self || this.#members.has(p.id) || this.isRefused(p.id)) continue
+      void this.#meet(p.id, p.addrs)
+    }
+  }
+
+  async #meet(id: string, addrs: readonly string[]): Promise<void> {
+    try {
+      const peer = peerIdFromString(id)
+      if (this.#c.connectionManager.getConnections(peer).length > 0) return
+      const mas = addrs.flatMap((a) => {
+        try {
+          return [multiaddr(a)]
+        } catch {
+          return []
+        }
+      })
+      await this.#c.peerStore.merge(peer, { multiaddrs: mas })
+      await this.#c.connectionManager.openConnection(peer, { signal: AbortSignal.any([AbortSignal.timeout(15_000), this.#stopController.signal]) })
+    } catch (err) {
+      this.#log.debug({ peer: shortId(id), err: (err as Error).message }, 'could not connect to a member we were told about')
+    }
+  }
+
+  #pruneCounters(): void {
+    for (const h of this.#served.keys()) if (!this.store.has(h)) this.#served.delete(h)
+    for (const h of this.#fetched.keys()) if (!this.store.has(h)) this.#fetched.delete(h)
+  }
+}
+
+function checkedWeights(weights: ReadonlyMap<string, Float32Array>, config: SwarmConfig): ReadonlyMap<string, Float32Array> {
+  for (const t of config.targets) {
+    const w = weights.get(t.name)
+    if (w == null) throw new SwarmConfigError(`no base weight for target module ${t.name}`)
+    if (w.length !== t.inFeatures * t.outFeatures) {
+      throw new SwarmConfigError(`base weight ${t.name} has ${w.length} elements, target shape is [${t.outFeatures}, ${t.inFeatures}]`)
+    }
+  }
+  const out = new Map<string, Float32Array>()
+  for (const t of config.targets) out.set(t.name, weights.get(t.name) as Float32Array)
+  return out
+}
+
+export function shortId(peerId: string): string {
+  return peerId.length > 12 ? `…${peerId.slice(-8)}` : peerId
+}
+
+/** The libp2p service factory: `services: { flora: flora({...}) }`. */
+export function flora(init: FloraInit): (components: FloraComponents) => FloraService {
+  return (components) => new FloraService(components, init)
+}

@@ -1,0 +1,124 @@
+/**
+ * The seam between the peer and a training backend: everything `flora-peer` needs to
+ * join a swarm (the swarm config, the base target weights, the local trainer and a
+ * held-out evaluation), resolved from CLI-level options.
+ *
+ * Backends register here by name. `synthetic` (built in) runs the least-squares task of
+ * trainer.ts on a synthetic base and needs no tfjs. The tfjs model trainer registers
+ * itself as `model` (see registerTrainerBackend); when it is registered it is the default.
+ */
+import { readFile } from 'node:fs/promises'
+import { parseSwarmConfig, SwarmConfigError, type RoundPolicy, type SwarmConfig } from './config.js'
+import { syntheticSwarm } from './synthetic.js'
+import { syntheticEvalLoss, syntheticTrainer, type Trainer } from './trainer.js'
+
+export interface PeerSetup {
+  readonly config: SwarmConfig
+  readonly weights: ReadonlyMap<string, Float32Array>
+  readonly trainer: Trainer
+  /** Held-out loss of a state's target weights (lower is better). */
+  evaluate(weights: ReadonlyMap<string, Float32Array>): Promise<number>
+  /** Local training examples (n_k). */
+  readonly samples: number
+  /** One line for the logs. */
+  readonly description: string
+}
+
+export interface SetupOptions {
+  /** Backend name (default: 'model' if registered, else 'synthetic'). */
+  trainer?: string
+  /** A swarm config file; when given it is authoritative. */
+  configFile?: string
+  /** Swarm name (part of the swarm id). */
+  name?: string
+  strategy?: string
+  round?: Partial<RoundPolicy>
+  rank: number
+  alpha: number
+  /** Data spec: a JSONL path or a bundled task (model backend); `synthetic[:k]` (synthetic backend). */
+  data?: string
+  /** Model directory (model backend). */
+  model?: string
+  localSteps?: number
+  /** Sample count override (synthetic backend). */
+  samples?: number
+  seed?: number
+  /** Synthetic base size. */
+  layers?: number
+  hidden?: number
+}
+
+export type TrainerBackend = (options: SetupOptions) => Promise<PeerSetup>
+
+const backends = new Map<string, TrainerBackend>()
+
+/** Makes a training backend available to `flora-peer --trainer <name>`. */
+export function registerTrainerBackend(name: string, backend: TrainerBackend): void {
+  backends.set(name, backend)
+}
+
+export function trainerBackends(): string[] {
+  return [...backends.keys()].sort()
+}
+
+export function defaultTrainerBackend(): string {
+  return backends.has('model') ? 'model' : 'synthetic'
+}
+
+export async function setupPeer(options: SetupOptions): Promise<PeerSetup> {
+  const name = options.trainer ?? defaultTrainerBackend()
+  const backend = backends.get(name)
+  if (backend == null) {
+    throw new SwarmConfigError(`unknown trainer backend '${name}'; available: ${trainerBackends().join(', ')}`)
+  }
+  return backend(options)
+}
+
+/** Reads and validates a swarm config file. */
+export async function readSwarmConfig(file: string): Promise<SwarmConfig> {
+  let json: unknown
+  try {
+    json = JSON.parse(await readFile(file, 'utf8'))
+  } catch (err) {
+    throw new SwarmConfigError(`cannot read swarm config ${file}: ${(err as Error).message}`)
+  }
+  return parseSwarmConfig(json)
+}
+
+/** `synthetic` or `synthetic:<k>`: the k-th peer's private view of the synthetic task. */
+export function parseSyntheticData(spec: string | undefined): number {
+  if (spec == null || spec === '' || spec === 'synthetic') return 0
+  const m = /^synthetic:(\d{1,9})$/.exec(spec)
+  if (m == null) throw new SwarmConfigError(`--data ${spec}: the synthetic trainer takes 'synthetic' or 'synthetic:<k>'`)
+  return Number(m[1])
+}
+
+registerTrainerBackend('synthetic', async (o) => {
+  const dataSeed = parseSyntheticData(o.data)
+  const built = syntheticSwarm({
+    name: o.name ?? 'synthetic',
+    strategy: o.strategy,
+    round: o.round,
+    seed: o.seed,
+    layers: o.layers,
+    hidden: o.hidden,
+  })
+  let config = built.config
+  if (o.configFile != null) {
+    config = await readSwarmConfig(o.configFile)
+    if (config.genesisStateHash !== built.config.genesisStateHash) {
+      throw new SwarmConfigError(
+        `${o.configFile} describes another base model than the synthetic one built from --seed/--layers/--hidden (genesis ${config.genesisStateHash.slice(0, 12)} vs ${built.config.genesisStateHash.slice(0, 12)})`,
+      )
+    }
+  }
+  const samples = o.samples ?? 100 + 20 * (dataSeed % 5)
+  return {
+    config,
+    weights: built.weights,
+    samples,
+    trainer: syntheticTrainer({ samples, dataSeed, steps: o.localSteps ?? 5 }),
+    evaluate: async (weights) => syntheticEvalLoss(weights, config.targets, config.seed),
+    description: `synthetic task (share ${dataSeed}, ${samples} samples) on a ${config.targets.length}-module synthetic base`,
+  }
+})
