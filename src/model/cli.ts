@@ -1,0 +1,258 @@
+/**
+ * `flora`: fine-tune and try out a LoRA on one machine, no network.
+ *
+ *   flora train [--data wordnet|file.jsonl] [--rank 8] [--steps 200] [--out DIR] ...
+ *   flora generate [--model DIR] [--adapter DIR] --prompt "..."
+ *
+ * `train` prints the backend, the held-out loss before and after, a progress bar on a TTY
+ * (JSON lines otherwise) and a few generations, then saves the PEFT adapter. Ctrl-C stops
+ * it cleanly and saves nothing; a second Ctrl-C exits at once. Exit codes: 0 ok, 1 failure,
+ * 2 bad usage, 130 interrupted.
+ */
+import { realpathSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
+import { Command, CommanderError, InvalidArgumentError, Option } from 'commander'
+import type { BackendPreference } from './backend.js'
+import { LINEAR_MODULES } from './llama.js'
+import { BACKEND_CHOICES, defaultModelDir, runGenerate, runTrain, TRAIN_DEFAULTS, TrainCommandError, type OutputStream } from './train-command.js'
+import { TrainingAbortedError } from './trainer.js'
+
+function int(flag: string, min: number) {
+  return (value: string): number => {
+    const n = Number(value)
+    if (value.trim() === '' || !Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${flag} must be an integer >= ${min}`)
+    return n
+  }
+}
+
+function positive(flag: string) {
+  return (value: string): number => {
+    const n = Number(value)
+    if (value.trim() === '' || !Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${flag} must be a positive number`)
+    return n
+  }
+}
+
+function targetList(value: string): string[] {
+  const items = value.split(',').map((s) => s.trim()).filter((s) => s.length > 0)
+  if (items.length === 0) throw new InvalidArgumentError('--targets needs at least one module name')
+  for (const t of items) {
+    if (!(LINEAR_MODULES as readonly string[]).includes(t)) throw new InvalidArgumentError(`unknown module '${t}' (choose from ${LINEAR_MODULES.join(', ')})`)
+  }
+  return items
+}
+
+interface TrainFlags {
+  model?: string
+  data: string
+  evalData?: string
+  rank: number
+  alpha?: number
+  targets: string[]
+  steps: number
+  batchSize: number
+  seqLen: number
+  lr: number
+  seed: number
+  backend: BackendPreference
+  maxTrain?: number
+  maxEval?: number
+  out: string
+  save: boolean
+  merge?: boolean
+  samples: number
+  json?: boolean
+}
+
+interface GenerateFlags {
+  model?: string
+  adapter?: string
+  prompt: string
+  input?: string
+  raw?: boolean
+  maxNewTokens: number
+  topP?: number
+  temperature?: number
+  seed: number
+  backend: BackendPreference
+}
+
+export interface CliIo {
+  readonly stdout?: OutputStream
+  readonly stderr?: OutputStream
+  /** Abort signal to use instead of installing SIGINT/SIGTERM handlers (tests). */
+  readonly signal?: AbortSignal
+}
+
+/** Install Ctrl-C handling: first signal aborts, a second exits at once. Returns the signal and an uninstaller. */
+function interruptSignal(stderr: OutputStream): { signal: AbortSignal; dispose: () => void } {
+  const ctl = new AbortController()
+  const onSignal = (sig: NodeJS.Signals): void => {
+    if (ctl.signal.aborted) {
+      stderr.write(`\nflora: ${sig} again, exiting now\n`)
+      process.exit(130)
+    }
+    stderr.write(`\nflora: ${sig}: stopping after the current step (Ctrl-C again to exit now); nothing will be saved\n`)
+    ctl.abort(new Error(sig))
+  }
+  process.on('SIGINT', onSignal)
+  process.on('SIGTERM', onSignal)
+  return {
+    signal: ctl.signal,
+    dispose: () => {
+      process.off('SIGINT', onSignal)
+      process.off('SIGTERM', onSignal)
+    },
+  }
+}
+
+export function buildProgram(run: { code: number }, io: CliIo = {}): Command {
+  const stdout = io.stdout ?? process.stdout
+  const stderr = io.stderr ?? process.stderr
+  const program = new Command('flora')
+  program
+    .description('Fine-tune a LoRA adapter on one machine (no network) and generate with it. For the peer-to-peer swarm, see flora-peer.')
+    .exitOverride()
+    .configureOutput({ writeOut: (s) => void stdout.write(s), writeErr: (s) => void stderr.write(s) })
+    .showHelpAfterError('(add --help for usage)')
+
+  program
+    .command('train')
+    .summary('fine-tune a LoRA adapter: held-out loss before/after, progress, samples, saved PEFT adapter')
+    .description(
+      'Fine-tune a fresh LoRA adapter on the base model: prints the held-out loss and perplexity before and after, ' +
+        'a progress bar on a TTY (JSON lines otherwise), a few greedy generations for held-out prompts, and saves the PEFT adapter.',
+    )
+    .addOption(new Option('-m, --model <dir>', 'base model directory: config.json, model.safetensors, tokenizer.json (default: the bundled models/flora-tiny)'))
+    .addOption(new Option('-d, --data <spec>', "'wordnet' (bundled WordNet 3.1 definition task) or a JSONL file of Alpaca {instruction, input, output} or Dolly {instruction, context, response} records").default(TRAIN_DEFAULTS.data))
+    .addOption(new Option('--eval-data <file>', 'held-out JSONL file (default: WordNet\'s held-out synsets, or a seeded 5% of --data)'))
+    .addOption(new Option('-r, --rank <n>', 'LoRA rank').argParser(int('--rank', 1)).default(TRAIN_DEFAULTS.rank))
+    .addOption(new Option('--alpha <x>', 'LoRA alpha (default: 2 x rank)').argParser(positive('--alpha')))
+    .addOption(new Option('--targets <list>', `comma-separated linear layers to adapt: ${LINEAR_MODULES.join(', ')}`).argParser(targetList).default([...TRAIN_DEFAULTS.targets], TRAIN_DEFAULTS.targets.join(',')))
+    .addOption(new Option('-s, --steps <n>', 'training steps').argParser(int('--steps', 1)).default(TRAIN_DEFAULTS.steps))
+    .addOption(new Option('-b, --batch-size <n>', 'examples per step').argParser(int('--batch-size', 1)).default(TRAIN_DEFAULTS.batchSize))
+    .addOption(new Option('--seq-len <n>', 'tokens per example (longer ones are cut)').argParser(int('--seq-len', 4)).default(TRAIN_DEFAULTS.seqLen))
+    .addOption(new Option('--lr <x>', 'AdamW learning rate').argParser(positive('--lr')).default(TRAIN_DEFAULTS.lr))
+    .addOption(new Option('--seed <n>', 'seed of the adapter init, batch order and holdout').argParser(int('--seed', 0)).default(TRAIN_DEFAULTS.seed))
+    .addOption(new Option('--backend <name>', 'tfjs backend; auto picks the best available').choices(BACKEND_CHOICES).default(TRAIN_DEFAULTS.backend))
+    .addOption(new Option('--max-train <n>', `cap on training examples (wordnet default: max(${TRAIN_DEFAULTS.wordnetMinTrain}, steps x batch size))`).argParser(int('--max-train', 1)))
+    .addOption(new Option('--max-eval <n>', `cap on held-out examples (wordnet default: ${TRAIN_DEFAULTS.wordnetMaxEval})`).argParser(int('--max-eval', 1)))
+    .addOption(new Option('-o, --out <dir>', 'save the PEFT adapter here (replaced if it holds an earlier adapter)').default('runs/train'))
+    .addOption(new Option('--no-save', 'do not save the adapter'))
+    .addOption(new Option('--merge', 'also save the merged model (W + s B A, loadable with --model) into <out>/merged'))
+    .addOption(new Option('--samples <n>', 'greedy generations to show for held-out prompts').argParser(int('--samples', 0)).default(TRAIN_DEFAULTS.samples))
+    .addOption(new Option('--json', 'JSON lines on stdout (events and every step) instead of text and a bar'))
+    .addHelpText(
+      'after',
+      `
+Examples:
+  flora train --steps 200                                   # bundled model, WordNet definitions
+  flora train --data my.jsonl --rank 16 --targets q_proj,k_proj,v_proj,o_proj --out runs/mine
+  flora generate --adapter runs/train --prompt "Define the word harbor (noun)."
+`,
+    )
+    .action(async (flags: TrainFlags) => {
+      if (flags.merge === true && !flags.save) throw new TrainCommandError('--merge cannot be combined with --no-save')
+      const own = io.signal === undefined ? interruptSignal(stderr) : undefined
+      try {
+        await runTrain({
+          model: flags.model,
+          data: flags.data,
+          evalData: flags.evalData,
+          rank: flags.rank,
+          alpha: flags.alpha,
+          targets: flags.targets,
+          steps: flags.steps,
+          batchSize: flags.batchSize,
+          seqLen: flags.seqLen,
+          lr: flags.lr,
+          seed: flags.seed,
+          backend: flags.backend,
+          maxTrain: flags.maxTrain,
+          maxEval: flags.maxEval,
+          out: flags.save ? flags.out : undefined,
+          merge: flags.merge,
+          samples: flags.samples,
+          json: flags.json,
+          signal: io.signal ?? own?.signal,
+          stdout,
+          stderr,
+        })
+        run.code = 0
+      } finally {
+        own?.dispose()
+      }
+    })
+
+  program
+    .command('generate')
+    .summary('generate a reply for one prompt, with or without an adapter')
+    .description('Generate a reply for one prompt with a base model and, optionally, a PEFT adapter (greedy unless --top-p).')
+    .addOption(new Option('-m, --model <dir>', 'base model directory (default: the bundled models/flora-tiny)'))
+    .addOption(new Option('-a, --adapter <dir>', 'PEFT adapter directory (e.g. the --out of flora train)'))
+    .addOption(new Option('-p, --prompt <text>', 'the instruction (wrapped in the training template unless --raw)').makeOptionMandatory())
+    .addOption(new Option('--input <text>', 'context for the instruction (the template\'s Input section)'))
+    .addOption(new Option('--raw', 'feed the prompt as is, without the instruction template'))
+    .addOption(new Option('-n, --max-new-tokens <n>', 'tokens to generate at most').argParser(int('--max-new-tokens', 1)).default(64))
+    .addOption(new Option('--top-p <p>', 'nucleus sampling with this mass instead of greedy decoding').argParser(positive('--top-p')))
+    .addOption(new Option('--temperature <t>', 'sampling temperature (with --top-p)').argParser(positive('--temperature')))
+    .addOption(new Option('--seed <n>', 'sampling seed (with --top-p)').argParser(int('--seed', 0)).default(0))
+    .addOption(new Option('--backend <name>', 'tfjs backend').choices(BACKEND_CHOICES).default('auto'))
+    .action(async (flags: GenerateFlags) => {
+      const own = io.signal === undefined ? interruptSignal(stderr) : undefined
+      try {
+        const r = await runGenerate({ ...flags, signal: io.signal ?? own?.signal })
+        stdout.write(`${r.text}\n`)
+        run.code = 0
+      } finally {
+        own?.dispose()
+      }
+    })
+  return program
+}
+
+/** Runs the CLI; resolves with the process exit code. */
+export async function main(argv: readonly string[] = process.argv, io: CliIo = {}): Promise<number> {
+  const stderr = io.stderr ?? process.stderr
+  const run = { code: 1 }
+  const program = buildProgram(run, io)
+  try {
+    await program.parseAsync([...argv])
+    return run.code
+  } catch (err) {
+    if (err instanceof CommanderError) {
+      // --help and --version exit 0; no command prints help and exits 1; bad flags 2.
+      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version') return 0
+      if (err.code === 'commander.help') return err.exitCode
+      return 2
+    }
+    if (err instanceof TrainingAbortedError) {
+      stderr.write(`flora: interrupted after ${err.stepsCompleted} training step(s); nothing was saved\n`)
+      return 130
+    }
+    if (err instanceof TrainCommandError) {
+      stderr.write(`flora: ${err.message}\n`)
+      return 2
+    }
+    stderr.write(`flora: ${err instanceof Error ? err.message : String(err)}\n`)
+    return 1
+  }
+}
+
+export { defaultModelDir }
+
+// `tsx src/model/cli.ts train ...` (npm run train): run when this file is the entry point.
+function isEntryPoint(): boolean {
+  const entry = process.argv[1]
+  if (entry === undefined) return false
+  try {
+    return realpathSync(entry) === realpathSync(fileURLToPath(import.meta.url))
+  } catch {
+    return false
+  }
+}
+
+if (isEntryPoint()) {
+  const code = await main(process.argv)
+  process.exit(code)
+}
