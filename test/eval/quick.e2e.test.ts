@@ -1,0 +1,42 @@
+/**
+ * End to end: `npm run eval -- --quick` on the bundled model backend (tfjs wasm), with all
+ * its outputs. Falls back to a random-init model when no checkpoint is bundled; the check
+ * here is the harness and FLoRA's exactness, not the quality of the model.
+ */
+import { mkdtemp, readFile, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import path from 'node:path'
+import { afterAll, describe, expect, it } from 'vitest'
+import { main } from '../../src/eval/cli.js'
+import type { EvalResults } from '../../src/eval/types.js'
+
+describe('npm run eval -- --quick', () => {
+  let dir: string
+  afterAll(async () => {
+    if (dir !== undefined) await rm(dir, { recursive: true, force: true })
+  })
+
+  it('writes results.json, results.md and PNG plots; FLoRA is exact and FedIT is not', async () => {
+    dir = await mkdtemp(path.join(tmpdir(), 'flora-eval-'))
+    const lines: string[] = []
+    expect(await main(['--quick', '--out', dir], (l) => lines.push(l))).toBe(0)
+    const results = JSON.parse(await readFile(path.join(dir, 'results.json'), 'utf8')) as EvalResults
+    const flora = results.runs.find((r) => r.setting === 'homo16' && r.method === 'flora')
+    const fedit = results.runs.find((r) => r.setting === 'homo16' && r.method === 'fedit')
+    expect(flora?.rounds.length).toBe(3)
+    for (const r of flora?.rounds.slice(1) ?? []) expect(r.aggError).toBeLessThan(1e-6)
+    for (const r of fedit?.rounds.slice(1) ?? []) expect(r.aggError).toBeGreaterThan(1e-6)
+    const heteroFlora = results.runs.find((r) => r.setting === 'hetero' && r.method === 'flora')
+    for (const r of heteroFlora?.rounds.slice(1) ?? []) expect(r.aggError).toBeLessThan(1e-6)
+    expect(results.runs.find((r) => r.setting === 'hetero' && r.method === 'fedit')?.applicable).toBe(false)
+    expect(results.runs.some((r) => r.method === 'centralized')).toBe(true)
+    const md = await readFile(path.join(dir, 'results.md'), 'utf8')
+    expect(md).toContain('not applicable')
+    expect(md).toContain('![eval-loss.png](eval-loss.png)')
+    for (const png of ['eval-loss.png', 'token-accuracy.png', 'agg-error.png']) {
+      const bytes = await readFile(path.join(dir, png))
+      expect([...bytes.subarray(0, 8)]).toEqual([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a])
+      expect(bytes.length).toBeGreaterThan(10_000)
+    }
+  })
+})

@@ -1,0 +1,111 @@
+/**
+ * The harness on the plain-JS toy backend: fast enough to check every method, the
+ * not-applicable rule, the global scale and reproducibility.
+ */
+import { describe, expect, it } from 'vitest'
+import { parseEvalArgs } from '../../src/eval/cli.js'
+import { renderMarkdown } from '../../src/eval/report.js'
+import { runEvaluation } from '../../src/eval/simulate.js'
+import { createToyBackend } from '../../src/eval/toy.js'
+import type { EvalConfig, EvalResults, RunRecord } from '../../src/eval/types.js'
+
+const config: EvalConfig = {
+  ...parseEvalArgs(['--backend', 'toy', '--out', 'unused']),
+  clients: 4,
+  rounds: 2,
+  localSteps: 3,
+  seeds: 2,
+  trainExamples: 160,
+  evalExamples: 40,
+  batchSize: 4,
+  lr: 0.003,
+}
+
+const toy = () => createToyBackend({ trainExamples: config.trainExamples, evalExamples: config.evalExamples, batchSize: config.batchSize, lr: config.lr })
+
+function run(results: EvalResults, setting: string, method: string, seed = 0, scale = 1): RunRecord {
+  const r = results.runs.find((x) => x.setting === setting && x.method === method && x.seed === seed && x.globalScale === scale)
+  if (r === undefined) throw new Error(`no run ${setting}/${method}`)
+  return r
+}
+
+/** results.json without wall-clock fields. */
+function stripTimes(r: EvalResults): unknown {
+  return JSON.parse(JSON.stringify(r, (k, v) => (k === 'seconds' ? undefined : v)))
+}
+
+describe('runEvaluation (toy backend)', () => {
+  let results: EvalResults
+
+  it('runs every strategy and both references in both settings', async () => {
+    results = await runEvaluation(config, toy())
+    // 2 seeds x 2 settings x (5 strategies + 2 references)
+    expect(results.runs).toHaveLength(28)
+    expect(results.summary).toHaveLength(14)
+    expect(results.cacheHits).toBeGreaterThan(0) // round 1 is shared by the methods
+    for (const r of results.runs.filter((x) => x.applicable)) {
+      expect(r.rounds.map((x) => x.round)).toEqual([0, 1, 2])
+      expect(r.rounds[0].evalLoss.pooled).toBe(results.base.evalLoss.pooled)
+      expect(Number.isFinite(r.rounds[2].evalLoss.pooled)).toBe(true)
+    }
+  })
+
+  it('FLoRA and FlexLoRA aggregate exactly; FedIT and zero-padding do not', () => {
+    for (const setting of ['homo16', 'hetero']) {
+      for (const round of run(results, setting, 'flora').rounds.slice(1)) expect(round.aggError).toBeLessThan(1e-6)
+      for (const round of run(results, setting, 'flexlora').rounds.slice(1)) expect(round.aggError).toBeLessThan(1e-6)
+      for (const round of run(results, setting, 'zero-padding').rounds.slice(1)) expect(round.aggError).toBeGreaterThan(1e-3)
+    }
+    for (const round of run(results, 'homo16', 'fedit').rounds.slice(1)) expect(round.aggError).toBeGreaterThan(1e-3)
+    for (const round of run(results, 'homo16', 'ffa').rounds.slice(1)) expect(round.aggError).toBeLessThan(1e-6)
+    // FlexLoRA's loss is in the redistribution: a truncated SVD in the heterogeneous setting
+    expect(run(results, 'hetero', 'flexlora').rounds[1].startError).toBeGreaterThan(1e-3)
+    expect(run(results, 'hetero', 'flora').rounds[1].startError).toBe(0)
+  })
+
+  it('with equal ranks zero-padding is FedIT', () => {
+    expect(run(results, 'homo16', 'zero-padding').rounds).toEqual(run(results, 'homo16', 'fedit').rounds)
+  })
+
+  it('reports equal-rank strategies as not applicable with heterogeneous ranks, with the strategy\'s own error', () => {
+    for (const m of ['fedit', 'ffa']) {
+      const r = run(results, 'hetero', m)
+      expect(r.applicable).toBe(false)
+      expect(r.reason).toMatch(/^UnequalRanksError: /)
+      expect(r.rounds).toEqual([])
+      const row = results.summary.find((x) => x.setting === 'hetero' && x.method === m)
+      expect(row?.applicable).toBe(false)
+    }
+    const md = renderMarkdown(results)
+    expect(md).toMatch(/\| fedit \| [^|]+ \| not applicable \|/)
+  })
+
+  it('counts bytes per client per round', () => {
+    const b = run(results, 'homo16', 'flora').rounds[1].bytes
+    // q_proj [64, 64] and v_proj [64, 64] at rank 16: 16 * 256 floats
+    expect(b?.up).toBe(16 * 256 * 4)
+    expect(b?.downP2P).toBe(3 * 16 * 256 * 4)
+    expect(run(results, 'homo16', 'ffa').rounds[1].bytes?.up).toBe(16 * 128 * 4)
+  })
+
+  it('scores local-only on each client\'s own data and on the whole held-out set', () => {
+    const r = run(results, 'homo16', 'local-only')
+    expect(r.crossEvalLoss).toBeGreaterThan(0)
+    expect(r.rounds[2].aggError).toBeNull()
+  })
+
+  it('is reproducible: the same config gives the same numbers', async () => {
+    const again = await runEvaluation(config, toy())
+    expect(stripTimes(again)).toEqual(stripTimes(results))
+  })
+
+  it('runs a global-scale sweep as separate rows', async () => {
+    const sweep = await runEvaluation({ ...config, seeds: 1, settings: ['hetero'], strategies: ['flora'], references: false, globalScales: [0.5, 1] }, toy())
+    const half = run(sweep, 'hetero', 'flora', 0, 0.5)
+    const one = run(sweep, 'hetero', 'flora', 0, 1)
+    expect(half.rounds[1].aggError).toBeLessThan(1e-6) // measured against x * ideal
+    // same round-1 training, half the step: the first merged model differs
+    expect(half.rounds[1].evalLoss.pooled).not.toBe(one.rounds[1].evalLoss.pooled)
+    expect(sweep.summary.map((s) => s.globalScale)).toEqual([0.5, 1])
+  })
+})
