@@ -1,14 +1,17 @@
 /**
  * A real multi-process swarm on 127.0.0.1: N `flora-peer` processes (peer 0 first, the
  * rest bootstrap to it), heterogeneous ranks and a non-IID split by default. Writes
- * DIR/report.json (per round: contributors, every peer's state hash and held-out eval
- * loss; per peer: rank, samples, bytes) and exits non-zero if any round's hashes disagree.
+ * DIR/report.json (per round: contributors, every peer's state hash, held-out eval loss
+ * and train loss; per peer: rank, samples, bytes) and exits non-zero if any round's hashes
+ * disagree.
  *
- *   npm run swarm                                   # small default swarm
+ *   npm run swarm                  # default: 3 peers (ranks 16,8,4) fine-tune the bundled
+ *                                  # model on a non-IID WordNet split, 3 rounds -> runs/swarm
  *   npm run swarm -- --peers 4 --rounds 5 --ranks 16,8,4 --strategy flora --out runs/x
+ *   npm run swarm -- --trainer synthetic --peers 8   # the synthetic task (no tfjs)
  */
 import { spawn, type ChildProcess } from 'node:child_process'
-import { mkdir, readFile, writeFile } from 'node:fs/promises'
+import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { createWriteStream } from 'node:fs'
 import { join, resolve } from 'node:path'
 import { createInterface } from 'node:readline'
@@ -16,9 +19,16 @@ import { fileURLToPath } from 'node:url'
 import { Command, InvalidArgumentError } from 'commander'
 import cliProgress from 'cli-progress'
 import type { PeerReport } from '../src/node/cli.js'
+import { MODEL_TRAINER_DEFAULTS } from '../src/node/model-defaults.js'
 
 /** The FLoRA paper's heterogeneous ranks, cycled for larger swarms. */
 export const PAPER_RANKS = [64, 32, 16, 16, 8, 8, 4, 4, 4, 4]
+
+/** `npm run swarm` with no arguments: the bundled model, small enough for a few minutes on 2 cores. */
+export const MODEL_SWARM_DEFAULTS = { peers: 3, rounds: 3, ranks: [16, 8, 4] } as const
+/** The synthetic task's defaults (`--trainer synthetic`). */
+export const SYNTHETIC_SWARM_DEFAULTS = { peers: 3, rounds: 5, ranks: PAPER_RANKS } as const
+export const DEFAULT_OUT = join('runs', 'swarm')
 
 export interface SwarmOptions {
   peers: number
@@ -30,6 +40,12 @@ export interface SwarmOptions {
   deadlineMs?: number
   graceMs?: number
   timeoutMs?: number
+  /** Model trainer: base model directory (default: the bundled one). */
+  model?: string
+  /** Model trainer: 'wordnet' (default) or a JSONL file; peer i gets shard i of n of it. */
+  data?: string
+  localSteps?: number
+  evalExamples?: number
   /** Extra flags for every peer. */
   peerArgs?: string[]
   /** Show progress (default: when stdout is a TTY). */
@@ -42,7 +58,10 @@ export interface SwarmRoundReport {
   proposer: string | null
   /** peer id -> state hash after the round (null: the peer did not finish it). */
   hashes: Record<string, string | null>
+  /** peer id -> held-out loss of the agreed weights after the round. */
   evalLoss: Record<string, number | null>
+  /** peer id -> mean loss of the peer's local training steps in the round. */
+  trainLoss: Record<string, number | null>
   agree: boolean
 }
 
@@ -52,6 +71,7 @@ export interface SwarmReport {
   durationMs: number
   agreement: boolean
   allFinished: boolean
+  /** Round 0: the base model's target weights and their held-out loss. */
   genesis: { stateHash: string | null; evalLoss: number | null }
   rounds: SwarmRoundReport[]
   peers: Array<{
@@ -81,20 +101,32 @@ export async function runSwarm(options: SwarmOptions): Promise<SwarmReport> {
   const n = options.peers
   const ranks = Array.from({ length: n }, (_, i) => (options.ranks != null && options.ranks.length > 0 ? options.ranks[i % options.ranks.length] : PAPER_RANKS[i % PAPER_RANKS.length]))
   const strategy = options.strategy ?? 'flora'
-  const trainer = options.trainer ?? 'synthetic'
+  const trainer = options.trainer ?? 'model'
   const out = resolve(options.out)
   await mkdir(out, { recursive: true })
+  // A reused output directory: drop the previous run's per-peer files (keys stay, so peer ids do too).
+  for (const f of await readdir(out)) {
+    if (/^peer-\d+\.(json|log|events\.jsonl|records\.jsonl)$/.test(f) || f === 'report.json') await rm(join(out, f), { force: true })
+  }
   const t0 = Date.now()
   const children: ChildProcess[] = []
   const exits: Array<Promise<number | null>> = []
   let completions = 0
   const showProgress = options.progress ?? process.stdout.isTTY === true
-  const bar = showProgress ? new cliProgress.SingleBar({ format: 'swarm |{bar}| {value}/{total} peer-rounds  {status}' }, cliProgress.Presets.shades_classic) : null
+  const bar = showProgress
+    ? new cliProgress.SingleBar({ format: 'swarm |{bar}| {value}/{total} peer-rounds {duration_formatted}  {status}', hideCursor: true }, cliProgress.Presets.shades_classic)
+    : null
   bar?.start(n * options.rounds, 0, { status: 'starting' })
   const say = (msg: string): void => {
     if (bar == null) process.stderr.write(`${msg}\n`)
     else bar.update(completions, { status: msg })
   }
+  // Per peer: what it is doing now (the bar's status line).
+  const doing: string[] = Array.from({ length: n }, () => 'starting')
+  const showDoing = (): void => {
+    if (bar != null) bar.update(completions, { status: doing.map((d, i) => `p${i} ${d}`).join(' | ') })
+  }
+  const elapsed = (): string => `${((Date.now() - t0) / 1000).toFixed(0)} s`
 
   const common = [
     '--trainer', trainer,
@@ -104,6 +136,9 @@ export async function runSwarm(options: SwarmOptions): Promise<SwarmReport> {
     '--listen', '/ip4/127.0.0.1/tcp/0',
     '--json',
     ...(options.deadlineMs != null ? ['--deadline', String(options.deadlineMs)] : []),
+    ...(options.model != null ? ['--model', options.model] : []),
+    ...(options.localSteps != null ? ['--local-steps', String(options.localSteps)] : []),
+    ...(options.evalExamples != null ? ['--eval-examples', String(options.evalExamples)] : []),
     ...(options.graceMs != null ? ['--grace', String(options.graceMs)] : []),
     ...(options.peerArgs ?? []),
   ]
@@ -114,7 +149,7 @@ export async function runSwarm(options: SwarmOptions): Promise<SwarmReport> {
       BIN,
       ...common,
       '--rank', String(ranks[i]),
-      '--data', trainer === 'synthetic' ? `synthetic:${i}` : `${i}/${n}`,
+      '--data', trainer === 'synthetic' ? `synthetic:${i}` : options.data == null || options.data === 'wordnet' ? `${i}/${n}` : `${options.data}:${i}/${n}`,
       '--identity', join(out, `peer-${i}.key`),
       '--report', join(out, `peer-${i}.json`),
       '--records', join(out, `peer-${i}.records.jsonl`),
@@ -131,16 +166,27 @@ export async function runSwarm(options: SwarmOptions): Promise<SwarmReport> {
     })
     lines(child, (line) => {
       events.write(`${line}\n`)
-      let ev: { event?: string; multiaddrs?: string[]; round?: number }
+      let ev: { event?: string; multiaddrs?: string[]; round?: number; step?: number; steps?: number; stateHash?: string; evalLoss?: number; contributors?: string[] }
       try {
         ev = JSON.parse(line) as typeof ev
       } catch {
         return
       }
-      if (ev.event === 'listening' && ev.multiaddrs?.[0] != null) resolveAddr(ev.multiaddrs[0])
+      if (ev.event === 'listening' && ev.multiaddrs?.[0] != null) {
+        resolveAddr(ev.multiaddrs[0])
+        doing[i] = 'waiting for peers'
+        showDoing()
+      }
+      if (ev.event === 'train:step') {
+        doing[i] = `r${ev.round} step ${ev.step}/${ev.steps}`
+        showDoing()
+      }
       if (ev.event === 'round:complete') {
         completions++
-        say(`peer ${i} finished round ${ev.round}`)
+        doing[i] = `r${ev.round} done`
+        const line = `[${elapsed()}] peer ${i} finished round ${ev.round}: state ${ev.stateHash?.slice(0, 12) ?? '?'}, ${ev.contributors?.length ?? '?'} contributors, eval loss ${ev.evalLoss?.toFixed(4) ?? '-'}`
+        if (bar == null) process.stderr.write(`${line}\n`)
+        else showDoing()
       }
     })
     exits.push(
@@ -167,8 +213,9 @@ export async function runSwarm(options: SwarmOptions): Promise<SwarmReport> {
   }, options.timeoutMs ?? 15 * 60_000)
   try {
     const first = launch(0, undefined)
+    say(`[${elapsed()}] starting ${n} ${trainer} peers (ranks ${ranks.join(',')}), ${options.rounds} rounds; logs in ${out}`)
     const addr = await first.listening
-    say(`peer 0 listening on ${addr}`)
+    say(`[${elapsed()}] peer 0 listening on ${addr}`)
     for (let i = 1; i < n; i++) launch(i, addr)
     const codes = await Promise.all(exits)
     bar?.update(completions, { status: 'done' })
@@ -206,6 +253,7 @@ export async function buildReport(
   for (let r = 1; r <= rounds; r++) {
     const hashes: Record<string, string | null> = {}
     const evalLoss: Record<string, number | null> = {}
+    const trainLoss: Record<string, number | null> = {}
     let contributors: readonly string[] = []
     let proposer: string | null = null
     reports.forEach((rep, i) => {
@@ -213,6 +261,7 @@ export async function buildReport(
       const rec = rep?.rounds.find((x) => x.round === r)
       hashes[key] = rec?.stateHash ?? null
       evalLoss[key] = rec?.evalLoss ?? null
+      trainLoss[key] = rec?.metrics?.train?.loss ?? null
       if (rec != null) {
         contributors = rec.contributors
         proposer = rec.proposer
@@ -221,7 +270,7 @@ export async function buildReport(
     const seen = Object.values(hashes)
     const agree = seen.every((h) => h != null) && new Set(seen).size === 1
     if (!agree) agreement = false
-    roundReports.push({ round: r, contributors, proposer, hashes, evalLoss, agree })
+    roundReports.push({ round: r, contributors, proposer, hashes, evalLoss, trainLoss, agree })
   }
   const report: SwarmReport = {
     swarmId: reports.find((r) => r != null)?.swarmId ?? null,
@@ -257,17 +306,29 @@ function positive(name: string) {
   }
 }
 
+function splitArgs(v: string, previous: string[] | undefined): string[] {
+  return [...(previous ?? []), ...v.split(/\s+/).filter((x) => x.length > 0)]
+}
+
 async function cli(): Promise<void> {
   const program = new Command('swarm')
-    .description('Run a local multi-process flora swarm on 127.0.0.1 and check that every round\'s state hashes agree.')
-    .option('-p, --peers <n>', 'number of peer processes', positive('--peers'), 3)
-    .option('-r, --rounds <n>', 'rounds', positive('--rounds'), 5)
-    .option('--ranks <list>', `comma-separated ranks, cycled over peers (default: the FLoRA paper's ${PAPER_RANKS.join(',')})`, (v) =>
+    .description(
+      "Run a local multi-process flora swarm on 127.0.0.1 and check that every round's state hashes agree. " +
+        'With no arguments: 3 peers (ranks 16,8,4) fine-tune the bundled model on a non-IID split of the WordNet task for 3 rounds.',
+    )
+    .option('-t, --trainer <name>', "training backend of every peer: 'model' (the bundled or --model checkpoint) or 'synthetic'", 'model')
+    .option('-p, --peers <n>', `number of peer processes (default ${MODEL_SWARM_DEFAULTS.peers})`, positive('--peers'))
+    .option('-r, --rounds <n>', `rounds (default: model ${MODEL_SWARM_DEFAULTS.rounds}, synthetic ${SYNTHETIC_SWARM_DEFAULTS.rounds})`, positive('--rounds'))
+    .option('--ranks <list>', `comma-separated ranks, cycled over peers (default: model ${MODEL_SWARM_DEFAULTS.ranks.join(',')}; synthetic: the FLoRA paper's ${PAPER_RANKS.join(',')})`, (v) =>
       v.split(',').map((x) => positive('--ranks')(x.trim())),
     )
     .option('-s, --strategy <name>', 'aggregation strategy', 'flora')
-    .option('-t, --trainer <name>', 'training backend of every peer', 'synthetic')
-    .option('-o, --out <dir>', 'output directory (default: runs/swarm-<time>)')
+    .option('-m, --model <dir>', 'model trainer: base model directory (default: models/flora-tiny)')
+    .option('-d, --data <spec>', "model trainer: 'wordnet' or a JSONL file; peer i trains on shard i of n (non-IID by category)", 'wordnet')
+    .option('--local-steps <n>', `model trainer: local steps per round (default ${MODEL_TRAINER_DEFAULTS.localSteps})`, positive('--local-steps'))
+    .option('--eval-examples <n>', `model trainer: held-out examples (default ${MODEL_TRAINER_DEFAULTS.evalExamples})`, positive('--eval-examples'))
+    .option('--peer-args <flags>', "extra flags for every flora-peer, e.g. '--lr 3e-3 --batch-size 4' (repeatable)", splitArgs)
+    .option('-o, --out <dir>', 'output directory', DEFAULT_OUT)
     .option('--deadline <ms>', 'round deadline', positive('--deadline'))
     .option('--grace <ms>', 'grace per fallback proposer', positive('--grace'))
     .option('--timeout <s>', 'stop everything after this many seconds', positive('--timeout'), 900)
@@ -275,47 +336,69 @@ async function cli(): Promise<void> {
     .allowExcessArguments(false)
   program.parse(process.argv)
   const o = program.opts<{
-    peers: number
-    rounds: number
+    trainer: string
+    peers?: number
+    rounds?: number
     ranks?: number[]
     strategy: string
-    trainer: string
-    out?: string
+    model?: string
+    data: string
+    localSteps?: number
+    evalExamples?: number
+    peerArgs?: string[]
+    out: string
     deadline?: number
     grace?: number
     timeout: number
     progress: boolean
   }>()
-  const out = o.out ?? join('runs', `swarm-${new Date().toISOString().replace(/[:.]/g, '-')}`)
+  const defaults = o.trainer === 'synthetic' ? SYNTHETIC_SWARM_DEFAULTS : MODEL_SWARM_DEFAULTS
+  if (o.trainer === 'synthetic' && (o.model != null || o.localSteps != null || o.evalExamples != null || o.data !== 'wordnet')) {
+    throw new Error('--model, --data, --local-steps and --eval-examples are for the model trainer')
+  }
+  const out = o.out
   const report = await runSwarm({
-    peers: o.peers,
-    rounds: o.rounds,
-    ranks: o.ranks,
+    peers: o.peers ?? defaults.peers,
+    rounds: o.rounds ?? defaults.rounds,
+    ranks: o.ranks ?? [...defaults.ranks],
     strategy: o.strategy,
     trainer: o.trainer,
+    model: o.model,
+    data: o.trainer === 'synthetic' ? undefined : o.data,
+    localSteps: o.localSteps,
+    evalExamples: o.evalExamples,
+    peerArgs: o.peerArgs,
     out,
     deadlineMs: o.deadline,
     graceMs: o.grace,
     timeoutMs: o.timeout * 1000,
     progress: o.progress && process.stdout.isTTY === true,
   })
+  const values = (r: Record<string, number | null>): number[] => Object.values(r).filter((x): x is number => x != null)
   const lossOf = (r: SwarmRoundReport): string => {
-    const v = Object.values(r.evalLoss).filter((x): x is number => x != null)
-    return v.length > 0 ? v[0].toPrecision(5) : '-'
+    const v = values(r.evalLoss)
+    if (v.length === 0) return '-'
+    const l0 = report.genesis.evalLoss
+    const delta = l0 != null ? ` (${v[0] - l0 <= 0 ? '' : '+'}${(v[0] - l0).toFixed(4)} vs round 0)` : ''
+    return `${v[0].toFixed(4)}${new Set(v).size > 1 ? ` (peers differ: ${v.map((x) => x.toFixed(4)).join(', ')})` : ''}${delta}`
   }
-  process.stdout.write(`swarm ${report.swarmId ?? '?'}: ${report.options.peers} peers, ranks ${report.options.ranks.join(',')}, ${report.options.strategy}\n`)
-  process.stdout.write(`round 0: eval loss ${report.genesis.evalLoss?.toPrecision(5) ?? '-'}\n`)
+  const trainOf = (r: SwarmRoundReport): string => {
+    const v = values(r.trainLoss)
+    return v.length === 0 ? '' : `, train loss ${(v.reduce((a, b) => a + b, 0) / v.length).toFixed(4)} (peer mean)`
+  }
+  process.stdout.write(`swarm ${report.swarmId ?? '?'}: ${report.options.peers} ${report.options.trainer} peers, ranks ${report.options.ranks.join(',')}, ${report.options.strategy}\n`)
+  process.stdout.write(`round 0: state ${report.genesis.stateHash?.slice(0, 12) ?? '?'}, eval loss ${report.genesis.evalLoss?.toFixed(4) ?? '-'}\n`)
   for (const r of report.rounds) {
     const hashes = new Set(Object.values(r.hashes))
     process.stdout.write(
-      `round ${r.round}: ${r.agree ? 'hashes agree' : 'HASHES DISAGREE'} (${[...hashes].map((h) => h?.slice(0, 12) ?? 'missing').join(', ')}), ${r.contributors.length} contributors, eval loss ${lossOf(r)}\n`,
+      `round ${r.round}: ${r.agree ? 'hashes agree' : 'HASHES DISAGREE'} (${[...hashes].map((h) => h?.slice(0, 12) ?? 'missing').join(', ')}), ${r.contributors.length} contributors, eval loss ${lossOf(r)}${trainOf(r)}\n`,
     )
   }
   process.stdout.write(`report: ${join(resolve(out), 'report.json')} (${(report.durationMs / 1000).toFixed(1)} s)\n`)
   const failed = report.peers.filter((p) => p.exitCode !== 0)
   if (!report.agreement || failed.length > 0 || !report.allFinished) {
     process.stderr.write(
-      `swarm FAILED: ${!report.agreement ? 'state hashes disagree; ' : ''}${failed.length > 0 ? `peers ${failed.map((p) => p.index).join(',')} exited non-zero; ` : ''}${!report.allFinished ? 'not every peer finished' : ''}\n`,
+      `swarm FAILED: ${!report.agreement ? 'state hashes disagree; ' : ''}${failed.length > 0 ? `peers ${failed.map((p) => p.index).join(',')} exited non-zero (see ${join(resolve(out), `peer-${failed[0].index}.log`)}); ` : ''}${!report.allFinished ? 'not every peer finished' : ''}\n`,
     )
     process.exit(1)
   }

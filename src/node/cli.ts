@@ -14,6 +14,7 @@ import { defaultTrainerBackend, setupPeer, trainerBackends } from './setup.js'
 import type { RoundCompleteDetail, RoundSupersededDetail } from './engine.js'
 import type { WireCounter } from './wire-metrics.js'
 import { listStrategies } from '../aggregation/index.js'
+import { MODEL_TRAINER_DEFAULTS } from './model-defaults.js'
 
 export interface PeerReport {
   peerId: string
@@ -23,14 +24,15 @@ export interface PeerReport {
   rank: number
   alpha: number
   samples: number
-  genesis: { stateHash: string; evalLoss: number }
+  /** evalLoss: held-out loss of the agreed weights (null: not evaluated, e.g. interrupted). */
+  genesis: { stateHash: string; evalLoss: number | null }
   rounds: Array<{
     round: number
     stateHash: string
     parentStateHash: string
     proposer: string
     contributors: readonly string[]
-    evalLoss: number
+    evalLoss: number | null
     metrics: RoundCompleteDetail['metrics']
   }>
   superseded: RoundSupersededDetail[]
@@ -55,6 +57,14 @@ function num(name: string) {
   }
 }
 
+function fraction(name: string) {
+  return (value: string): number => {
+    const n = Number(value)
+    if (!Number.isFinite(n) || n < 0 || n >= 1) throw new InvalidArgumentError(`${name} must be in [0, 1)`)
+    return n
+  }
+}
+
 function list(value: string, previous: string[] | undefined): string[] {
   return [...(previous ?? []), ...value.split(',').map((s) => s.trim()).filter((s) => s.length > 0)]
 }
@@ -71,10 +81,26 @@ export function buildProgram(): Command {
     .addOption(new Option('--announce <multiaddr>', 'address to announce instead of the listen address (public IP, NAT); repeatable').argParser(list).env('FLORA_ANNOUNCE'))
     .addOption(new Option('-r, --rank <n>', 'LoRA rank of this peer').argParser(int('--rank', 1)).default(8).env('FLORA_RANK'))
     .addOption(new Option('--alpha <x>', 'LoRA alpha (default: 2 x rank, as in the FLoRA paper)').argParser(num('--alpha')).env('FLORA_ALPHA'))
-    .addOption(new Option('-d, --data <spec>', 'training data: a JSONL file or a bundled task (model trainer); synthetic[:k] (synthetic trainer)').env('FLORA_DATA'))
-    .addOption(new Option('-m, --model <dir>', 'base model directory (model trainer)').env('FLORA_MODEL'))
+    .addOption(
+      new Option(
+        '-d, --data <spec>',
+        "training data (model trainer): 'wordnet' (bundled task, default), a JSONL file of Alpaca/Dolly records, " +
+          "either with ':i/n' to keep shard i of n of a non-IID split by category (seeded by the swarm seed), or just 'i/n' for a WordNet shard; " +
+          'synthetic trainer: synthetic[:k]',
+      ).env('FLORA_DATA'),
+    )
+    .addOption(new Option('-m, --model <dir>', 'base model directory: config.json, model.safetensors, tokenizer.json (model trainer; default: the bundled models/flora-tiny)').env('FLORA_MODEL'))
     .addOption(new Option('-n, --rounds <n>', 'rounds to take part in, then leave (default: until stopped)').argParser(int('--rounds', 1)).env('FLORA_ROUNDS'))
-    .addOption(new Option('--local-steps <n>', 'local training steps per round').argParser(int('--local-steps', 1)).env('FLORA_LOCAL_STEPS'))
+    .addOption(new Option('--local-steps <n>', `local training steps per round (default: model ${MODEL_TRAINER_DEFAULTS.localSteps}, synthetic 5)`).argParser(int('--local-steps', 1)).env('FLORA_LOCAL_STEPS'))
+    .addOption(new Option('--batch-size <n>', `model trainer: examples per step (default ${MODEL_TRAINER_DEFAULTS.batchSize})`).argParser(int('--batch-size', 1)).env('FLORA_BATCH_SIZE'))
+    .addOption(new Option('--lr <x>', `model trainer: AdamW learning rate (default ${MODEL_TRAINER_DEFAULTS.lr})`).argParser(num('--lr')).env('FLORA_LR'))
+    .addOption(new Option('--seq-len <n>', `model trainer: examples are cut to this many tokens (default ${MODEL_TRAINER_DEFAULTS.seqLen})`).argParser(int('--seq-len', 4)).env('FLORA_SEQ_LEN'))
+    .addOption(new Option('--lora-dropout <x>', `model trainer: LoRA dropout (default ${MODEL_TRAINER_DEFAULTS.loraDropout})`).argParser(fraction('--lora-dropout')).env('FLORA_LORA_DROPOUT'))
+    .addOption(new Option('--eval-examples <n>', `model trainer: held-out examples evaluated before round 1 and after every round (default ${MODEL_TRAINER_DEFAULTS.evalExamples})`).argParser(int('--eval-examples', 1)).env('FLORA_EVAL_EXAMPLES'))
+    .addOption(new Option('--eval-data <spec>', "model trainer: held-out set, 'wordnet' (held-out synsets, default) or a JSONL file; use the same on every peer").env('FLORA_EVAL_DATA'))
+    .addOption(new Option('--train-examples <n>', `model trainer: cap on the training pool before it is split into shards (WordNet default ${MODEL_TRAINER_DEFAULTS.wordnetTrainExamples})`).argParser(int('--train-examples', 1)).env('FLORA_TRAIN_EXAMPLES'))
+    .addOption(new Option('--targets <modules>', `model trainer: linear layers to adapt, comma-separated (swarm-wide; default ${MODEL_TRAINER_DEFAULTS.targets.join(',')})`).argParser(list).env('FLORA_TARGETS'))
+    .addOption(new Option('--backend <name>', 'model trainer: tfjs backend').choices(['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu']).default('auto').env('FLORA_BACKEND'))
     .addOption(new Option('-s, --strategy <name>', `aggregation strategy (swarm-wide): ${listStrategies().join(', ')}`).env('FLORA_STRATEGY'))
     .addOption(new Option('-c, --config <file>', 'swarm config JSON (as printed by --print-config); overrides the swarm flags').env('FLORA_CONFIG'))
     .addOption(new Option('--print-config', 'print the swarm config these options define, and exit'))
@@ -102,16 +128,26 @@ Every option has an environment variable (shown above); flags win over the envir
 Peers with a different swarm config (base model, targets, strategy, round policy, name)
 are refused with a log line naming the differing fields.
 
+The default trainer ('model') fine-tunes the bundled base model (models/flora-tiny) on
+the bundled WordNet definition task; every peer evaluates the agreed weights on the same
+held-out examples before round 1 and after every round.
+
 Examples:
-  # first peer: note the /p2p/ address it prints
-  flora-peer --trainer synthetic --rank 8 --listen /ip4/0.0.0.0/tcp/4001 --rounds 5
+  # first peer: WordNet shard 0 of 2; note the /p2p/ address it prints
+  flora-peer --rank 16 --data 0/2 --rounds 3 --listen /ip4/0.0.0.0/tcp/4001
 
   # another peer, on another machine, joining through the first one
-  flora-peer --trainer synthetic --rank 4 --data synthetic:1 --rounds 5 \\
+  flora-peer --rank 8 --data 1/2 --rounds 3 \\
     --bootstrap /ip4/192.168.1.10/tcp/4001/p2p/12D3KooW...
 
+  # your own instruction data (Alpaca/Dolly JSONL), shard 2 of 4
+  flora-peer --rank 4 --data mydata.jsonl:2/4 --bootstrap ...
+
+  # the synthetic task (no tfjs; tests and benchmarks)
+  flora-peer --trainer synthetic --rank 4 --data synthetic:1 --rounds 5 --bootstrap ...
+
   # share one swarm config file instead of repeating the swarm flags
-  flora-peer --trainer synthetic --print-config > swarm.json
+  flora-peer --print-config > swarm.json
   flora-peer --config swarm.json --rank 16 --bootstrap ...
 `,
     )
@@ -128,6 +164,15 @@ interface CliOptions {
   model?: string
   rounds?: number
   localSteps?: number
+  batchSize?: number
+  lr?: number
+  seqLen?: number
+  loraDropout?: number
+  evalExamples?: number
+  evalData?: string
+  trainExamples?: number
+  targets?: string[]
+  backend: 'auto' | 'tensorflow-gpu' | 'tensorflow' | 'wasm' | 'cpu'
   strategy?: string
   config?: string
   printConfig?: boolean
@@ -181,6 +226,23 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
     seed: o.seed,
     layers: o.layers,
     hidden: o.hidden,
+    batchSize: o.batchSize,
+    lr: o.lr,
+    seqLen: o.seqLen,
+    loraDropout: o.loraDropout,
+    evalExamples: o.evalExamples,
+    evalData: o.evalData,
+    trainExamples: o.trainExamples,
+    targets: o.targets,
+    backend: o.backend,
+    configOnly: o.printConfig === true,
+    onTrainStep: (p) => {
+      // JSON: every step (the swarm script shows them); human: about five lines a round.
+      const every = Math.max(1, Math.round(p.steps / 5))
+      if (!human || p.step % every === 0 || p.step === p.steps) {
+        emit('train:step', { ...p }, `  round ${p.round} training  step ${p.step}/${p.steps}  loss ${p.loss.toFixed(4)}  ${(p.elapsedMs / 1000).toFixed(1)} s`)
+      }
+    },
   })
   if (o.printConfig === true) {
     process.stdout.write(`${JSON.stringify(setup.config, null, 2)}\n`)
@@ -204,6 +266,13 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
   }
   process.on('SIGINT', () => onSignal('SIGINT'))
   process.on('SIGTERM', () => onSignal('SIGTERM'))
+
+  /** Held-out loss of agreed weights; null when interrupted (or failed: logged). */
+  const evaluate = (weights: ReadonlyMap<string, Float32Array>): Promise<number | null> =>
+    setup.evaluate(weights, stop.signal).catch((err: Error) => {
+      if (!stop.signal.aborted) log.error({ err: err.message }, 'evaluation failed')
+      return null
+    })
 
   const wire: WireCounter = { bytesIn: 0, bytesOut: 0 }
   const peer = await createPeer({
@@ -232,7 +301,7 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
     rank: o.rank,
     alpha,
     samples: setup.samples,
-    genesis: { stateHash: setup.config.genesisStateHash, evalLoss: await setup.evaluate(peer.head.weights) },
+    genesis: { stateHash: setup.config.genesisStateHash, evalLoss: await evaluate(peer.head.weights) },
     rounds: [],
     superseded: [],
     rejected: {},
@@ -244,12 +313,14 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
     const d = e.detail
     const weights = peer.head.weights
     pending.push(
-      setup.evaluate(weights).then((evalLoss) => {
+      evaluate(weights).then((evalLoss) => {
         report.rounds.push({ ...d, evalLoss })
+        const train = d.metrics.train?.loss
         emit(
           'round:complete',
           { ...d, evalLoss },
-          `round ${d.round}${o.rounds != null ? `/${o.rounds}` : ''} complete  state ${d.stateHash.slice(0, 16)}  ${d.contributors.length} contributors  eval loss ${evalLoss.toPrecision(5)}  ${(d.metrics.roundMs / 1000).toFixed(1)} s`,
+          `round ${d.round}${o.rounds != null ? `/${o.rounds}` : ''} complete  state ${d.stateHash.slice(0, 16)}  ${d.contributors.length} contributors  ` +
+            `eval loss ${evalLoss?.toFixed(4) ?? '-'}${train != null ? `  (local train loss ${train.toFixed(4)})` : ''}  ${(d.metrics.roundMs / 1000).toFixed(1)} s`,
         )
       }),
     )
@@ -287,15 +358,18 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
     log.info({ lingerMs: linger }, 'all rounds done; serving payloads a little longer for slower peers')
     await Promise.race([new Promise((resolve) => setTimeout(resolve, linger).unref()), aborted])
   }
-  await Promise.all(pending)
+  // Stop first: an interrupted peer's training is aborted rather than waited for.
   await peer.stop()
+  await Promise.all(pending)
   const stats = peer.stats()
   report.stats = { ...stats, wireBytesIn: wire.bytesIn, wireBytesOut: wire.bytesOut }
   const last = report.rounds.at(-1)
+  const l0 = report.genesis.evalLoss
+  const evalLine = l0 != null && last?.evalLoss != null ? `; eval loss ${l0.toFixed(4)} (round 0) -> ${last.evalLoss.toFixed(4)}` : ''
   emit(
     'done',
-    { round: last?.round ?? 0, stateHash: last?.stateHash ?? report.genesis.stateHash, finished: report.finished, stats: report.stats },
-    `done after ${report.rounds.length} round(s); state ${(last?.stateHash ?? report.genesis.stateHash).slice(0, 16)}; received ${stats.payloadBytesReceived} payload bytes, sent ${stats.payloadBytesSent}`,
+    { round: last?.round ?? 0, stateHash: last?.stateHash ?? report.genesis.stateHash, finished: report.finished, evalLoss: last?.evalLoss ?? l0, stats: report.stats },
+    `done after ${report.rounds.length} round(s); state ${(last?.stateHash ?? report.genesis.stateHash).slice(0, 16)}${evalLine}; received ${stats.payloadBytesReceived} payload bytes, sent ${stats.payloadBytesSent}`,
   )
   if (o.report != null) {
     await mkdir(dirname(o.report), { recursive: true })

@@ -30,5 +30,6 @@ export { identityFromSeed, IdentityError, loadOrCreateIdentity } from './identit
 export { syntheticEvalLoss, syntheticTrainer, type SyntheticTrainerOptions, type TrainContext, type Trainer, type TrainResult } from './trainer.js'
 export { syntheticShapes, syntheticSwarm, syntheticWeights, type SyntheticModelSpec, type SyntheticSwarmOptions } from './synthetic.js'
 export { defaultTrainerBackend, registerTrainerBackend, setupPeer, trainerBackends, type PeerSetup, type SetupOptions, type TrainerBackend } from './setup.js'
+export { MODEL_TRAINER_DEFAULTS } from './model-defaults.js'
 export { createLogger, type Logger } from './logger.js'
 export { wireMetrics, type WireCounter } from './wire-metrics.js'

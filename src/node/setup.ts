@@ -4,8 +4,9 @@
  * held-out evaluation), resolved from CLI-level options.
  *
  * Backends register here by name. `synthetic` (built in) runs the least-squares task of
- * trainer.ts on a synthetic base and needs no tfjs. The tfjs model trainer registers
- * itself as `model` (see registerTrainerBackend); when it is registered it is the default.
+ * trainer.ts on a synthetic base and needs no tfjs. `model` (model-trainer.ts, loaded on
+ * first use so that synthetic peers never load tfjs) fine-tunes a real checkpoint; it is
+ * the default.
  */
 import { readFile } from 'node:fs/promises'
 import { parseSwarmConfig, SwarmConfigError, type RoundPolicy, type SwarmConfig } from './config.js'
@@ -16,8 +17,8 @@ export interface PeerSetup {
   readonly config: SwarmConfig
   readonly weights: ReadonlyMap<string, Float32Array>
   readonly trainer: Trainer
-  /** Held-out loss of a state's target weights (lower is better). */
-  evaluate(weights: ReadonlyMap<string, Float32Array>): Promise<number>
+  /** Held-out loss of a state's target weights (lower is better); rejects when `signal` aborts. */
+  evaluate(weights: ReadonlyMap<string, Float32Array>, signal?: AbortSignal): Promise<number>
   /** Local training examples (n_k). */
   readonly samples: number
   /** One line for the logs. */
@@ -46,6 +47,25 @@ export interface SetupOptions {
   /** Synthetic base size. */
   layers?: number
   hidden?: number
+  // Model backend only (defaults: MODEL_TRAINER_DEFAULTS in model-trainer.ts).
+  batchSize?: number
+  seqLen?: number
+  lr?: number
+  loraDropout?: number
+  /** Held-out examples evaluated after every round. */
+  evalExamples?: number
+  /** 'wordnet' (held-out synsets) or a JSONL file. */
+  evalData?: string
+  /** Cap on the training pool before it is split over the peers. */
+  trainExamples?: number
+  /** Linear layers to adapt (swarm-wide: part of the config's targets). */
+  targets?: readonly string[]
+  /** tfjs backend preference: auto, tensorflow-gpu, tensorflow, wasm, cpu. */
+  backend?: 'auto' | 'tensorflow-gpu' | 'tensorflow' | 'wasm' | 'cpu'
+  /** Only the swarm config is needed (e.g. --print-config): skip loading data. */
+  configOnly?: boolean
+  /** Called after every local training step. */
+  onTrainStep?: (progress: { round: number; step: number; steps: number; loss: number; elapsedMs: number }) => void
 }
 
 export type TrainerBackend = (options: SetupOptions) => Promise<PeerSetup>
@@ -121,4 +141,9 @@ registerTrainerBackend('synthetic', async (o) => {
     evaluate: async (weights) => syntheticEvalLoss(weights, config.targets, config.seed),
     description: `synthetic task (share ${dataSeed}, ${samples} samples) on a ${config.targets.length}-module synthetic base`,
   }
+})
+
+registerTrainerBackend('model', async (o) => {
+  const { setupModelPeer } = await import('./model-trainer.js')
+  return setupModelPeer(o)
 })

@@ -1,4 +1,4 @@
-/** The swarm script end to end: three real flora-peer processes on loopback. */
+/** The swarm script end to end: three real flora-peer processes on loopback (synthetic trainer; the model trainer's run is in model-trainer.test.ts). */
 import { describe, expect, it } from 'vitest'
 import { spawn } from 'node:child_process'
 import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
@@ -24,7 +24,7 @@ describe('npm run swarm', () => {
   it('runs 3 peer processes with heterogeneous ranks, agrees on every round and writes report.json', async () => {
     const out = await mkdtemp(join(tmpdir(), 'flora-swarm-'))
     try {
-      const { code, stdout, stderr } = await run(['--peers', '3', '--rounds', '2', '--ranks', '8,4,2', '--out', out, '--no-progress'])
+      const { code, stdout, stderr } = await run(['--trainer', 'synthetic', '--peers', '3', '--rounds', '2', '--ranks', '8,4,2', '--out', out, '--no-progress'])
       expect(code, stderr).toBe(0)
       expect(stdout).toMatch(/round 2: hashes agree/)
       const report = JSON.parse(await readFile(join(out, 'report.json'), 'utf8')) as SwarmReport
