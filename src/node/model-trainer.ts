@@ -1,0 +1,465 @@
+/**
+ * The `model` training backend of flora-peer: real LoRA fine-tuning of a Llama-family
+ * checkpoint (tfjs, src/model) on instruction data, behind the Trainer seam of trainer.ts.
+ *
+ * - Base model: a model directory (default: the bundled models/flora-tiny), loaded once
+ *   per process and shared by every peer of the process (a lock serialises training and
+ *   evaluation on it). Its identity, the swarm's `baseModelHash`, is
+ *   sha256(canonicalJson({ format, config, weights: stateHash(every tensor), tokenizer }))
+ *   so peers on another checkpoint (or tokenizer) are in another swarm and are refused at
+ *   the handshake. The genesis state is the target modules' weights (q_proj, v_proj).
+ * - Data (`--data`): `wordnet` (the bundled WordNet definition task, train split) or a
+ *   JSONL file of Alpaca/Dolly records; `<source>:i/n` (or just `i/n` for WordNet) keeps
+ *   shard i of n of a non-IID split by category (WordNet: lexicographer file), seeded with
+ *   the swarm seed so the peers of a swarm get disjoint, skewed shards.
+ * - A round: write the agreed target weights into the model (only those that changed),
+ *   set a fresh LoRA of the peer's rank (seeded by the round's training seed; the
+ *   strategy's warm start when it keeps a global adapter), train `localSteps` AdamW steps
+ *   (trainLora), return the adapter, the shard size as sample count and the train loss.
+ * - Evaluation: mean response-token loss of the agreed weights (no adapter) on a fixed
+ *   held-out set, the same on every peer (default: the first 64 of WordNet's held-out
+ *   synsets, which neither pretraining nor any peer trains on).
+ */
+import { existsSync } from 'node:fs'
+import { readFile } from 'node:fs/promises'
+import path from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { canonicalJson, sha256Hex, type CanonicalValue } from '../gossip/canonical.js'
+import { stateHash } from '../aggregation/state-hash.js'
+import { initAdapter } from '../lora/init.js'
+import type { ModuleShape } from '../lora/types.js'
+import { type BackendPreference, type BackendSelection, selectBackend } from '../model/backend.js'
+import { type Checkpoint, readCheckpoint } from '../model/checkpoint.js'
+import { type LlamaConfig, parameterCount, toHfConfig } from '../model/config.js'
+import { readInstructionJsonl } from '../model/data/jsonl.js'
+import { partitionExamples } from '../model/data/partition.js'
+import { tokenizeExample } from '../model/data/template.js'
+import type { InstructionExample } from '../model/data/types.js'
+import { type WordNetTask, wordnetTask } from '../model/data/wordnet.js'
+import { expectedWeightShapes, LINEAR_MODULES, type LinearModuleKind, LlamaModel } from '../model/llama.js'
+import { LlamaTokenizer } from '../model/tokenizer.js'
+import { evaluate, type StepInfo, trainLora, type TrainingExample } from '../model/trainer.js'
+import { makeSwarmConfig, SwarmConfigError, type SwarmConfig } from './config.js'
+import type { PeerSetup, SetupOptions } from './setup.js'
+import { readSwarmConfig } from './setup.js'
+import { genesisState } from './state.js'
+import type { Trainer } from './trainer.js'
+import { MODEL_TRAINER_DEFAULTS } from './model-defaults.js'
+
+export { MODEL_TRAINER_DEFAULTS }
+
+/** Progress of local training, for the CLI and the swarm script. */
+export interface TrainStepProgress {
+  readonly round: number
+  readonly step: number
+  readonly steps: number
+  readonly loss: number
+  readonly elapsedMs: number
+}
+
+/** The bundled base model: models/flora-tiny of this package (from src/ or dist/src/). */
+export function defaultModelDir(): string {
+  const here = path.dirname(fileURLToPath(import.meta.url))
+  const candidates = [path.resolve(here, '../../models/flora-tiny'), path.resolve(here, '../../../models/flora-tiny')]
+  return candidates.find((c) => existsSync(path.join(c, 'tokenizer.json'))) ?? candidates[0]
+}
+
+// ---------------------------------------------------------------------------------
+// --data
+// ---------------------------------------------------------------------------------
+
+export interface DataSpec {
+  /** 'wordnet' or a JSONL path. */
+  readonly source: string
+  /** Keep shard `index` of `count` (0-based); absent: every example. */
+  readonly part?: { readonly index: number; readonly count: number }
+}
+
+/**
+ * `wordnet` | `FILE.jsonl` | `i/n` (WordNet shard i of n) | `wordnet:i/n` | `FILE.jsonl:i/n`.
+ */
+export function parseDataSpec(spec: string | undefined): DataSpec {
+  const s = spec?.trim() ?? ''
+  if (s === '') return { source: MODEL_TRAINER_DEFAULTS.data }
+  const m = /^(?:(.*):)?(\d{1,6})\/(\d{1,6})$/.exec(s)
+  if (m == null) return { source: s }
+  const index = Number(m[2])
+  const count = Number(m[3])
+  if (count < 1 || index >= count) throw new SwarmConfigError(`--data ${s}: shard i/n needs 0 <= i < n`)
+  const source = m[1] === undefined || m[1] === '' ? MODEL_TRAINER_DEFAULTS.data : m[1]
+  return { source, part: { index, count } }
+}
+
+// ---------------------------------------------------------------------------------
+// Base model identity
+// ---------------------------------------------------------------------------------
+
+/** Domain tag of the base model hash (bump if its definition changes). */
+export const BASE_MODEL_HASH_FORMAT = 'flora-base-model/1'
+
+/**
+ * Identity of a base model: its architecture (the HF config.json fields we read), every
+ * weight tensor (src/aggregation's canonical stateHash, names and shapes included) and the
+ * tokenizer file's sha256 (null when the directory has none).
+ */
+export function baseModelHash(config: LlamaConfig, weights: ReadonlyMap<string, Float32Array>, tokenizerSha256: string | null): string {
+  const shapes = expectedWeightShapes(config)
+  const tensors = [...shapes].map(([name, shape]) => {
+    const data = weights.get(name)
+    if (data === undefined) throw new SwarmConfigError(`base model hash: tensor ${name} is missing`)
+    return { name, shape, data }
+  })
+  return sha256Hex(
+    canonicalJson({
+      format: BASE_MODEL_HASH_FORMAT,
+      config: toHfConfig(config) as unknown as CanonicalValue,
+      weights: stateHash(tensors),
+      tokenizer: tokenizerSha256,
+    }),
+  )
+}
+
+// ---------------------------------------------------------------------------------
+// The per-process model runtime
+// ---------------------------------------------------------------------------------
+
+/** Serialises async sections (training and evaluation share one model). */
+class Lock {
+  #tail: Promise<void> = Promise.resolve()
+  async run<T>(fn: () => Promise<T>): Promise<T> {
+    const prev = this.#tail
+    let release!: () => void
+    this.#tail = new Promise<void>((resolve) => {
+      release = resolve
+    })
+    try {
+      await prev
+      return await fn()
+    } finally {
+      release()
+    }
+  }
+}
+
+interface Runtime {
+  readonly dir: string
+  readonly config: LlamaConfig
+  readonly model: LlamaModel
+  readonly tokenizer: LlamaTokenizer
+  readonly backend: BackendSelection
+  readonly baseModelHash: string
+  /** Target modules, canonical order. */
+  readonly shapes: ModuleShape[]
+  /** Module name -> the checkpoint's weights of that module (the genesis weights). */
+  readonly genesis: Map<string, Float32Array>
+  /** Module name -> the array whose values the model holds now. */
+  readonly loaded: Map<string, Float32Array>
+  readonly lock: Lock
+}
+
+const runtimes = new Map<string, Promise<Runtime>>()
+
+async function loadRuntime(dir: string, targets: readonly LinearModuleKind[], backend: BackendPreference): Promise<Runtime> {
+  const key = `${path.resolve(dir)}\0${[...targets].sort().join(',')}`
+  let hit = runtimes.get(key)
+  if (hit === undefined) {
+    hit = createRuntime(dir, targets, backend)
+    runtimes.set(key, hit)
+    hit.catch(() => runtimes.delete(key))
+  }
+  return hit
+}
+
+let backendSelection: Promise<BackendSelection> | undefined
+
+async function createRuntime(dir: string, targets: readonly LinearModuleKind[], backend: BackendPreference): Promise<Runtime> {
+  backendSelection ??= selectBackend(backend, { fallback: backend === 'auto' })
+  const selected = await backendSelection.catch((err: Error) => {
+    backendSelection = undefined
+    throw new SwarmConfigError(`--backend ${backend}: ${err.message}`)
+  })
+  let ckpt: Checkpoint
+  try {
+    ckpt = await readCheckpoint(dir)
+  } catch (err) {
+    const bundled = path.resolve(dir) === path.resolve(defaultModelDir())
+    throw new SwarmConfigError(
+      `cannot load the base model: ${(err as Error).message}${bundled ? ' (the bundled model models/flora-tiny has not been built yet: scripts/pretrain.sh; or pass --model DIR)' : ''}`,
+    )
+  }
+  const tokFile = path.join(dir, 'tokenizer.json')
+  let tokBytes: Buffer
+  try {
+    tokBytes = await readFile(tokFile)
+  } catch {
+    throw new SwarmConfigError(`--model ${dir}: tokenizer.json is missing (the model trainer needs it to tokenize the data)`)
+  }
+  const tokenizer = await LlamaTokenizer.fromDir(dir)
+  if (tokenizer.vocabSize > ckpt.config.vocabSize) {
+    throw new SwarmConfigError(`--model ${dir}: the tokenizer has ${tokenizer.vocabSize} tokens but config.json says vocab_size ${ckpt.config.vocabSize}`)
+  }
+  const hash = baseModelHash(ckpt.config, ckpt.weights, sha256Hex(tokBytes))
+  const model = new LlamaModel(ckpt.config, ckpt.weights, { targetModules: targets })
+  const shapes = model.targetModuleShapes()
+  const genesis = new Map<string, Float32Array>()
+  for (const s of shapes) genesis.set(s.name, ckpt.weights.get(`${s.name}.weight`) as Float32Array)
+  return {
+    dir,
+    config: ckpt.config,
+    model,
+    tokenizer,
+    backend: selected,
+    baseModelHash: hash,
+    shapes,
+    genesis,
+    loaded: new Map(genesis),
+    lock: new Lock(),
+  }
+}
+
+function sameBits(a: Float32Array, b: Float32Array): boolean {
+  if (a.length !== b.length) return false
+  const x = new Uint32Array(a.buffer, a.byteOffset, a.length)
+  const y = new Uint32Array(b.buffer, b.byteOffset, b.length)
+  for (let i = 0; i < x.length; i++) if (x[i] !== y[i]) return false
+  return true
+}
+
+/** Makes the model hold `weights` for the target modules, writing only what differs. */
+function syncWeights(rt: Runtime, weights: ReadonlyMap<string, Float32Array>): number {
+  let written = 0
+  for (const s of rt.shapes) {
+    const w = weights.get(s.name)
+    if (w === undefined) throw new Error(`model trainer: the agreed state has no weights for ${s.name}`)
+    const cur = rt.loaded.get(s.name)
+    if (cur === w) continue
+    if (cur === undefined || !sameBits(cur, w)) {
+      rt.model.setBaseWeight(s.name, w)
+      written++
+    }
+    rt.loaded.set(s.name, w)
+  }
+  return written
+}
+
+const yieldNow = (): Promise<void> => new Promise<void>((resolve) => setImmediate(resolve))
+
+// ---------------------------------------------------------------------------------
+// Data
+// ---------------------------------------------------------------------------------
+
+const wordnetCache = new Map<string, WordNetTask>()
+
+function wordnet(maxTrain: number, maxEval: number): WordNetTask {
+  const key = `${maxTrain}/${maxEval}`
+  let t = wordnetCache.get(key)
+  if (t === undefined) {
+    t = wordnetTask({ maxTrain, maxEval })
+    wordnetCache.set(key, t)
+  }
+  return t
+}
+
+async function readJsonl(flag: string, file: string): Promise<InstructionExample[]> {
+  try {
+    return await readInstructionJsonl(file)
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException
+    if (e.code === 'ENOENT' || e.code === 'EISDIR') {
+      throw new SwarmConfigError(`${flag} ${file}: no such file (expected 'wordnet', 'i/n', or a JSONL file of Alpaca/Dolly records, optionally with ':i/n')`)
+    }
+    throw new SwarmConfigError(`${flag} ${file}: ${e.message}`)
+  }
+}
+
+interface PeerData {
+  readonly train: InstructionExample[]
+  readonly eval: InstructionExample[]
+  readonly trainSource: string
+  readonly evalSource: string
+}
+
+async function loadPeerData(spec: DataSpec, o: { evalData: string; evalExamples: number; trainExamples?: number; swarmSeed: number }): Promise<PeerData> {
+  let pool: InstructionExample[]
+  let trainSource: string
+  const wnTrain = o.trainExamples ?? MODEL_TRAINER_DEFAULTS.wordnetTrainExamples
+  if (spec.source === 'wordnet') {
+    pool = wordnet(wnTrain, o.evalData === 'wordnet' ? o.evalExamples : 1).train
+    trainSource = `WordNet definitions (train split, first ${pool.length} examples)`
+  } else {
+    const all = await readJsonl('--data', spec.source)
+    pool = o.trainExamples !== undefined ? all.slice(0, o.trainExamples) : all
+    trainSource = spec.source
+  }
+  let train = pool
+  if (spec.part !== undefined) {
+    const { index, count } = spec.part
+    const parts = partitionExamples(pool, count, { kind: 'category', seed: `flora-peer/data/${o.swarmSeed}`, shardsPerClient: MODEL_TRAINER_DEFAULTS.shardsPerPeer })
+    train = parts[index].map((i) => pool[i])
+    trainSource = `shard ${index}/${count} (by category, swarm seed ${o.swarmSeed}) of ${trainSource}`
+  }
+  if (train.length === 0) throw new SwarmConfigError(`--data: no training examples in ${trainSource}`)
+  let evalSet: InstructionExample[]
+  let evalSource: string
+  if (o.evalData === 'wordnet') {
+    evalSet = wordnet(spec.source === 'wordnet' ? wnTrain : 1, o.evalExamples).eval
+    evalSource = `WordNet held-out synsets (first ${evalSet.length})`
+  } else {
+    evalSet = (await readJsonl('--eval-data', o.evalData)).slice(0, o.evalExamples)
+    evalSource = `${o.evalData} (first ${evalSet.length})`
+  }
+  if (evalSet.length === 0) throw new SwarmConfigError(`--eval-data ${o.evalData}: no examples`)
+  return { train, eval: evalSet, trainSource, evalSource }
+}
+
+function topCategories(examples: readonly InstructionExample[], k = 3): string {
+  const counts = new Map<string, number>()
+  for (const e of examples) if (e.category !== undefined) counts.set(e.category, (counts.get(e.category) ?? 0) + 1)
+  if (counts.size === 0) return ''
+  const top = [...counts].sort((a, b) => b[1] - a[1] || (a[0] < b[0] ? -1 : 1)).slice(0, k)
+  return `; top categories ${top.map(([c, n]) => `${c} ${Math.round((100 * n) / examples.length)}%`).join(', ')}`
+}
+
+// ---------------------------------------------------------------------------------
+// The backend
+// ---------------------------------------------------------------------------------
+
+function parseTargets(targets: readonly string[]): LinearModuleKind[] {
+  const out: LinearModuleKind[] = []
+  for (const t of targets) {
+    if (!(LINEAR_MODULES as readonly string[]).includes(t)) throw new SwarmConfigError(`--targets: unknown module '${t}' (choose from ${LINEAR_MODULES.join(', ')})`)
+    if (!out.includes(t as LinearModuleKind)) out.push(t as LinearModuleKind)
+  }
+  if (out.length === 0) throw new SwarmConfigError('--targets: name at least one module')
+  return out
+}
+
+function positive(flag: string, v: number, integer = true): number {
+  if (!Number.isFinite(v) || v <= 0 || (integer && !Number.isInteger(v))) throw new SwarmConfigError(`${flag} must be a positive ${integer ? 'integer' : 'number'}, got ${v}`)
+  return v
+}
+
+/** The swarm config a model defines, checked against --config when one is given. */
+async function resolveConfig(rt: Runtime, o: SetupOptions): Promise<SwarmConfig> {
+  const genesisHash = genesisState(rt.genesis, rt.shapes).hash
+  const built = makeSwarmConfig({
+    name: o.name ?? 'flora',
+    baseModelHash: rt.baseModelHash,
+    genesisStateHash: genesisHash,
+    targets: rt.shapes,
+    strategy: o.strategy,
+    seed: o.seed,
+    round: o.round,
+  })
+  if (o.configFile == null) return built
+  const config = await readSwarmConfig(o.configFile)
+  if (config.baseModelHash !== built.baseModelHash || config.genesisStateHash !== built.genesisStateHash) {
+    throw new SwarmConfigError(
+      `${o.configFile} is for another base model (base ${config.baseModelHash.slice(0, 12)}, genesis ${config.genesisStateHash.slice(0, 12)}) than --model ${rt.dir} (base ${built.baseModelHash.slice(0, 12)}, genesis ${built.genesisStateHash.slice(0, 12)})`,
+    )
+  }
+  const names = (ts: readonly ModuleShape[]): string => ts.map((t) => `${t.name}:${t.outFeatures}x${t.inFeatures}`).sort().join(',')
+  if (names(config.targets) !== names(built.targets)) {
+    throw new SwarmConfigError(`${o.configFile}: its LoRA targets differ from --targets ${(o.targets ?? MODEL_TRAINER_DEFAULTS.targets).join(',')} on this model`)
+  }
+  return config
+}
+
+/** `flora-peer --trainer model`: see the module comment. */
+export async function setupModelPeer(o: SetupOptions): Promise<PeerSetup> {
+  const d = MODEL_TRAINER_DEFAULTS
+  const spec = parseDataSpec(o.data)
+  const steps = positive('--local-steps', o.localSteps ?? d.localSteps)
+  const batchSize = positive('--batch-size', o.batchSize ?? d.batchSize)
+  const seqLen = positive('--seq-len', o.seqLen ?? d.seqLen)
+  const lr = positive('--lr', o.lr ?? d.lr, false)
+  const evalExamples = positive('--eval-examples', o.evalExamples ?? d.evalExamples)
+  const evalData = o.evalData ?? d.evalData
+  const loraDropout = o.loraDropout ?? d.loraDropout
+  if (!(loraDropout >= 0 && loraDropout < 1)) throw new SwarmConfigError(`--lora-dropout must be in [0, 1), got ${loraDropout}`)
+  if (o.trainExamples !== undefined) positive('--train-examples', o.trainExamples)
+  const targets = parseTargets(o.targets ?? d.targets)
+  const dir = o.model ?? defaultModelDir()
+
+  const rt = await loadRuntime(dir, targets, o.backend ?? d.backend)
+  if (seqLen > rt.config.maxPositionEmbeddings) {
+    throw new SwarmConfigError(`--seq-len ${seqLen} exceeds the model's max_position_embeddings (${rt.config.maxPositionEmbeddings})`)
+  }
+  const config = await resolveConfig(rt, o)
+  const modelLine = `${path.relative(process.cwd(), path.resolve(dir)) || '.'} (${rt.config.numLayers} layers, hidden ${rt.config.hiddenSize}, ${(parameterCount(rt.config) / 1e6).toFixed(2)}M parameters, tfjs ${rt.backend.backend}; base ${rt.baseModelHash.slice(0, 12)})`
+  const notLoaded = (): never => {
+    throw new Error('model trainer: set up with configOnly (no data loaded)')
+  }
+  if (o.configOnly === true) {
+    return { config, weights: rt.genesis, trainer: notLoaded, evaluate: notLoaded, samples: 0, description: modelLine }
+  }
+
+  const data = await loadPeerData(spec, { evalData, evalExamples, trainExamples: o.trainExamples, swarmSeed: config.seed })
+  const tok = rt.tokenizer
+  const tokenize = (ex: InstructionExample): TrainingExample => {
+    const t = tokenizeExample(ex, tok, seqLen)
+    return { inputIds: t.inputIds, promptLength: t.promptLength }
+  }
+  const train = data.train.map(tokenize)
+  const held = data.eval.map(tokenize)
+  const padId = tok.padId
+  const samples = train.length
+
+  const trainer: Trainer = (ctx) =>
+    rt.lock.run(async () => {
+      ctx.signal.throwIfAborted()
+      syncWeights(rt, ctx.weights)
+      const start = ctx.init ?? initAdapter({ shapes: ctx.shapes, rank: ctx.rank, alpha: ctx.alpha, seed: ctx.seed, rslora: ctx.rslora })
+      rt.model.setAdapter(start)
+      try {
+        const res = await trainLora(rt.model, train, {
+          steps,
+          batchSize,
+          seqLen,
+          lr,
+          seed: ctx.seed,
+          padId,
+          loraDropout,
+          signal: ctx.signal,
+          onStep: (info: StepInfo) => o.onTrainStep?.({ round: ctx.round, step: info.step, steps: info.steps, loss: info.loss, elapsedMs: info.elapsedMs }),
+        })
+        const adapter = rt.model.getAdapter()
+        const mean = res.losses.reduce((a, b) => a + b, 0) / res.losses.length
+        return {
+          adapter,
+          samples,
+          metrics: { loss: mean, finalLoss: res.finalLoss, steps: res.steps, tokensPerSecond: res.tokens / (res.elapsedMs / 1000) },
+        }
+      } finally {
+        rt.model.clearAdapter()
+      }
+    })
+
+  const evalBatch = Math.max(batchSize, 16)
+  const evaluateWeights = (weights: ReadonlyMap<string, Float32Array>, signal?: AbortSignal): Promise<number> =>
+    rt.lock.run(async () => {
+      syncWeights(rt, weights)
+      rt.model.clearAdapter()
+      let sum = 0
+      let count = 0
+      for (let i = 0; i < held.length; i += evalBatch) {
+        signal?.throwIfAborted()
+        const r = evaluate(rt.model, held.slice(i, i + evalBatch), { seqLen, padId, batchSize: evalBatch })
+        sum += r.loss * r.tokens
+        count += r.tokens
+        await yieldNow()
+      }
+      return count > 0 ? sum / count : Number.NaN
+    })
+
+  return {
+    config,
+    weights: rt.genesis,
+    trainer,
+    evaluate: evaluateWeights,
+    samples,
+    description:
+      `model ${modelLine}; data: ${samples} examples, ${data.trainSource}${topCategories(data.train)}; ` +
+      `eval: ${held.length} examples, ${data.evalSource}; ${steps} local steps/round, batch ${batchSize}, seq ${seqLen}, lr ${lr}`,
+  }
+}

@@ -1,0 +1,249 @@
+/**
+ * The `model` trainer backend on a tiny random checkpoint written here (the bundled
+ * tokenizer, 2 layers of hidden 16): in-process peers over loopback TCP agree on every
+ * round and report a held-out eval loss; a peer on another base model is refused; the
+ * swarm script runs real flora-peer processes with it end to end.
+ */
+import { spawn } from 'node:child_process'
+import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join, resolve } from 'node:path'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { saveCheckpoint } from '../../src/model/checkpoint.js'
+import { llamaConfig, type LlamaConfig } from '../../src/model/config.js'
+import { randomLlamaWeights } from '../../src/model/llama.js'
+import { SwarmConfigError, swarmIdOf } from '../../src/node/config.js'
+import { identityFromSeed } from '../../src/node/identity.js'
+import { baseModelHash, parseDataSpec } from '../../src/node/model-trainer.js'
+import { createPeer, type FloraPeer } from '../../src/node/peer.js'
+import { defaultTrainerBackend, setupPeer, type PeerSetup, type SetupOptions } from '../../src/node/setup.js'
+import type { SwarmReport } from '../../scripts/swarm.js'
+import { waitForEvent } from './helpers.js'
+
+const ROOT = resolve(import.meta.dirname, '..', '..')
+const TSX = join(ROOT, 'node_modules', 'tsx', 'dist', 'cli.mjs')
+
+const CONFIG: LlamaConfig = llamaConfig({
+  vocabSize: 4096, // the bundled tokenizer's
+  hiddenSize: 16,
+  intermediateSize: 32,
+  numLayers: 2,
+  numHeads: 2,
+  numKvHeads: 1,
+  maxPositionEmbeddings: 64,
+  tieWordEmbeddings: true,
+})
+
+async function writeTinyModel(dir: string, seed: string): Promise<void> {
+  await mkdir(dir, { recursive: true })
+  await saveCheckpoint(dir, CONFIG, randomLlamaWeights(CONFIG, seed, 0.05))
+  await copyFile(join(ROOT, 'models', 'flora-tiny', 'tokenizer.json'), join(dir, 'tokenizer.json'))
+  await copyFile(join(ROOT, 'models', 'flora-tiny', 'tokenizer_config.json'), join(dir, 'tokenizer_config.json'))
+}
+
+/** Small and fast: a few steps of 2 examples of <= 32 tokens, 8 held-out examples. */
+const FAST: Partial<SetupOptions> = { localSteps: 2, batchSize: 2, seqLen: 32, evalExamples: 8, trainExamples: 60, lr: 1e-2, backend: 'wasm' }
+
+let dir: string
+let modelA: string
+let modelB: string
+
+beforeAll(async () => {
+  dir = await mkdtemp(join(tmpdir(), 'flora-model-trainer-'))
+  modelA = join(dir, 'model-a')
+  modelB = join(dir, 'model-b')
+  await writeTinyModel(modelA, 'model-trainer-test/a')
+  await writeTinyModel(modelB, 'model-trainer-test/b')
+})
+
+afterAll(async () => {
+  await rm(dir, { recursive: true, force: true })
+})
+
+describe('model trainer: options and identity', () => {
+  it('is the default backend', () => {
+    expect(defaultTrainerBackend()).toBe('model')
+  })
+
+  it('parses --data specs', () => {
+    expect(parseDataSpec(undefined)).toEqual({ source: 'wordnet' })
+    expect(parseDataSpec('wordnet')).toEqual({ source: 'wordnet' })
+    expect(parseDataSpec('1/3')).toEqual({ source: 'wordnet', part: { index: 1, count: 3 } })
+    expect(parseDataSpec('wordnet:0/2')).toEqual({ source: 'wordnet', part: { index: 0, count: 2 } })
+    expect(parseDataSpec('data/x.jsonl:2/4')).toEqual({ source: 'data/x.jsonl', part: { index: 2, count: 4 } })
+    expect(parseDataSpec('data/x.jsonl')).toEqual({ source: 'data/x.jsonl' })
+    expect(() => parseDataSpec('3/3')).toThrow(SwarmConfigError)
+  })
+
+  it('hashes the base model over every tensor, the config and the tokenizer', () => {
+    const w = randomLlamaWeights(CONFIG, 'hash')
+    const h = baseModelHash(CONFIG, w, 'tok')
+    expect(h).toMatch(/^[0-9a-f]{64}$/)
+    expect(baseModelHash(CONFIG, new Map(w), 'tok')).toBe(h)
+    const flipped = new Map(w)
+    const norm = Float32Array.from(w.get('model.norm.weight') as Float32Array)
+    new Uint32Array(norm.buffer)[3] ^= 1 // one bit of a non-target tensor
+    flipped.set('model.norm.weight', norm)
+    expect(baseModelHash(CONFIG, flipped, 'tok')).not.toBe(h)
+    expect(baseModelHash(CONFIG, w, 'other tokenizer')).not.toBe(h)
+    expect(baseModelHash({ ...CONFIG, ropeTheta: 500000 }, w, 'tok')).not.toBe(h)
+  })
+
+  it('refuses a --config written for another base model, and a missing model directory', async () => {
+    const a = await setupPeer({ trainer: 'model', model: modelA, rank: 2, alpha: 4, configOnly: true, backend: 'wasm' })
+    const file = join(dir, 'swarm-a.json')
+    await writeFile(file, JSON.stringify(a.config))
+    const again = await setupPeer({ trainer: 'model', model: modelA, rank: 4, alpha: 8, configFile: file, configOnly: true, backend: 'wasm' })
+    expect(swarmIdOf(again.config)).toBe(swarmIdOf(a.config))
+    await expect(setupPeer({ trainer: 'model', model: modelB, rank: 2, alpha: 4, configFile: file, configOnly: true, backend: 'wasm' })).rejects.toThrow(
+      /is for another base model/,
+    )
+    await expect(setupPeer({ trainer: 'model', model: join(dir, 'nope'), rank: 2, alpha: 4, configOnly: true, backend: 'wasm' })).rejects.toThrow(
+      /cannot load the base model/,
+    )
+  })
+})
+
+describe('model trainer: in-process peers over loopback TCP', () => {
+  const RANKS = [4, 2, 1]
+  const ROUNDS = 2
+  const round = { deadlineMs: 30_000, graceMs: 3000, minPeers: RANKS.length }
+  let setups: PeerSetup[] = []
+  let peers: FloraPeer[] = []
+
+  afterAll(async () => {
+    await Promise.all(peers.map((p) => p.stop()))
+  })
+
+  it(`${RANKS.length} peers (ranks ${RANKS.join(',')}) on disjoint WordNet shards: ${ROUNDS} rounds, identical hashes, eval loss reported`, async () => {
+    setups = await Promise.all(
+      RANKS.map((rank, i) => setupPeer({ trainer: 'model', model: modelA, rank, alpha: 2 * rank, data: `${i}/${RANKS.length}`, round, ...FAST })),
+    )
+    // One swarm: the same config (base model hash, genesis, targets) on every peer.
+    expect(new Set(setups.map((s) => swarmIdOf(s.config))).size).toBe(1)
+    expect(setups[0].config.targets.map((t) => t.name)).toEqual([
+      'model.layers.0.self_attn.q_proj',
+      'model.layers.0.self_attn.v_proj',
+      'model.layers.1.self_attn.q_proj',
+      'model.layers.1.self_attn.v_proj',
+    ])
+    // The shards split the 60-example pool.
+    expect(setups.reduce((a, s) => a + s.samples, 0)).toBe(60)
+    for (const s of setups) expect(s.description).toMatch(/shard \d\/3 \(by category/)
+    const genesisLoss = await Promise.all(setups.map((s) => s.evaluate(s.weights)))
+    expect(Number.isFinite(genesisLoss[0])).toBe(true)
+    expect(new Set(genesisLoss).size).toBe(1)
+
+    const completes = RANKS.map(() => [] as Array<{ round: number; stateHash: string; contributors: readonly string[]; evalLoss: Promise<number>; trainLoss?: number }>)
+    for (let i = 0; i < RANKS.length; i++) {
+      const peer = await createPeer({
+        config: setups[i].config,
+        weights: setups[i].weights,
+        privateKey: await identityFromSeed(`model-trainer-${i}`),
+        rank: RANKS[i],
+        alpha: 2 * RANKS[i],
+        trainer: setups[i].trainer,
+        rounds: ROUNDS,
+        listen: ['/ip4/127.0.0.1/tcp/0'],
+        bootstrap: i === 0 ? [] : [peers[0].multiaddrs()[0]],
+      })
+      peers.push(peer)
+      peer.addEventListener('round:complete', (e) => {
+        // As the CLI does: evaluate the agreed weights right away (the trainer waits for it).
+        completes[i].push({ ...e.detail, evalLoss: setups[i].evaluate(peer.head.weights), trainLoss: e.detail.metrics.train?.loss })
+      })
+      await peer.start()
+    }
+    await Promise.all(peers.map((p) => waitForEvent(p, 'done', () => true, 90_000)))
+
+    const ids = peers.map((p) => p.peerId).sort()
+    const losses: number[] = []
+    for (let r = 1; r <= ROUNDS; r++) {
+      const recs = completes.map((c) => c.find((x) => x.round === r))
+      for (const rec of recs) {
+        expect(rec).toBeDefined()
+        expect([...(rec?.contributors ?? [])].sort()).toEqual(ids)
+        expect(rec?.trainLoss).toBeTypeOf('number')
+      }
+      expect(new Set(recs.map((x) => x?.stateHash)).size).toBe(1)
+      const evals = await Promise.all(recs.map((x) => x?.evalLoss as Promise<number>))
+      expect(Number.isFinite(evals[0])).toBe(true)
+      // Same weights, same held-out set, same kernels: the same number on every peer.
+      expect(new Set(evals).size).toBe(1)
+      losses.push(evals[0])
+    }
+    // Training moved the agreed weights (so the eval loss moved too).
+    expect(losses[ROUNDS - 1]).not.toBe(genesisLoss[0])
+    expect(peers[0].head.hash).not.toBe(setups[0].config.genesisStateHash)
+  }, 120_000)
+
+  it('refuses a peer on a different base model (wrong-swarm: base model and genesis hashes differ)', async () => {
+    const stranger = await setupPeer({ trainer: 'model', model: modelB, rank: 2, alpha: 4, round, configOnly: true, backend: 'wasm' })
+    const mine = await setupPeer({ trainer: 'model', model: modelA, rank: 2, alpha: 4, round, configOnly: true, backend: 'wasm' })
+    expect(stranger.config.baseModelHash).not.toBe(mine.config.baseModelHash)
+    const a = await createPeer({ config: mine.config, weights: mine.weights, rank: 2, trainer: mine.trainer, listen: ['/ip4/127.0.0.1/tcp/0'] })
+    const b = await createPeer({ config: stranger.config, weights: stranger.weights, rank: 2, trainer: stranger.trainer, listen: ['/ip4/127.0.0.1/tcp/0'] })
+    peers.push(a, b)
+    await a.start()
+    await b.start()
+    const refused = waitForEvent(a, 'peer:rejected', (d) => d.reason === 'wrong-swarm' && d.peerId === b.peerId)
+    await b.dial(a.multiaddrs()[0]).catch(() => undefined)
+    const detail = await refused
+    expect(detail.detail).toMatch(/config differs in: .*baseModelHash/)
+    expect(a.service.members).not.toContain(b.peerId)
+  }, 60_000)
+})
+
+describe('model trainer: npm run swarm with real flora-peer processes', () => {
+  it('3 processes, ranks 4,2,1, a JSONL data set split by category: hashes agree, eval loss per round in report.json', async () => {
+    const out = join(dir, 'swarm')
+    const cats = ['animal', 'plant', 'tool', 'food']
+    const records = Array.from({ length: 24 }, (_, i) => ({
+      instruction: `Define the word w${i}.`,
+      context: '',
+      response: `a ${cats[i % 4]} called w${i}`,
+      category: cats[i % 4],
+    }))
+    const data = join(dir, 'dolly.jsonl')
+    await writeFile(data, records.map((r) => JSON.stringify(r)).join('\n') + '\n')
+    const args = [
+      join(ROOT, 'scripts', 'swarm.ts'),
+      '--model', modelA,
+      '--data', data,
+      '--peers', '3',
+      '--rounds', '2',
+      '--ranks', '4,2,1',
+      '--local-steps', '2',
+      '--eval-examples', '6',
+      '--peer-args', `--batch-size 2 --seq-len 32 --backend wasm --eval-data ${data}`,
+      '--out', out,
+      '--no-progress',
+    ]
+    const { code, stdout, stderr } = await new Promise<{ code: number | null; stdout: string; stderr: string }>((res) => {
+      const child = spawn(process.execPath, [TSX, ...args], { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'] })
+      let so = ''
+      let se = ''
+      child.stdout.on('data', (d: Buffer) => (so += d.toString()))
+      child.stderr.on('data', (d: Buffer) => (se += d.toString()))
+      child.on('exit', (c) => res({ code: c, stdout: so, stderr: se }))
+    })
+    expect(code, `${stdout}\n${stderr}`).toBe(0)
+    expect(stdout).toMatch(/round 2: hashes agree/)
+    expect(stderr).toMatch(/peer \d finished round 1: state [0-9a-f]{12}, 3 contributors, eval loss \d/)
+    const report = JSON.parse(await readFile(join(out, 'report.json'), 'utf8')) as SwarmReport
+    expect(report.options.trainer).toBe('model')
+    expect(report.agreement).toBe(true)
+    expect(report.allFinished).toBe(true)
+    expect(report.genesis.evalLoss).toBeTypeOf('number')
+    for (const r of report.rounds) {
+      expect(new Set(Object.values(r.hashes)).size).toBe(1)
+      const evals = Object.values(r.evalLoss)
+      expect(evals).toHaveLength(3)
+      for (const l of evals) expect(l).toBeTypeOf('number')
+      expect(new Set(evals).size).toBe(1)
+      for (const l of Object.values(r.trainLoss)) expect(l).toBeTypeOf('number')
+    }
+    // Disjoint shards of the 24 records.
+    expect(report.peers.reduce((a, p) => a + (p.samples ?? 0), 0)).toBe(24)
+  }, 150_000)
+})
