@@ -16,7 +16,6 @@
 import { existsSync } from 'node:fs'
 import { mkdir, readdir, rename, rm, stat, writeFile } from 'node:fs/promises'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { z } from 'zod'
 import { mergeIntoWeightsSync } from '../aggregation/merge.js'
 import { adapterParamCount, initAdapter } from '../lora/init.js'
@@ -42,6 +41,9 @@ import {
   type TrainingExample,
   type TrainResult,
 } from './trainer.js'
+import { defaultModelDir } from './bundled.js'
+
+export { defaultModelDir }
 
 /** A bad option or path, phrased for the command line (flag names). */
 export class TrainCommandError extends Error {
@@ -56,12 +58,6 @@ export interface OutputStream {
 
 export const BACKEND_CHOICES = ['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'] as const
 
-/** The bundled base model: models/flora-tiny of this package (from src/ or dist/src/). */
-export function defaultModelDir(): string {
-  const here = path.dirname(fileURLToPath(import.meta.url))
-  const candidates = [path.resolve(here, '../../models/flora-tiny'), path.resolve(here, '../../../models/flora-tiny')]
-  return candidates.find((c) => existsSync(c)) ?? candidates[0]
-}
 
 /** Defaults of `flora train` (the CLI shows them in --help). */
 export const TRAIN_DEFAULTS = {

@@ -20,10 +20,8 @@
  *   held-out set, the same on every peer (default: the first 64 of WordNet's held-out
  *   synsets, which neither pretraining nor any peer trains on).
  */
-import { existsSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
 import { canonicalJson, sha256Hex, type CanonicalValue } from '../gossip/canonical.js'
 import { stateHash } from '../aggregation/state-hash.js'
 import { initAdapter } from '../lora/init.js'
@@ -45,6 +43,8 @@ import { readSwarmConfig } from './setup.js'
 import { genesisState } from './state.js'
 import type { Trainer } from './trainer.js'
 import { MODEL_TRAINER_DEFAULTS } from './model-defaults.js'
+export { defaultModelDir } from '../model/bundled.js'
+import { defaultModelDir } from '../model/bundled.js'
 
 export { MODEL_TRAINER_DEFAULTS }
 
@@ -57,12 +57,6 @@ export interface TrainStepProgress {
   readonly elapsedMs: number
 }
 
-/** The bundled base model: models/flora-tiny of this package (from src/ or dist/src/). */
-export function defaultModelDir(): string {
-  const here = path.dirname(fileURLToPath(import.meta.url))
-  const candidates = [path.resolve(here, '../../models/flora-tiny'), path.resolve(here, '../../../models/flora-tiny')]
-  return candidates.find((c) => existsSync(path.join(c, 'tokenizer.json'))) ?? candidates[0]
-}
 
 // ---------------------------------------------------------------------------------
 // --data
