@@ -7,7 +7,7 @@
  */
 import type { AdapterSet, LoraModule } from '../lora/types.js'
 import { IncompatibleUpdatesError, InvalidRoundError, ShapeMismatchError, UnequalRanksError, UnsupportedTargetError } from './errors.js'
-import type { AdapterTarget, ClientUpdate, LowRankTerm, ModuleTerms } from './types.js'
+import type { AdapterTarget, ClientUpdate, LowRankTerm, ModuleTerms, RoundAggregate } from './types.js'
 
 /** Code-unit order (the same in every JS engine); equals byte order for ASCII. */
 export function compareIds(a: string, b: string): number {
@@ -161,4 +161,42 @@ export function factorBytes(modules: readonly { inFeatures: number; outFeatures:
   let n = 0
   for (const m of modules) n += rank * (m.inFeatures + m.outFeatures)
   return n * bytesPerElement
+}
+
+/** B scaled so that target.scaling * B' A equals s * B A; an exact copy when the scalings agree. */
+export function rescaleB(b: Float32Array, from: number, to: number): Float32Array {
+  if (Object.is(from, to)) return b.slice()
+  const f = from / to
+  const out = new Float32Array(b.length)
+  for (let i = 0; i < b.length; i++) out[i] = b[i] * f
+  return out
+}
+
+/**
+ * The aggregate of strategies that keep one global adapter per module (FedIT, FFA): nothing
+ * merged into the base, the global term kept on top of it, and every client warm-starts
+ * from that adapter at the same rank (B rescaled to the client's scaling).
+ */
+export function globalAdapterAggregate(
+  strategy: string,
+  round: PreparedRound,
+  global: readonly (readonly [RoundModule, LowRankTerm])[],
+): RoundAggregate {
+  return {
+    strategy,
+    clients: round.clients,
+    weights: round.weights,
+    merge: new Map(),
+    global: termsMap(global.map(([mod, t]) => [mod.name, [t]] as const)),
+    nextAdapter(target: AdapterTarget) {
+      checkTarget(strategy, target)
+      const modules: LoraModule[] = global.map(([mod, t]) => {
+        if (target.rank !== t.rank) {
+          throw new UnsupportedTargetError(`${strategy}: the global adapter of '${mod.name}' has rank ${t.rank}, target asks for ${target.rank}`)
+        }
+        return targetModule(mod, target, t.loraA.slice(), rescaleB(t.loraB, t.coef, target.scaling))
+      })
+      return { modules }
+    },
+  }
 }

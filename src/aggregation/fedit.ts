@@ -12,28 +12,16 @@
  * adapter, r (in + out), from a server — in this peer-to-peer setting every peer fetches
  * every other adapter instead: sum_{j != k} r (in + out).
  */
-import type { LoraModule, ModuleShape } from '../lora/types.js'
+import type { ModuleShape } from '../lora/types.js'
 import {
-  checkTarget,
   factorBytes,
+  globalAdapterAggregate,
   prepareRound,
   requireEqualRanks,
   requireEqualScaling,
-  targetModule,
-  termsMap,
   weightedSum,
 } from './common.js'
-import { UnsupportedTargetError } from './errors.js'
-import type { AdapterTarget, ClientUpdate, LowRankTerm, RoundAggregate, Strategy } from './types.js'
-
-/** B scaled so that target.scaling * B' A equals s * B A; an exact copy when the scalings agree. */
-export function rescaleB(b: Float32Array, from: number, to: number): Float32Array {
-  if (Object.is(from, to)) return b.slice()
-  const f = from / to
-  const out = new Float32Array(b.length)
-  for (let i = 0; i < b.length; i++) out[i] = b[i] * f
-  return out
-}
+import type { ClientUpdate, LowRankTerm, RoundAggregate, Strategy } from './types.js'
 
 export const feditStrategy: Strategy = {
   name: 'fedit',
@@ -49,23 +37,7 @@ export const feditStrategy: Strategy = {
       const term: LowRankTerm = { coef: s, rank, loraA: a, loraB: b }
       return [mod, term] as const
     })
-    return {
-      strategy: 'fedit',
-      clients: round.clients,
-      weights: round.weights,
-      merge: new Map(),
-      global: termsMap(global.map(([mod, t]) => [mod.name, [t]] as const)),
-      nextAdapter(target: AdapterTarget) {
-        checkTarget('fedit', target)
-        const modules: LoraModule[] = global.map(([mod, t]) => {
-          if (target.rank !== t.rank) {
-            throw new UnsupportedTargetError(`fedit: the global adapter of '${mod.name}' has rank ${t.rank}, target asks for ${target.rank}`)
-          }
-          return targetModule(mod, target, t.loraA.slice(), rescaleB(t.loraB, t.coef, target.scaling))
-        })
-        return { modules }
-      },
-    }
+    return globalAdapterAggregate('fedit', round, global)
   },
   bytesPerClient(modules: readonly ModuleShape[], rank: number, bytesPerElement = 4): number {
     return factorBytes(modules, rank, bytesPerElement)

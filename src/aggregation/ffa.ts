@@ -11,19 +11,16 @@
  * Bytes per client per round: upload r out floats per module (B only; A0 comes from the
  * seed); download r out from a server (peer-to-peer: sum_{j != k} r out).
  */
-import type { LoraModule, ModuleShape } from '../lora/types.js'
+import type { ModuleShape } from '../lora/types.js'
 import {
-  checkTarget,
+  globalAdapterAggregate,
   prepareRound,
   requireEqualRanks,
   requireEqualScaling,
-  targetModule,
-  termsMap,
   weightedSum,
 } from './common.js'
-import { IncompatibleUpdatesError, UnsupportedTargetError } from './errors.js'
-import { rescaleB } from './fedit.js'
-import type { AdapterTarget, ClientUpdate, LowRankTerm, RoundAggregate, Strategy } from './types.js'
+import { IncompatibleUpdatesError } from './errors.js'
+import type { ClientUpdate, LowRankTerm, RoundAggregate, Strategy } from './types.js'
 
 function sameBits(a: Float32Array, b: Float32Array): boolean {
   if (a.length !== b.length) return false
@@ -54,23 +51,7 @@ export const ffaStrategy: Strategy = {
       const term: LowRankTerm = { coef: s, rank, loraA: a0.slice(), loraB: b }
       return [mod, term] as const
     })
-    return {
-      strategy: 'ffa',
-      clients: round.clients,
-      weights: round.weights,
-      merge: new Map(),
-      global: termsMap(global.map(([mod, t]) => [mod.name, [t]] as const)),
-      nextAdapter(target: AdapterTarget) {
-        checkTarget('ffa', target)
-        const modules: LoraModule[] = global.map(([mod, t]) => {
-          if (target.rank !== t.rank) {
-            throw new UnsupportedTargetError(`ffa: the global adapter of '${mod.name}' has rank ${t.rank}, target asks for ${target.rank}`)
-          }
-          return targetModule(mod, target, t.loraA.slice(), rescaleB(t.loraB, t.coef, target.scaling))
-        })
-        return { modules }
-      },
-    }
+    return globalAdapterAggregate('ffa', round, global)
   },
   bytesPerClient(modules: readonly ModuleShape[], rank: number, bytesPerElement = 4): number {
     let n = 0
