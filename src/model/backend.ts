@@ -15,13 +15,16 @@
  *    same dtype (in every Multiply gradient) copy the buffer.
  * `installWasmKernelPatches` replaces them with versions that compute the same float32
  * products but route every matmul to the fast path (explicit transposes, batch folding
- * or a per-batch loop), and slice/gather with heap-view copies. See docs/TRAINING.md
- * for the measurements.
+ * or a per-batch loop), and slice/gather with heap-view copies. When the optional native
+ * addon is built (native.ts), the matmuls go to its multithreaded AVX2 GEMM instead,
+ * which reads transposed and batched operands in place. See docs/TRAINING.md for the
+ * measurements.
  */
 import { createRequire } from 'node:module'
 import path from 'node:path'
 import * as tf from '@tensorflow/tfjs'
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm'
+import { loadNativeKernels, type NativeKernels } from './native.js'
 
 export type BackendName = 'tensorflow-gpu' | 'tensorflow' | 'wasm' | 'cpu'
 export type BackendPreference = BackendName | 'auto'
@@ -44,6 +47,11 @@ export interface BackendSelection {
   readonly threads?: number
   /** Kernels replaced by faster equivalents (wasm only). */
   readonly patchedKernels: readonly string[]
+  /**
+   * The native kernels (multithreaded GEMM and fused ops, wasm only; see native.ts), or why
+   * they do not run: `{ isa: 'avx2-fma', threads: 2 }` / `{ reason: 'the native addon is not built ...' }`.
+   */
+  readonly native?: { readonly isa: string; readonly threads: number } | { readonly reason: string }
 }
 
 export interface SelectBackendOptions {
@@ -51,6 +59,11 @@ export interface SelectBackendOptions {
   readonly fallback?: boolean
   /** Replace slow wasm kernels (default true). */
   readonly patchWasmKernels?: boolean
+  /**
+   * Run the wasm matmuls and fused ops on the native kernels when the addon is built
+   * (default true; the environment variable FLORA_NATIVE=0 also turns them off).
+   */
+  readonly nativeKernels?: boolean
 }
 
 export class BackendUnavailableError extends Error {
@@ -80,14 +93,21 @@ export async function selectBackend(
   for (const name of candidates) {
     try {
       await activate(name)
-      const patchedKernels =
-        name === 'wasm' && (options.patchWasmKernels ?? true) ? installWasmKernelPatches() : []
+      const patch = name === 'wasm' && (options.patchWasmKernels ?? true)
+      const patchedKernels = patch ? installWasmKernelPatches() : []
+      let native: BackendSelection['native']
+      if (patch) {
+        const loaded = options.nativeKernels === false ? { kernels: undefined, reason: 'turned off by the caller' } : loadNativeKernels()
+        setNativeKernels(loaded.kernels)
+        native = loaded.kernels !== undefined ? loaded.kernels.info() : { reason: loaded.reason ?? 'unavailable' }
+      }
       return {
         backend: name,
         tfBackend: tf.getBackend(),
         skipped,
         threads: name === 'wasm' ? await wasmThreads() : undefined,
         patchedKernels,
+        ...(native !== undefined ? { native } : {}),
       }
     } catch (err) {
       skipped.push({ backend: name, reason: err instanceof Error ? err.message : String(err) })
@@ -167,10 +187,30 @@ function firstLine(err: unknown): string {
 type KernelArgs = Parameters<tf.KernelFunc>[0]
 
 let patchesInstalled = false
+let native: NativeKernels | undefined
+
+/**
+ * Route the patched wasm BatchMatMul and the fused ops (kernels.ts) through `kernels`, or
+ * back to XNNPACK and the JS loops with `undefined`. selectBackend sets it; tests and
+ * benchmarks switch it.
+ */
+export function setNativeKernels(kernels: NativeKernels | undefined): void {
+  native = kernels
+}
+
+/** The native kernels when they run on the active backend, else undefined. */
+export function activeNativeKernels(): NativeKernels | undefined {
+  return patchesInstalled && tf.getBackend() === 'wasm' ? native : undefined
+}
+
+/** True when matmuls on the active backend run on the native GEMM. */
+export function nativeKernelsActive(): boolean {
+  return activeNativeKernels() !== undefined
+}
 
 /** Replace the wasm BatchMatMul, Slice and GatherV2 kernels with fast-path versions. Idempotent. */
 export function installWasmKernelPatches(): string[] {
-  const patched = ['BatchMatMul', 'Slice', 'GatherV2', 'Identity', 'Cast']
+  const patched = ['BatchMatMul', 'Slice', 'GatherV2', 'Identity', 'Cast', 'Add', 'Sub', 'Multiply', 'Transpose']
   if (patchesInstalled) return patched
   const matMul = tf.getKernel('BatchMatMul', 'wasm')
   const slice = tf.getKernel('Slice', 'wasm')
@@ -214,6 +254,20 @@ export function installWasmKernelPatches(): string[] {
     const kb = tB ? b.shape[rb - 1] : b.shape[rb - 2]
     const n = tB ? b.shape[rb - 2] : b.shape[rb - 1]
     if (k !== kb) return stockMatMul(args) // let the stock kernel raise its error
+    if (native !== undefined) {
+      // One call, any transposes, no copies: the addon reads the operands in the heap.
+      const out = backend.makeOutput([...batchShape, m, n], 'float32')
+      native.gemm(
+        backend.typedArrayFromHeap(a) as Float32Array,
+        backend.typedArrayFromHeap(b) as Float32Array,
+        backend.typedArrayFromHeap(out) as Float32Array,
+        batch, m, n, k, tA, tB,
+        batchA === 1 ? 0 : m * k,
+        batchB === 1 ? 0 : k * n,
+        false,
+      )
+      return out
+    }
     const sizeA = batchA * m * k
     const sizeB = batchB * k * n
     const sizeC = batch * m * n
@@ -364,6 +418,53 @@ export function installWasmKernelPatches(): string[] {
     return sharedIdentity(args)
   }
 
+  // Element-wise Add/Sub/Multiply of same-shape (or scalar) float32 tensors and attention's
+  // [0, 2, 1, 3] transpose run on the native kernels' threads when those are active; small
+  // tensors stay on wasm (a native call costs a few microseconds).
+  const NATIVE_MIN = 32768
+  const binaryOps = [['Add', 0], ['Sub', 1], ['Multiply', 2]] as const
+  const binaryKernels = binaryOps.map(([name, op]) => {
+    const stock = tf.getKernel(name, 'wasm')
+    if (stock === undefined) throw new Error(`wasm kernel ${name} is missing`)
+    const kernelFunc = (args: KernelArgs): tf.TensorInfo | tf.TensorInfo[] => {
+      const { a, b } = args.inputs as { a: tf.TensorInfo; b: tf.TensorInfo }
+      const n = tf.util.sizeFromShape(a.shape)
+      if (native === undefined || a.dtype !== 'float32' || b.dtype !== 'float32' || n < NATIVE_MIN) return stock.kernelFunc(args)
+      const nb = tf.util.sizeFromShape(b.shape)
+      let x = a
+      let y = b
+      if (!(nb === 1 || tf.util.arraysEqual(a.shape, b.shape))) {
+        // a scalar a: commute Add/Multiply; anything else broadcasts on wasm
+        if (op === 1 || tf.util.sizeFromShape(a.shape) !== 1) return stock.kernelFunc(args)
+        x = b
+        y = a
+      }
+      const backend = args.backend as BackendWasm
+      const out = backend.makeOutput([...x.shape], 'float32')
+      native.binary(op, backend.typedArrayFromHeap(x) as Float32Array, backend.typedArrayFromHeap(y) as Float32Array, backend.typedArrayFromHeap(out) as Float32Array, tf.util.sizeFromShape(x.shape))
+      return out
+    }
+    return { ...stock, kernelFunc }
+  })
+  const fastTranspose = (args: KernelArgs): tf.TensorInfo | tf.TensorInfo[] => {
+    const { x } = args.inputs as { x: tf.TensorInfo }
+    const perm = (args.attrs as { perm: number[] }).perm
+    if (native === undefined || x.dtype !== 'float32' || x.shape.length !== 4 || perm.join() !== '0,2,1,3' || tf.util.sizeFromShape(x.shape) < NATIVE_MIN) {
+      return stockTranspose(args)
+    }
+    const backend = args.backend as BackendWasm
+    const [d0, d1, d2, d3] = x.shape
+    const out = backend.makeOutput([d0, d2, d1, d3], 'float32')
+    native.transpose0213(backend.typedArrayFromHeap(x) as Float32Array, backend.typedArrayFromHeap(out) as Float32Array, d0, d1, d2, d3)
+    return out
+  }
+
+  for (const k of binaryKernels) {
+    tf.unregisterKernel(k.kernelName, 'wasm')
+    tf.registerKernel(k)
+  }
+  tf.unregisterKernel('Transpose', 'wasm')
+  tf.registerKernel({ ...transpose, kernelFunc: fastTranspose })
   tf.unregisterKernel('Cast', 'wasm')
   tf.registerKernel({ ...cast, kernelFunc: sameTypeCast })
   tf.unregisterKernel('Identity', 'wasm')

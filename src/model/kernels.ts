@@ -6,19 +6,26 @@
  * rsqrt, mul, mul, and its autodiff backward of twice as many ops, costs far more than one
  * JS loop over the same data. Each kernel here is one pass, forward and backward, and is
  * checked against the plain tf-op formulation in the tests (llama.ts keeps that
- * formulation for the other backends).
+ * formulation for the other backends). When the native addon runs (native.ts), the same
+ * passes run there instead, vectorised and split by rows over all cores.
  *
  *   rope:     y1 = x1 c1 - x2 s1,  y2 = x2 c2 + x1 s2            (x = [x1, x2] halves)
  *             dx1 = dy1 c1 + dy2 s2,  dx2 = dy2 c2 - dy1 s1
  *   rmsnorm:  r = 1 / sqrt(mean(x^2) + eps),  y = x r w
  *             dx = r (w dy) - x r^3 mean(x w dy)                 (w frozen: no dw)
+ *   swiglu:   h = g s u,  s = sigmoid(g);   du = dy g s,  dg = dy u s (1 + g (1 - s))
+ *   xent:     loss = mean_i (logsumexp(z_i) - z_i[t_i]),  dz_i = (softmax(z_i) - onehot(t_i)) / M
  */
 import * as tf from '@tensorflow/tfjs'
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm'
+import { activeNativeKernels } from './backend.js'
 
 const ROPE = 'FloraRope'
 const RMS_NORM = 'FloraRmsNorm'
 const RMS_NORM_GRAD = 'FloraRmsNormGrad'
+const CROSS_ENTROPY = 'FloraCrossEntropy'
+const SWIGLU = 'FloraSwiglu'
+const SWIGLU_GRAD = 'FloraSwigluGrad'
 const BACKENDS = ['wasm', 'cpu'] as const
 
 type KernelArgs = Parameters<tf.KernelFunc>[0]
@@ -26,6 +33,7 @@ type KernelArgs = Parameters<tf.KernelFunc>[0]
 /** Read access to inputs and a fresh float32 output, per backend. */
 interface Io {
   input(t: tf.TensorInfo): Float32Array
+  inputInt32(t: tf.TensorInfo): Int32Array
   output(shape: number[]): { info: tf.TensorInfo; values: Float32Array }
 }
 
@@ -35,6 +43,7 @@ function io(backendName: string, backend: object): Io {
     return {
       // Views into the wasm heap: valid until the next allocation, so outputs are made first.
       input: (t) => b.typedArrayFromHeap(t) as Float32Array,
+      inputInt32: (t) => b.typedArrayFromHeap(t) as Int32Array,
       output: (shape) => {
         const info = b.makeOutput(shape, 'float32')
         return { info, values: b.typedArrayFromHeap(info) as Float32Array }
@@ -44,6 +53,7 @@ function io(backendName: string, backend: object): Io {
   const b = backend as { readSync(dataId: object): unknown; makeTensorInfo(shape: number[], dtype: tf.DataType, values: Float32Array): tf.TensorInfo }
   return {
     input: (t) => b.readSync(t.dataId) as Float32Array,
+    inputInt32: (t) => b.readSync(t.dataId) as Int32Array,
     output: (shape) => {
       const values = new Float32Array(shape.reduce((a, d) => a * d, 1))
       return { info: b.makeTensorInfo(shape, 'float32', values), values }
@@ -65,7 +75,14 @@ function registerFusedKernels(): void {
         const transposed = (args.attrs as { transposed: boolean }).transposed
         const k = io(backendName, args.backend)
         const { info, values: y } = k.output(x.shape)
-        ropeLoop(k.input(x), k.input(cos), k.input(sin), y, x.shape, transposed)
+        const native = backendName === 'wasm' ? activeNativeKernels() : undefined
+        if (native !== undefined) {
+          const r = x.shape.length
+          const hd = x.shape[r - 1]
+          native.rope(k.input(x), k.input(cos), k.input(sin), y, tf.util.sizeFromShape(x.shape) / hd, x.shape[r - 3], x.shape[r - 2], hd, transposed)
+        } else {
+          ropeLoop(k.input(x), k.input(cos), k.input(sin), y, x.shape, transposed)
+        }
         return info
       },
     })
@@ -80,6 +97,11 @@ function registerFusedKernels(): void {
         const xs = k.input(x)
         const ws = k.input(w)
         const d = x.shape[x.shape.length - 1]
+        const native = backendName === 'wasm' ? activeNativeKernels() : undefined
+        if (native !== undefined) {
+          native.rmsNorm(xs, ws, y, xs.length / d, d, eps)
+          return info
+        }
         for (let o = 0; o < xs.length; o += d) {
           let ss = 0
           for (let j = 0; j < d; j++) ss += xs[o + j] * xs[o + j]
@@ -101,6 +123,11 @@ function registerFusedKernels(): void {
         const ws = k.input(w)
         const g = k.input(dy)
         const d = x.shape[x.shape.length - 1]
+        const native = backendName === 'wasm' ? activeNativeKernels() : undefined
+        if (native !== undefined) {
+          native.rmsNormGrad(g, xs, ws, dx, xs.length / d, d, eps)
+          return info
+        }
         for (let o = 0; o < xs.length; o += d) {
           let ss = 0
           let dot = 0
@@ -115,7 +142,103 @@ function registerFusedKernels(): void {
         return info
       },
     })
+    tf.registerKernel({
+      kernelName: SWIGLU,
+      backendName,
+      kernelFunc: (args: KernelArgs) => {
+        const { g, u } = args.inputs as { g: tf.TensorInfo; u: tf.TensorInfo }
+        const k = io(backendName, args.backend)
+        const { info, values: h } = k.output(g.shape)
+        const gs = k.input(g)
+        const us = k.input(u)
+        const native = backendName === 'wasm' ? activeNativeKernels() : undefined
+        if (native !== undefined) {
+          native.swiglu(gs, us, h, h.length)
+          return info
+        }
+        for (let i = 0; i < h.length; i++) {
+          const s = 1 / (1 + Math.exp(-gs[i]))
+          h[i] = gs[i] * s * us[i]
+        }
+        return info
+      },
+    })
+    tf.registerKernel({
+      kernelName: SWIGLU_GRAD,
+      backendName,
+      kernelFunc: (args: KernelArgs) => {
+        const { dy, g, u } = args.inputs as { dy: tf.TensorInfo; g: tf.TensorInfo; u: tf.TensorInfo }
+        const k = io(backendName, args.backend)
+        const dgOut = k.output(g.shape)
+        const duOut = k.output(g.shape)
+        const wasm = backendName === 'wasm'
+        const dg = wasm ? k.input(dgOut.info) : dgOut.values
+        const du = wasm ? k.input(duOut.info) : duOut.values
+        const d = k.input(dy)
+        const gs = k.input(g)
+        const us = k.input(u)
+        const native = wasm ? activeNativeKernels() : undefined
+        if (native !== undefined) {
+          native.swigluGrad(d, gs, us, dg, du, dg.length)
+        } else {
+          for (let i = 0; i < dg.length; i++) {
+            const s = 1 / (1 + Math.exp(-gs[i]))
+            du[i] = d[i] * gs[i] * s
+            dg[i] = d[i] * us[i] * s * (1 + gs[i] * (1 - s))
+          }
+        }
+        return [dgOut.info, duOut.info]
+      },
+    })
+    tf.registerKernel({
+      kernelName: CROSS_ENTROPY,
+      backendName,
+      kernelFunc: (args: KernelArgs) => {
+        const { logits, targets } = args.inputs as { logits: tf.TensorInfo; targets: tf.TensorInfo }
+        const withGrad = (args.attrs as { withGrad: boolean }).withGrad
+        const [m, v] = logits.shape
+        const k = io(backendName, args.backend)
+        const lossOut = k.output([])
+        const gradOut = withGrad ? k.output([m, v]) : undefined
+        // Views after every allocation (wasm heap growth detaches older ones).
+        const wasm = backendName === 'wasm'
+        const z = k.input(logits)
+        const t = k.inputInt32(targets)
+        const grad = gradOut === undefined ? null : wasm ? k.input(gradOut.info) : gradOut.values
+        const native = wasm ? activeNativeKernels() : undefined
+        const loss = native !== undefined ? native.crossEntropy(z, t, grad, m, v) : crossEntropyLoop(z, t, grad, m, v)
+        ;(wasm ? k.input(lossOut.info) : lossOut.values)[0] = loss
+        return gradOut === undefined ? [lossOut.info] : [lossOut.info, gradOut.info]
+      },
+    })
   }
+}
+
+/** The cross-entropy pass in JS (also the trainer's path on the TensorFlow backends). */
+export function crossEntropyLoop(z: Float32Array, targets: Int32Array, grad: Float32Array | null, m: number, v: number): number {
+  let total = 0
+  for (let i = 0; i < m; i++) {
+    const t = targets[i]
+    if (!(t >= 0 && t < v)) throw new RangeError(`cross-entropy: target ${t} is outside [0, ${v})`)
+    const o = i * v
+    let max = -Infinity
+    for (let j = 0; j < v; j++) if (z[o + j] > max) max = z[o + j]
+    let sum = 0
+    if (grad === null) {
+      for (let j = 0; j < v; j++) sum += Math.exp(z[o + j] - max)
+    } else {
+      for (let j = 0; j < v; j++) {
+        const e = Math.exp(z[o + j] - max)
+        grad[o + j] = e
+        sum += e
+      }
+      const scale = 1 / (sum * m)
+      for (let j = 0; j < v; j++) grad[o + j] *= scale
+      grad[o + t] -= 1 / m
+    }
+    total += Math.log(sum) + max - z[o + t]
+  }
+  return m === 0 ? 0 : total / m
 }
 
 /** x [..., T, H, hd] (positions on axis -3), tables [T, hd]. */
@@ -182,4 +305,38 @@ export function fusedRmsNorm(x: tf.Tensor2D, w: tf.Tensor1D, eps: number): tf.Te
     }
   })
   return f(x) as tf.Tensor2D
+}
+
+/** SwiGLU's gate: silu(g) * u for same-shape g, u (fused; see fusedKernelsAvailable). */
+export function fusedSwiglu(g: tf.Tensor2D, u: tf.Tensor2D): tf.Tensor2D {
+  const f = tf.customGrad((...args) => {
+    const gIn = args[0] as tf.Tensor2D
+    const uIn = args[1] as tf.Tensor2D
+    const save = args[2] as tf.GradSaveFunc
+    save([gIn, uIn])
+    return {
+      value: tf.engine().runKernel(SWIGLU, { g: gIn, u: uIn }, {}) as tf.Tensor2D,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
+        tf.engine().runKernel(SWIGLU_GRAD, { dy, g: saved[0], u: saved[1] }, {}) as tf.Tensor[],
+    }
+  })
+  return f(g, u) as tf.Tensor2D
+}
+
+/**
+ * Mean cross-entropy of logits [M, V] against int32 targets [M] (fused; see
+ * fusedKernelsAvailable), with its gradient saved in the same pass when `withGrad`.
+ */
+export function fusedCrossEntropy(logits: tf.Tensor2D, targets: tf.Tensor1D, withGrad: boolean): tf.Scalar {
+  const f = tf.customGrad((...args) => {
+    const z = args[0] as tf.Tensor2D
+    const save = args[1] as tf.GradSaveFunc
+    const outs = tf.engine().runKernel(CROSS_ENTROPY, { logits: z, targets }, { withGrad }) as tf.Tensor[]
+    if (withGrad) save([outs[1]])
+    return {
+      value: outs[0] as tf.Scalar,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => saved[0].mul(dy),
+    }
+  })
+  return f(logits) as tf.Scalar
 }

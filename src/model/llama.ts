@@ -18,8 +18,9 @@ import * as tf from '@tensorflow/tfjs'
 import { createPrng, type SeedLike } from '../lora/prng.js'
 import type { AdapterSet, LoraModule, ModuleShape } from '../lora/types.js'
 import { compareModuleNames, validateAdapterAgainstShapes } from '../lora/validate.js'
+import { nativeKernelsActive } from './backend.js'
 import { type LlamaConfig, validateConfig } from './config.js'
-import { fusedKernelsAvailable, fusedRmsNorm, fusedRope } from './kernels.js'
+import { fusedKernelsAvailable, fusedRmsNorm, fusedRope, fusedSwiglu } from './kernels.js'
 import { type DropoutFn, frozenMatMul, LoraLinear, transpose2d } from './lora-layer.js'
 
 export const LINEAR_MODULES = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const
@@ -47,7 +48,8 @@ export interface LlamaModelOptions {
   /**
    * Keep each frozen weight in both layouts so the backward pass uses a plain matmul
    * (x2 base-weight memory). Default: on for the wasm and cpu backends, off for the
-   * native TensorFlow backends whose transposed matmuls are fast.
+   * native TensorFlow backends and the native GEMM (native.ts), whose transposed
+   * matmuls are as fast as plain ones.
    */
   readonly backwardWeightCopies?: boolean
   /** Use the fused JS kernels of kernels.ts (RMSNorm, RoPE) on wasm/cpu (default true). */
@@ -164,7 +166,7 @@ export class LlamaModel {
     }
     const get = (name: string): Float32Array => weights.get(name) as Float32Array
     const c = config
-    this.copies = options.backwardWeightCopies ?? tf.getBackend() !== 'tensorflow'
+    this.copies = options.backwardWeightCopies ?? (tf.getBackend() !== 'tensorflow' && !nativeKernelsActive())
     this.fused = options.fusedKernels ?? true
     this.embed = tf.tensor2d(get('model.embed_tokens.weight'), [c.vocabSize, c.hiddenSize])
     const head = c.tieWordEmbeddings ? get('model.embed_tokens.weight') : get('lm_head.weight')
@@ -230,7 +232,7 @@ export class LlamaModel {
         const n = ops.rmsNorm(x, blk.inputNorm, eps)
         x = x.add(this.attention(n, blk, b, t, (z) => ops.rope(z, cos, sin), mask, dropout))
         const m = ops.rmsNorm(x, blk.postNorm, eps)
-        x = x.add(this.mlp(m, blk, dropout))
+        x = x.add(this.mlp(m, blk, ops.swiglu, dropout))
       }
       return ops.rmsNorm(x, this.finalNorm, eps)
     })
@@ -268,11 +270,11 @@ export class LlamaModel {
     return blk.o.forward(merged, dropout)
   }
 
-  private mlp(x: tf.Tensor2D, blk: Block, dropout: DropoutFn | undefined): tf.Tensor2D {
+  private mlp(x: tf.Tensor2D, blk: Block, swiglu: ElementwiseOps['swiglu'], dropout: DropoutFn | undefined): tf.Tensor2D {
     // down(silu(gate(x)) * up(x)),  silu(z) = z * sigmoid(z)
     const g = blk.gate.forward(x, dropout)
     const u = blk.up.forward(x, dropout)
-    return blk.down.forward(g.mul(tf.sigmoid(g)).mul(u), dropout)
+    return blk.down.forward(swiglu(g, u), dropout)
   }
 
   /** cos/sin tables [T, hd] for positions 0..T-1 (cached for the longest T seen). */
@@ -488,9 +490,10 @@ function checkSize(name: string, data: Float32Array, shape: readonly number[]): 
 interface ElementwiseOps {
   rmsNorm(x: tf.Tensor2D, w: tf.Tensor1D, eps: number): tf.Tensor2D
   rope(x: tf.Tensor4D, cos: tf.Tensor2D, sin: tf.Tensor2D): tf.Tensor4D
+  swiglu(g: tf.Tensor2D, u: tf.Tensor2D): tf.Tensor2D
 }
-const TF_OPS: ElementwiseOps = { rmsNorm, rope: applyRope }
-const FUSED_OPS: ElementwiseOps = { rmsNorm: fusedRmsNorm, rope: fusedRope }
+const TF_OPS: ElementwiseOps = { rmsNorm, rope: applyRope, swiglu: (g, u) => g.mul(tf.sigmoid(g)).mul(u) }
+const FUSED_OPS: ElementwiseOps = { rmsNorm: fusedRmsNorm, rope: fusedRope, swiglu: fusedSwiglu }
 
 /** RMSNorm: x / sqrt(mean(x^2) + eps) * w, over the last axis. */
 function rmsNorm(x: tf.Tensor2D, w: tf.Tensor1D, eps: number): tf.Tensor2D {

@@ -16,6 +16,7 @@
  */
 import * as tf from '@tensorflow/tfjs'
 import { createPrng, type SeedLike } from '../lora/prng.js'
+import { crossEntropyLoop, fusedCrossEntropy, fusedKernelsAvailable } from './kernels.js'
 import type { LlamaModel } from './llama.js'
 
 export const IGNORE_INDEX = -100
@@ -184,40 +185,20 @@ function gatherRows(x: tf.Tensor2D, rows: tf.Tensor1D): tf.Tensor2D {
 /**
  * Mean cross-entropy of logits [M, V] against integer targets [M]:
  *   loss = mean_i (logsumexp(z_i) - z_i[t_i]),   d loss / d z_i = (softmax(z_i) - onehot(t_i)) / M
- * One fused pass in JS over the logits (max, exp-sum, gradient): the element-wise wasm
- * kernels (exp above all) cost several times more than this loop for [M, V] tensors.
+ * One fused pass over the logits (max, exp-sum, gradient): the fused kernel on wasm/cpu
+ * (native when the addon runs), else the same JS loop over downloaded logits.
  */
-function crossEntropy(logits: tf.Tensor2D, targets: Int32Array, withGrad: boolean): tf.Scalar {
+function crossEntropy(logits: tf.Tensor2D, targets: BatchTensors['targets'], withGrad: boolean): tf.Scalar {
+  if (fusedKernelsAvailable()) return fusedCrossEntropy(logits, targets.tensor, withGrad)
   const f = tf.customGrad((...args) => {
     const z = args[0] as tf.Tensor2D
     const save = args[1] as tf.GradSaveFunc
     const [m, v] = z.shape
-    const data = z.dataSync() as Float32Array
-    const grad = withGrad ? new Float32Array(m * v) : undefined
-    let total = 0
-    for (let i = 0; i < m; i++) {
-      const row = data.subarray(i * v, (i + 1) * v)
-      let max = -Infinity
-      for (let j = 0; j < v; j++) if (row[j] > max) max = row[j]
-      let sum = 0
-      if (grad === undefined) {
-        for (let j = 0; j < v; j++) sum += Math.exp(row[j] - max)
-      } else {
-        const g = grad.subarray(i * v, (i + 1) * v)
-        for (let j = 0; j < v; j++) {
-          const e = Math.exp(row[j] - max)
-          g[j] = e
-          sum += e
-        }
-        const scale = 1 / (sum * m)
-        for (let j = 0; j < v; j++) g[j] *= scale
-        g[targets[i]] -= 1 / m
-      }
-      total += Math.log(sum) + max - row[targets[i]]
-    }
-    if (grad !== undefined) save([tf.tensor2d(grad, [m, v])])
+    const grad = withGrad ? new Float32Array(m * v) : null
+    const loss = crossEntropyLoop(z.dataSync() as Float32Array, targets.values, grad, m, v)
+    if (grad !== null) save([tf.tensor2d(grad, [m, v])])
     return {
-      value: tf.scalar(total / m),
+      value: tf.scalar(loss),
       gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) => saved[0].mul(dy),
     }
   })
@@ -235,24 +216,27 @@ function batchLoss(
   return tf.tidy(() => {
     const hidden = model.hiddenStates(t.ids, dropout === undefined ? {} : { loraDropout: dropout.rate, dropoutSeed: dropout.seed })
     const logits = model.lmHead(gatherRows(hidden, t.rows))
-    return crossEntropy(logits, batch.targets, withGrad)
+    return crossEntropy(logits, t.targets, withGrad)
   })
 }
 
 interface BatchTensors {
   readonly ids: tf.Tensor2D
   readonly rows: tf.Tensor1D
+  /** The targets of the rows, on the backend and in JS. */
+  readonly targets: { readonly tensor: tf.Tensor1D; readonly values: Int32Array }
 }
 
 function batchTensors(b: Batch): BatchTensors {
   return {
     ids: tf.tensor2d(b.ids, [b.batchSize, b.seqLen], 'int32'),
     rows: tf.tensor1d(b.rows, 'int32'),
+    targets: { tensor: tf.tensor1d(b.targets, 'int32'), values: b.targets },
   }
 }
 
 function disposeBatch(t: BatchTensors): void {
-  tf.dispose([t.ids, t.rows])
+  tf.dispose([t.ids, t.rows, t.targets.tensor])
 }
 
 // ---------------------------------------------------------------------------------

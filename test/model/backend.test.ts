@@ -1,7 +1,8 @@
 import * as tf from '@tensorflow/tfjs'
 import { beforeAll, describe, expect, it } from 'vitest'
 import { createPrng } from '../../src/lora/prng.js'
-import { BackendUnavailableError, selectBackend } from '../../src/model/backend.js'
+import { BackendUnavailableError, nativeKernelsActive, selectBackend, setNativeKernels } from '../../src/model/backend.js'
+import { loadNativeKernels } from '../../src/model/native.js'
 import { maxAbsDiff } from './helpers.js'
 
 const prng = createPrng('backend-test')
@@ -48,7 +49,10 @@ describe('selectBackend', () => {
       expect(sel.skipped.map((s) => s.backend)).toEqual(['tensorflow-gpu', 'tensorflow'])
       expect(sel.skipped[0].reason).toMatch(/tfjs-node-gpu/)
       expect(sel.threads).toBe(1)
-      expect(sel.patchedKernels).toEqual(['BatchMatMul', 'Slice', 'GatherV2', 'Identity', 'Cast'])
+      expect(sel.patchedKernels).toEqual(['BatchMatMul', 'Slice', 'GatherV2', 'Identity', 'Cast', 'Add', 'Sub', 'Multiply', 'Transpose'])
+      // The native kernels either run or say why not.
+      expect(sel.native).toBeDefined()
+      if (sel.native !== undefined && 'reason' in sel.native) expect(sel.native.reason.length).toBeGreaterThan(0)
       expect(tf.getBackend()).toBe('wasm')
     }
   })
@@ -62,9 +66,17 @@ describe('selectBackend', () => {
   })
 })
 
-describe('patched wasm kernels', () => {
+const native = loadNativeKernels().kernels
+// Every patched kernel is checked on both of its paths: the native addon (when it is built)
+// and the wasm-only one (XNNPACK, stock element-wise kernels).
+const paths = native !== undefined ? (['native', 'wasm'] as const) : (['wasm'] as const)
+
+describe.each(paths)('patched wasm kernels (%s path)', (which) => {
   beforeAll(async () => {
     await selectBackend('wasm', { fallback: false })
+    setNativeKernels(which === 'native' ? native : undefined)
+    expect(nativeKernelsActive()).toBe(which === 'native')
+    return () => setNativeKernels(native)
   })
 
   const cases: [number[], number[], boolean, boolean][] = [
@@ -79,6 +91,9 @@ describe('patched wasm kernels', () => {
     [[2, 3, 6, 5], [5, 4], false, false], // b broadcast: folded into one product
     [[6, 5], [3, 5, 4], false, false], // a broadcast
     [[3, 6, 5], [1, 4, 5], false, true],
+    [[70, 300], [300, 45], false, false], // several micro-tiles with ragged edges, k > one block
+    [[300, 70], [45, 300], true, true],
+    [[2, 64, 130], [2, 33, 130], false, true],
   ]
 
   it.each(cases)('matMul %j x %j (tA=%s, tB=%s) matches the reference', (aShape, bShape, tA, tB) => {
@@ -87,7 +102,9 @@ describe('patched wasm kernels', () => {
     const ta = tf.tensor(a, aShape)
     const tb = tf.tensor(b, bShape)
     const c = tf.matMul(ta, tb, tA, tB)
-    expect(maxAbsDiff(c.dataSync(), refMatMul(a, aShape, b, bShape, tA, tB))).toBeLessThan(1e-5)
+    const k = tA ? aShape[aShape.length - 2] : aShape[aShape.length - 1]
+    // float32 sums of k products of values in [-1, 1]: rounding grows with k
+    expect(maxAbsDiff(c.dataSync(), refMatMul(a, aShape, b, bShape, tA, tB))).toBeLessThan(5e-6 + 1e-7 * k)
     tf.dispose([ta, tb, c])
   })
 
@@ -135,5 +152,52 @@ describe('patched wasm kernels', () => {
     expect(i.dtype).toBe('int32')
     expect([...i.dataSync()]).toEqual([1, -2, 3])
     tf.dispose([c, same, i])
+  })
+  it('element-wise add/sub/mul: same shapes, scalars on either side, broadcasts, large and small', () => {
+    for (const n of [7, 40000]) {
+      const a = rand(n)
+      const b = rand(n)
+      const ta = tf.tensor2d(a, [n / (n === 7 ? 7 : 100), n === 7 ? 7 : 100].reverse() as [number, number])
+      const tb = tf.tensor2d(b, ta.shape)
+      const s = tf.scalar(0.75)
+      const row = tf.tensor1d(b.subarray(0, ta.shape[1]))
+      const ops: [tf.Tensor, (i: number) => number][] = [
+        [tf.add(ta, tb), (i) => a[i] + b[i]],
+        [tf.sub(ta, tb), (i) => a[i] - b[i]],
+        [tf.mul(ta, tb), (i) => a[i] * b[i]],
+        [tf.mul(ta, s), (i) => a[i] * 0.75],
+        [tf.mul(s, ta), (i) => 0.75 * a[i]],
+        [tf.add(s, ta), (i) => 0.75 + a[i]],
+        [tf.sub(ta, s), (i) => a[i] - 0.75],
+        [tf.sub(s, ta), (i) => 0.75 - a[i]],
+        [tf.add(ta, row), (i) => a[i] + b[i % ta.shape[1]]],
+      ]
+      for (const [t, f] of ops) {
+        expect(t.shape).toEqual(ta.shape)
+        const got = t.dataSync()
+        let worst = 0
+        for (let i = 0; i < n; i++) worst = Math.max(worst, Math.abs(got[i] - Math.fround(f(i))))
+        expect(worst).toBe(0)
+      }
+      tf.dispose([ta, tb, s, row, ...ops.map((o) => o[0])])
+    }
+  })
+
+  it('transpose [0, 2, 1, 3] (attention heads) and other permutations', () => {
+    const shape = [2, 64, 8, 40]
+    const data = Float32Array.from({ length: 2 * 64 * 8 * 40 }, (_, i) => i)
+    const x = tf.tensor4d(data, shape as [number, number, number, number])
+    const y = tf.transpose(x, [0, 2, 1, 3])
+    expect(y.shape).toEqual([2, 8, 64, 40])
+    const got = y.dataSync()
+    let bad = 0
+    for (let a = 0; a < 2; a++) for (let c = 0; c < 8; c++) for (let b = 0; b < 64; b++) for (let d = 0; d < 40; d++) {
+      if (got[((a * 8 + c) * 64 + b) * 40 + d] !== data[((a * 64 + b) * 8 + c) * 40 + d]) bad++
+    }
+    expect(bad).toBe(0)
+    const z = tf.transpose(x, [3, 1, 2, 0])
+    expect(z.shape).toEqual([40, 64, 8, 2])
+    expect(z.dataSync()[1]).toBe(data[40 * 64 * 8])
+    tf.dispose([x, y, z])
   })
 })

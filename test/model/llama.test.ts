@@ -5,9 +5,11 @@ import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { initAdapter } from '../../src/lora/init.js'
 import { createPrng } from '../../src/lora/prng.js'
 import type { AdapterSet } from '../../src/lora/types.js'
+import { setNativeKernels } from '../../src/model/backend.js'
 import { loadModel } from '../../src/model/checkpoint.js'
 import { llamaConfig, type LlamaConfig } from '../../src/model/config.js'
 import { LlamaModel, ModelWeightError, randomLlamaWeights } from '../../src/model/llama.js'
+import { loadNativeKernels } from '../../src/model/native.js'
 import { serializeSafetensors } from '../../src/model/safetensors.js'
 import { adapterGradients } from '../../src/model/trainer.js'
 import { maxAbsDiff, referenceLogits, tempDir, TINY, useWasm } from './helpers.js'
@@ -251,7 +253,7 @@ describe('fused kernels', () => {
   it('give the same logits and LoRA gradients as the tf-op formulation', () => {
     const w = randomLlamaWeights(TINY, 'fused', 0.3)
     const run = (fusedKernels: boolean, backwardWeightCopies: boolean) => {
-      const model = new LlamaModel(TINY, w, { fusedKernels, backwardWeightCopies, targetModules: ['q_proj', 'k_proj', 'o_proj'] })
+      const model = new LlamaModel(TINY, w, { fusedKernels, backwardWeightCopies, targetModules: ['q_proj', 'k_proj', 'o_proj', 'up_proj'] })
       const init = initAdapter({ shapes: model.targetModuleShapes(), rank: 3, alpha: 6, seed: 4 })
       model.setAdapter({ modules: init.modules.map((m) => ({ ...m, loraB: m.loraB.map((_, i) => Math.sin(i) / 4) })) })
       const logits = logitsOf(model, SEQS)
@@ -259,13 +261,19 @@ describe('fused kernels', () => {
       model.dispose()
       return { logits, g }
     }
-    const a = run(true, true)
+    const native = loadNativeKernels().kernels
     const b = run(false, false)
-    expect(maxAbsDiff(a.logits, b.logits)).toBeLessThan(1e-5)
-    expect(a.g.loss).toBeCloseTo(b.g.loss, 5)
-    a.g.modules.forEach((m, i) => {
-      expect(maxAbsDiff(m.dA, b.g.modules[i].dA)).toBeLessThan(1e-5)
-      expect(maxAbsDiff(m.dB, b.g.modules[i].dB)).toBeLessThan(1e-5)
-    })
+    // The fused kernels in JS, and (when the addon is built) in native code.
+    for (const kernels of native !== undefined ? [undefined, native] : [undefined]) {
+      setNativeKernels(kernels)
+      const a = run(true, true)
+      expect(maxAbsDiff(a.logits, b.logits)).toBeLessThan(1e-5)
+      expect(a.g.loss).toBeCloseTo(b.g.loss, 5)
+      a.g.modules.forEach((m, i) => {
+        expect(maxAbsDiff(m.dA, b.g.modules[i].dA)).toBeLessThan(1e-5)
+        expect(maxAbsDiff(m.dB, b.g.modules[i].dB)).toBeLessThan(1e-5)
+      })
+    }
+    setNativeKernels(native)
   })
 })

@@ -1,0 +1,908 @@
+// flora native kernels: a multithreaded single-precision GEMM for the model layer.
+//
+// Why: TensorFlow.js on this project's CPU default (the wasm backend) runs every matmul
+// single-threaded with 128-bit SIMD, and its native backend (tfjs-node) needs a libtensorflow
+// download at install time. The matmuls are >80% of a LoRA training step, so this addon
+// gives them what PyTorch's BLAS has: 256-bit FMA micro-kernels, cache blocking, packing,
+// and all cores. It is optional: src/model/native.ts loads it when it was built, and the
+// wasm kernels run otherwise.
+//
+// Layout: row-major. For each batch item b:
+//   C[b] (m x n)  = op(A[b]) (m x k) * op(B[b]) (k x n)      (or += with accumulate)
+// op(A) = A^T when transA (A stored k x m), likewise for B. A batch stride of 0 broadcasts.
+//
+// Determinism: every element of C is computed by one thread with a fixed summation order
+// (k in blocks of KC, in order; within a block one FMA chain), whatever the thread count
+// and however the work is split. Same machine + same ISA path => same bits.
+//
+// The structure is the classic Goto/BLIS one: pack a KC x NC panel of op(B) into NR-wide
+// slivers, pack an MC x KC block of op(A) into MR-tall slivers, run an MR x NR register
+// micro-kernel over them.
+
+#include <node_api.h>
+
+#include <algorithm>
+#include <cmath>
+#include <atomic>
+#include <condition_variable>
+#include <cstdint>
+#include <cstdlib>
+#include <cstring>
+#include <functional>
+#include <mutex>
+#include <string>
+#include <thread>
+#include <vector>
+
+#if defined(__x86_64__) || defined(_M_X64)
+#include <immintrin.h>
+#define FLORA_X86 1
+#endif
+
+namespace {
+
+constexpr int MR = 6;
+constexpr int NR = 16;
+#ifndef FLORA_KC
+#define FLORA_KC 512
+#endif
+#ifndef FLORA_MC
+#define FLORA_MC 48
+#endif
+constexpr int KC = FLORA_KC;
+constexpr int MC = FLORA_MC;  // multiple of MR
+constexpr int NC = 2048;      // multiple of NR
+
+struct Operand {
+  const float* p;
+  int64_t rs;  // stride between rows of op(X)
+  int64_t cs;  // stride between columns of op(X)
+};
+
+// ---------------------------------------------------------------------------------------
+// packing
+// ---------------------------------------------------------------------------------------
+
+// op(A)[i0 .. i0+mc) x [p0 .. p0+kc) into slivers of MR rows: sliver s holds, for each p,
+// MR consecutive values (rows s*MR .. s*MR+MR-1), zero-padded past mc.
+void pack_a(const Operand& a, int i0, int mc, int p0, int kc, float* dst) {
+  for (int s = 0; s < mc; s += MR) {
+    const int rows = std::min(MR, mc - s);
+    for (int p = 0; p < kc; p++) {
+      const float* src = a.p + (int64_t)(i0 + s) * a.rs + (int64_t)(p0 + p) * a.cs;
+      int r = 0;
+      for (; r < rows; r++) dst[r] = src[r * a.rs];
+      for (; r < MR; r++) dst[r] = 0.f;
+      dst += MR;
+    }
+  }
+}
+
+// op(B)[p0 .. p0+kc) x [j0 .. j0+nc) into slivers of NR columns, zero-padded past nc.
+void pack_b(const Operand& b, int p0, int kc, int j0, int nc, float* dst) {
+  for (int s = 0; s < nc; s += NR) {
+    const int cols = std::min(NR, nc - s);
+    for (int p = 0; p < kc; p++) {
+      const float* src = b.p + (int64_t)(p0 + p) * b.rs + (int64_t)(j0 + s) * b.cs;
+      int c = 0;
+      if (b.cs == 1 && cols == NR) {
+        std::memcpy(dst, src, NR * sizeof(float));
+      } else {
+        for (; c < cols; c++) dst[c] = src[c * b.cs];
+        for (; c < NR; c++) dst[c] = 0.f;
+      }
+      dst += NR;
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// micro-kernels: acc[MR][NR] = sum_p A[p][r] * B[p][c]; then C = acc (+ C when add)
+// ---------------------------------------------------------------------------------------
+
+using MicroKernel = void (*)(int kc, const float* a, const float* b, float* c, int64_t ldc, bool add,
+                             int rows, int cols);
+
+void store_tile(const float* acc, float* c, int64_t ldc, bool add, int rows, int cols) {
+  for (int r = 0; r < rows; r++) {
+    float* cr = c + r * ldc;
+    const float* ar = acc + r * NR;
+    if (add) {
+      for (int j = 0; j < cols; j++) cr[j] += ar[j];
+    } else {
+      for (int j = 0; j < cols; j++) cr[j] = ar[j];
+    }
+  }
+}
+
+void micro_generic(int kc, const float* a, const float* b, float* c, int64_t ldc, bool add, int rows,
+                   int cols) {
+  float acc[MR * NR] = {0};
+  for (int p = 0; p < kc; p++) {
+    for (int r = 0; r < MR; r++) {
+      const float av = a[r];
+      for (int j = 0; j < NR; j++) acc[r * NR + j] += av * b[j];
+    }
+    a += MR;
+    b += NR;
+  }
+  store_tile(acc, c, ldc, add, rows, cols);
+}
+
+#ifdef FLORA_X86
+__attribute__((target("avx2,fma"))) void micro_avx2(int kc, const float* a, const float* b, float* c,
+                                                      int64_t ldc, bool add, int rows, int cols) {
+  __m256 c00 = _mm256_setzero_ps(), c01 = _mm256_setzero_ps();
+  __m256 c10 = _mm256_setzero_ps(), c11 = _mm256_setzero_ps();
+  __m256 c20 = _mm256_setzero_ps(), c21 = _mm256_setzero_ps();
+  __m256 c30 = _mm256_setzero_ps(), c31 = _mm256_setzero_ps();
+  __m256 c40 = _mm256_setzero_ps(), c41 = _mm256_setzero_ps();
+  __m256 c50 = _mm256_setzero_ps(), c51 = _mm256_setzero_ps();
+  for (int p = 0; p < kc; p++) {
+    const __m256 b0 = _mm256_loadu_ps(b);
+    const __m256 b1 = _mm256_loadu_ps(b + 8);
+    __m256 av;
+    av = _mm256_broadcast_ss(a + 0);
+    c00 = _mm256_fmadd_ps(av, b0, c00);
+    c01 = _mm256_fmadd_ps(av, b1, c01);
+    av = _mm256_broadcast_ss(a + 1);
+    c10 = _mm256_fmadd_ps(av, b0, c10);
+    c11 = _mm256_fmadd_ps(av, b1, c11);
+    av = _mm256_broadcast_ss(a + 2);
+    c20 = _mm256_fmadd_ps(av, b0, c20);
+    c21 = _mm256_fmadd_ps(av, b1, c21);
+    av = _mm256_broadcast_ss(a + 3);
+    c30 = _mm256_fmadd_ps(av, b0, c30);
+    c31 = _mm256_fmadd_ps(av, b1, c31);
+    av = _mm256_broadcast_ss(a + 4);
+    c40 = _mm256_fmadd_ps(av, b0, c40);
+    c41 = _mm256_fmadd_ps(av, b1, c41);
+    av = _mm256_broadcast_ss(a + 5);
+    c50 = _mm256_fmadd_ps(av, b0, c50);
+    c51 = _mm256_fmadd_ps(av, b1, c51);
+    a += MR;
+    b += NR;
+  }
+  if (rows == MR && cols == NR) {
+    __m256 acc[MR][2] = {{c00, c01}, {c10, c11}, {c20, c21}, {c30, c31}, {c40, c41}, {c50, c51}};
+    for (int r = 0; r < MR; r++) {
+      float* cr = c + r * ldc;
+      if (add) {
+        _mm256_storeu_ps(cr, _mm256_add_ps(_mm256_loadu_ps(cr), acc[r][0]));
+        _mm256_storeu_ps(cr + 8, _mm256_add_ps(_mm256_loadu_ps(cr + 8), acc[r][1]));
+      } else {
+        _mm256_storeu_ps(cr, acc[r][0]);
+        _mm256_storeu_ps(cr + 8, acc[r][1]);
+      }
+    }
+    return;
+  }
+  alignas(32) float tile[MR * NR];
+  __m256* t = reinterpret_cast<__m256*>(tile);
+  t[0] = c00, t[1] = c01, t[2] = c10, t[3] = c11, t[4] = c20, t[5] = c21;
+  t[6] = c30, t[7] = c31, t[8] = c40, t[9] = c41, t[10] = c50, t[11] = c51;
+  store_tile(tile, c, ldc, add, rows, cols);
+}
+
+bool cpu_has_avx2_fma() {
+  __builtin_cpu_init();
+  return __builtin_cpu_supports("avx2") && __builtin_cpu_supports("fma");
+}
+#endif
+
+MicroKernel g_kernel = micro_generic;
+const char* g_isa = "generic";
+
+// ---------------------------------------------------------------------------------------
+// one thread's share: C rows [i0, i1) x columns [j0, j1) of one batch item
+// ---------------------------------------------------------------------------------------
+
+struct Scratch {
+  std::vector<float> a, b;
+  Scratch() : a((size_t)MC * KC), b((size_t)KC * NC) {}
+};
+
+void gemm_block(const Operand& A, const Operand& B, float* C, int64_t ldc, int i0, int i1, int j0, int j1,
+                int k, bool accumulate, Scratch& s) {
+  for (int jc = j0; jc < j1; jc += NC) {
+    const int nc = std::min(NC, j1 - jc);
+    for (int pc = 0; pc < k; pc += KC) {
+      const int kc = std::min(KC, k - pc);
+      const bool add = accumulate || pc > 0;
+      pack_b(B, pc, kc, jc, nc, s.b.data());
+      for (int ic = i0; ic < i1; ic += MC) {
+        const int mc = std::min(MC, i1 - ic);
+        pack_a(A, ic, mc, pc, kc, s.a.data());
+        for (int jr = 0; jr < nc; jr += NR) {
+          const float* bp = s.b.data() + (int64_t)jr * kc;
+          for (int ir = 0; ir < mc; ir += MR) {
+            const float* ap = s.a.data() + (int64_t)ir * kc;
+            g_kernel(kc, ap, bp, C + (int64_t)(ic + ir) * ldc + jc + jr, ldc, add, std::min(MR, mc - ir),
+                     std::min(NR, nc - jr));
+          }
+        }
+      }
+    }
+    if (k == 0 && !accumulate) {
+      for (int i = i0; i < i1; i++) std::memset(C + (int64_t)i * ldc + jc, 0, nc * sizeof(float));
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// thread pool: the calling thread plus (threads - 1) workers; tasks are claimed from an
+// atomic counter, each task writes a disjoint part of C.
+// ---------------------------------------------------------------------------------------
+
+class Pool {
+ public:
+  int threads() const { return threads_; }
+
+  void resize(int n) {
+    std::lock_guard<std::mutex> run_lock(run_mutex_);
+    n = std::max(1, std::min(n, 256));
+    while ((int)workers_ < n - 1) {
+      std::thread([this, id = workers_ + 1] { worker(id); }).detach();
+      workers_++;
+    }
+    threads_ = n;
+    scratch_.resize(n);
+  }
+
+  // Runs task(t, slot) for t in [0, tasks); slot identifies the thread's scratch.
+  void run(int tasks, const std::function<void(int, Scratch&)>& task) {
+    std::unique_lock<std::mutex> run_lock(run_mutex_, std::try_to_lock);
+    if (!run_lock.owns_lock()) {
+      // Another JS thread (a worker_thread) is using the pool: run on the caller.
+      Scratch local;
+      for (int t = 0; t < tasks; t++) task(t, local);
+      return;
+    }
+    const int helpers = std::min(threads_, tasks) - 1;
+    if (helpers <= 0) {
+      for (int t = 0; t < tasks; t++) task(t, scratch_[0]);
+      return;
+    }
+    {
+      std::lock_guard<std::mutex> lock(mutex_);
+      task_ = &task;
+      total_ = tasks;
+      next_.store(0);
+      active_ = helpers;
+      generation_++;
+      participants_ = helpers;
+    }
+    cv_.notify_all();
+    drain(0);
+    std::unique_lock<std::mutex> lock(mutex_);
+    done_cv_.wait(lock, [this] { return active_ == 0; });
+    task_ = nullptr;
+  }
+
+ private:
+  void drain(int slot) {
+    for (;;) {
+      const int t = next_.fetch_add(1);
+      if (t >= total_) return;
+      (*task_)(t, scratch_[slot]);
+    }
+  }
+
+  void worker(int id) {
+    uint64_t seen = 0;
+    for (;;) {
+      {
+        std::unique_lock<std::mutex> lock(mutex_);
+        cv_.wait(lock, [&] { return generation_ != seen && participants_ > 0 && id < threads_; });
+        seen = generation_;
+        participants_--;
+      }
+      drain(id);
+      std::lock_guard<std::mutex> lock(mutex_);
+      if (--active_ == 0) done_cv_.notify_one();
+    }
+  }
+
+  std::mutex run_mutex_;
+  std::mutex mutex_;
+  std::condition_variable cv_, done_cv_;
+  const std::function<void(int, Scratch&)>* task_ = nullptr;
+  std::atomic<int> next_{0};
+  int total_ = 0;
+  int active_ = 0;
+  int participants_ = 0;
+  uint64_t generation_ = 0;
+  int threads_ = 1;
+  int workers_ = 0;
+  std::vector<Scratch> scratch_{1};
+};
+
+// Never destroyed: its detached workers wait on its condition variable until the process
+// ends, and destroying a condition variable with waiters blocks in glibc at exit.
+Pool& g_pool = *new Pool();
+
+void gemm(const float* a, const float* b, float* c, int batch, int m, int n, int k, bool ta, bool tb,
+          int64_t stride_a, int64_t stride_b, bool accumulate) {
+  const int64_t ldc = n;
+  const double flops = 2.0 * batch * m * n * (double)k;
+  const int threads = flops < 2e5 ? 1 : g_pool.threads();
+  // Split: over the batch when it alone gives every thread work, else along the longer of
+  // m and n in MC- or NC-aligned chunks (so chunk boundaries never change blocking).
+  int per_item = 1;
+  bool split_rows = true;
+  int chunk = 0;
+  if (batch < threads * 2 && threads > 1) {
+    split_rows = m >= n;
+    const int dim = split_rows ? m : n;
+    const int align = split_rows ? MR : NR;
+    const int want = std::max(1, (threads * 2 + batch - 1) / batch);  // chunks per item
+    chunk = ((dim + want - 1) / want + align - 1) / align * align;
+    chunk = std::max(chunk, align * 4);
+    per_item = (dim + chunk - 1) / chunk;
+  }
+  const int tasks = batch * per_item;
+  const std::function<void(int, Scratch&)> task = [&](int t, Scratch& s) {
+    const int bi = t / per_item;
+    const int part = t % per_item;
+    Operand A{a + bi * stride_a, ta ? 1 : k, ta ? m : 1};
+    Operand B{b + bi * stride_b, tb ? 1 : n, tb ? k : 1};
+    // op(A) is m x k: row i, col p at A.p[i*rs + p*cs]. Stored A is m x k (rs=k, cs=1) or
+    // k x m when transposed (rs=1, cs=m). Likewise op(B) k x n.
+    float* C = c + (int64_t)bi * m * n;
+    int i0 = 0, i1 = m, j0 = 0, j1 = n;
+    if (per_item > 1) {
+      if (split_rows) {
+        i0 = part * chunk;
+        i1 = std::min(m, i0 + chunk);
+      } else {
+        j0 = part * chunk;
+        j1 = std::min(n, j0 + chunk);
+      }
+    }
+    gemm_block(A, B, C, ldc, i0, i1, j0, j1, k, accumulate, s);
+  };
+  if (threads == 1) {
+    static thread_local Scratch* local = nullptr;
+    if (local == nullptr) local = new Scratch();
+    for (int t = 0; t < tasks; t++) task(t, *local);
+  } else {
+    g_pool.run(tasks, task);
+  }
+}
+
+// ---------------------------------------------------------------------------------------
+// row-parallel element-wise kernels (the fused ops of src/model/kernels.ts): each row is
+// one thread's, so results do not depend on the thread count either
+// ---------------------------------------------------------------------------------------
+
+// exp(x) for float, branch-free so loops over it vectorise: Cody-Waite range reduction
+// x = n ln2 + f, |f| <= ln2/2, then a degree-6 polynomial for e^f (Cephes' expf
+// coefficients; about 1 ulp), scaled by 2^n through the exponent bits.
+inline float exp_vec(float x) {
+  x = std::min(std::max(x, -87.33654f), 88.72283f);
+  const float t = x * 1.44269504088896341f;
+  const float n = (t + 12582912.f) - 12582912.f;  // round to nearest (1.5 * 2^23 trick)
+  const float f = (x - n * 0.693359375f) - n * -2.12194440e-4f;
+  float y = 1.9875691500e-4f;
+  y = y * f + 1.3981999507e-3f;
+  y = y * f + 8.3334519073e-3f;
+  y = y * f + 4.1665795894e-2f;
+  y = y * f + 1.6666665459e-1f;
+  y = y * f + 5.0000001201e-1f;
+  y = y * f * f + f + 1.f;
+  const int32_t bits = ((int32_t)n + 127) << 23;
+  float scale;
+  std::memcpy(&scale, &bits, sizeof scale);
+  return y * scale;
+}
+
+// Runs fn(r0, r1) over [0, rows) in chunks of at least `grain` rows.
+void parallel_rows(int64_t rows, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
+  const int threads = g_pool.threads();
+  int64_t chunks = std::min<int64_t>(rows / std::max<int64_t>(grain, 1), (int64_t)threads * 4);
+  if (threads == 1 || chunks <= 1) {
+    fn(0, rows);
+    return;
+  }
+  const int64_t per = (rows + chunks - 1) / chunks;
+  chunks = (rows + per - 1) / per;
+  g_pool.run((int)chunks, [&](int t, Scratch&) { fn(t * per, std::min(rows, (t + 1) * per)); });
+}
+
+// y = x * r * w with r = 1 / sqrt(mean(x^2) + eps), per row of d
+void rms_norm(const float* x, const float* w, float* y, int64_t rows, int64_t d, double eps) {
+  parallel_rows(rows, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) {
+      const float* xr = x + r * d;
+      float* yr = y + r * d;
+      double ss = 0;
+      for (int64_t j = 0; j < d; j++) ss += (double)xr[j] * xr[j];
+      const float rs = (float)(1.0 / std::sqrt(ss / d + eps));
+      for (int64_t j = 0; j < d; j++) yr[j] = xr[j] * rs * w[j];
+    }
+  });
+}
+
+// dx = r (w dy) - x r^3 mean(x w dy)
+void rms_norm_grad(const float* dy, const float* x, const float* w, float* dx, int64_t rows, int64_t d, double eps) {
+  parallel_rows(rows, 16, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) {
+      const float* xr = x + r * d;
+      const float* gr = dy + r * d;
+      float* dr = dx + r * d;
+      double ss = 0, dot = 0;
+      for (int64_t j = 0; j < d; j++) {
+        ss += (double)xr[j] * xr[j];
+        dot += (double)xr[j] * w[j] * gr[j];
+      }
+      const double rs = 1.0 / std::sqrt(ss / d + eps);
+      const float c = (float)(rs * rs * rs * dot / d);
+      const float rf = (float)rs;
+      for (int64_t j = 0; j < d; j++) dr[j] = rf * w[j] * gr[j] - xr[j] * c;
+    }
+  });
+}
+
+// x [rows = B*T*H, hd] with position (row / heads) % t; tables [t, hd]
+void rope(const float* x, const float* cos, const float* sin, float* y, int64_t rows, int64_t t, int64_t heads,
+          int64_t hd, bool transposed) {
+  const int64_t half = hd / 2;
+  parallel_rows(rows, 64, [&](int64_t r0, int64_t r1) {
+    for (int64_t row = r0; row < r1; row++) {
+      const int64_t p = (row / heads) % t;
+      const float* xr = x + row * hd;
+      float* yr = y + row * hd;
+      const float* c = cos + p * hd;
+      const float* s = sin + p * hd;
+      if (transposed) {
+        for (int64_t j = 0; j < half; j++) {
+          yr[j] = xr[j] * c[j] + xr[half + j] * s[half + j];
+          yr[half + j] = xr[half + j] * c[half + j] - xr[j] * s[j];
+        }
+      } else {
+        for (int64_t j = 0; j < half; j++) {
+          yr[j] = xr[j] * c[j] - xr[half + j] * s[j];
+          yr[half + j] = xr[half + j] * c[half + j] + xr[j] * s[half + j];
+        }
+      }
+    }
+  });
+}
+
+// Mean cross-entropy of logits [m, v] against targets; grad (optional) = (softmax - onehot) / m.
+// Returns the mean loss. Per-row partial sums are added in row order (deterministic).
+double cross_entropy(const float* z, const int32_t* targets, float* grad, int64_t m, int64_t v) {
+  std::vector<double> row_loss(m);
+  parallel_rows(m, 8, [&](int64_t r0, int64_t r1) {
+    for (int64_t i = r0; i < r1; i++) {
+      const float* row = z + i * v;
+      float mx = -INFINITY;
+      for (int64_t j = 0; j < v; j++) mx = std::max(mx, row[j]);
+      // exps into g (or a row buffer), then a sum in double with 4 independent accumulators
+      thread_local std::vector<float> buffer;
+      float* g = grad != nullptr ? grad + i * v : nullptr;
+      if (g == nullptr) {
+        buffer.resize(v);
+        g = buffer.data();
+      }
+      for (int64_t j = 0; j < v; j++) g[j] = exp_vec(row[j] - mx);
+      double s4[4] = {0, 0, 0, 0};
+      int64_t j = 0;
+      for (; j + 4 <= v; j += 4) {
+        s4[0] += g[j];
+        s4[1] += g[j + 1];
+        s4[2] += g[j + 2];
+        s4[3] += g[j + 3];
+      }
+      for (; j < v; j++) s4[0] += g[j];
+      const double sum = (s4[0] + s4[1]) + (s4[2] + s4[3]);
+      if (grad != nullptr) {
+        const float scale = (float)(1.0 / (sum * m));
+        for (int64_t j = 0; j < v; j++) g[j] *= scale;
+        g[targets[i]] -= (float)(1.0 / m);
+      }
+      row_loss[i] = std::log(sum) + mx - row[targets[i]];
+    }
+  });
+  double total = 0;
+  for (int64_t i = 0; i < m; i++) total += row_loss[i];
+  return total / m;
+}
+
+// h = silu(g) * u = g sigmoid(g) u
+void swiglu(const float* g, const float* u, float* h, int64_t n) {
+  parallel_rows(n, 4096, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; i++) {
+      const float s = 1.f / (1.f + exp_vec(-g[i]));
+      h[i] = g[i] * s * u[i];
+    }
+  });
+}
+
+// du = dy g s,  dg = dy u s (1 + g (1 - s)),  s = sigmoid(g)
+void swiglu_grad(const float* dy, const float* g, const float* u, float* dg, float* du, int64_t n) {
+  parallel_rows(n, 4096, [&](int64_t i0, int64_t i1) {
+    for (int64_t i = i0; i < i1; i++) {
+      const float s = 1.f / (1.f + exp_vec(-g[i]));
+      du[i] = dy[i] * g[i] * s;
+      dg[i] = dy[i] * u[i] * s * (1.f + g[i] * (1.f - s));
+    }
+  });
+}
+
+// out = a op b, b of the same length or a single value (b_len == 1); op 0 add, 1 sub, 2 mul
+void binary(int op, const float* a, const float* b, float* out, int64_t n, bool b_scalar) {
+  parallel_rows(n, 16384, [&](int64_t i0, int64_t i1) {
+    if (b_scalar) {
+      const float v = b[0];
+      if (op == 0) for (int64_t i = i0; i < i1; i++) out[i] = a[i] + v;
+      if (op == 1) for (int64_t i = i0; i < i1; i++) out[i] = a[i] - v;
+      if (op == 2) for (int64_t i = i0; i < i1; i++) out[i] = a[i] * v;
+    } else {
+      if (op == 0) for (int64_t i = i0; i < i1; i++) out[i] = a[i] + b[i];
+      if (op == 1) for (int64_t i = i0; i < i1; i++) out[i] = a[i] - b[i];
+      if (op == 2) for (int64_t i = i0; i < i1; i++) out[i] = a[i] * b[i];
+    }
+  });
+}
+
+// x [d0, d1, d2, d3] -> y [d0, d2, d1, d3] (perm 0, 2, 1, 3: attention's head transposes)
+void transpose0213(const float* x, float* y, int64_t d0, int64_t d1, int64_t d2, int64_t d3) {
+  parallel_rows(d0 * d2, 8, [&](int64_t r0, int64_t r1) {
+    for (int64_t r = r0; r < r1; r++) {
+      const int64_t a = r / d2, c = r % d2;
+      float* dst = y + r * d1 * d3;
+      const float* src = x + (a * d1 * d2 + c) * d3;
+      for (int64_t b = 0; b < d1; b++) std::memcpy(dst + b * d3, src + b * d2 * d3, d3 * sizeof(float));
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// N-API surface
+// ---------------------------------------------------------------------------------------
+
+#define CHECK(env, call)                                            \
+  do {                                                              \
+    if ((call) != napi_ok) {                                        \
+      napi_throw_error((env), "FLORA_NATIVE", "N-API call failed"); \
+      return nullptr;                                               \
+    }                                                               \
+  } while (0)
+
+bool float_array(napi_env env, napi_value v, float** data, size_t* length) {
+  bool is_typed = false;
+  if (napi_is_typedarray(env, v, &is_typed) != napi_ok || !is_typed) return false;
+  napi_typedarray_type type;
+  void* ptr = nullptr;
+  if (napi_get_typedarray_info(env, v, &type, length, &ptr, nullptr, nullptr) != napi_ok) return false;
+  if (type != napi_float32_array) return false;
+  *data = static_cast<float*>(ptr);
+  return true;
+}
+
+bool int_arg(napi_env env, napi_value v, int64_t* out) {
+  double d;
+  if (napi_get_value_double(env, v, &d) != napi_ok) return false;
+  if (!(d >= 0 && d <= 9007199254740991.0) || d != (double)(int64_t)d) return false;
+  *out = (int64_t)d;
+  return true;
+}
+
+// gemm(a, b, c, batch, m, n, k, transA, transB, strideA, strideB, accumulate)
+napi_value Gemm(napi_env env, napi_callback_info info) {
+  size_t argc = 12;
+  napi_value argv[12];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  if (argc != 12) {
+    napi_throw_type_error(env, "FLORA_NATIVE", "gemm expects 12 arguments");
+    return nullptr;
+  }
+  float *a, *b, *c;
+  size_t la, lb, lc;
+  if (!float_array(env, argv[0], &a, &la) || !float_array(env, argv[1], &b, &lb) ||
+      !float_array(env, argv[2], &c, &lc)) {
+    napi_throw_type_error(env, "FLORA_NATIVE", "gemm: a, b and c must be Float32Arrays");
+    return nullptr;
+  }
+  int64_t dims[4], strides[2];
+  for (int i = 0; i < 4; i++) {
+    if (!int_arg(env, argv[3 + i], &dims[i]) || dims[i] > INT32_MAX) {
+      napi_throw_range_error(env, "FLORA_NATIVE", "gemm: batch, m, n, k must be non-negative int32");
+      return nullptr;
+    }
+  }
+  bool ta, tb, acc;
+  CHECK(env, napi_get_value_bool(env, argv[7], &ta));
+  CHECK(env, napi_get_value_bool(env, argv[8], &tb));
+  for (int i = 0; i < 2; i++) {
+    if (!int_arg(env, argv[9 + i], &strides[i])) {
+      napi_throw_range_error(env, "FLORA_NATIVE", "gemm: strides must be non-negative integers");
+      return nullptr;
+    }
+  }
+  CHECK(env, napi_get_value_bool(env, argv[11], &acc));
+  const int64_t batch = dims[0], m = dims[1], n = dims[2], k = dims[3];
+  if (batch == 0 || m == 0 || n == 0) return nullptr;
+  const auto need = [&](int64_t stride, int64_t item) { return (batch - 1) * stride + item; };
+  if ((uint64_t)need(strides[0], m * k) > la || (uint64_t)need(strides[1], k * n) > lb ||
+      (uint64_t)(batch * m * n) > lc) {
+    napi_throw_range_error(env, "FLORA_NATIVE", "gemm: an operand is shorter than its shape needs");
+    return nullptr;
+  }
+  gemm(a, b, c, (int)batch, (int)m, (int)n, (int)k, ta, tb, strides[0], strides[1], acc);
+  return nullptr;
+}
+
+bool int32_array(napi_env env, napi_value v, int32_t** data, size_t* length) {
+  bool is_typed = false;
+  if (napi_is_typedarray(env, v, &is_typed) != napi_ok || !is_typed) return false;
+  napi_typedarray_type type;
+  void* ptr = nullptr;
+  if (napi_get_typedarray_info(env, v, &type, length, &ptr, nullptr, nullptr) != napi_ok) return false;
+  if (type != napi_int32_array) return false;
+  *data = static_cast<int32_t*>(ptr);
+  return true;
+}
+
+// Reads argv[i] as a Float32Array of at least `need` elements; throws and returns false if not.
+bool f32_arg(napi_env env, napi_value v, int64_t need, float** out, const char* what) {
+  size_t len;
+  if (!float_array(env, v, out, &len)) {
+    napi_throw_type_error(env, "FLORA_NATIVE", (std::string(what) + " must be a Float32Array").c_str());
+    return false;
+  }
+  if ((int64_t)len < need) {
+    napi_throw_range_error(env, "FLORA_NATIVE", (std::string(what) + " is shorter than its shape needs").c_str());
+    return false;
+  }
+  return true;
+}
+
+bool dims_arg(napi_env env, napi_value* argv, int count, int64_t* out) {
+  for (int i = 0; i < count; i++) {
+    if (!int_arg(env, argv[i], &out[i]) || out[i] > INT32_MAX) {
+      napi_throw_range_error(env, "FLORA_NATIVE", "sizes must be non-negative int32");
+      return false;
+    }
+  }
+  return true;
+}
+
+// rmsNorm(x, w, y, rows, d, eps)
+napi_value RmsNorm(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  int64_t dims[2];
+  double eps;
+  float *x, *w, *y;
+  if (argc != 6 || !dims_arg(env, argv + 3, 2, dims)) return nullptr;
+  CHECK(env, napi_get_value_double(env, argv[5], &eps));
+  if (!f32_arg(env, argv[0], dims[0] * dims[1], &x, "x") || !f32_arg(env, argv[1], dims[1], &w, "w") ||
+      !f32_arg(env, argv[2], dims[0] * dims[1], &y, "y"))
+    return nullptr;
+  rms_norm(x, w, y, dims[0], dims[1], eps);
+  return nullptr;
+}
+
+// rmsNormGrad(dy, x, w, dx, rows, d, eps)
+napi_value RmsNormGrad(napi_env env, napi_callback_info info) {
+  size_t argc = 7;
+  napi_value argv[7];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  int64_t dims[2];
+  double eps;
+  float *dy, *x, *w, *dx;
+  if (argc != 7 || !dims_arg(env, argv + 4, 2, dims)) return nullptr;
+  CHECK(env, napi_get_value_double(env, argv[6], &eps));
+  const int64_t n = dims[0] * dims[1];
+  if (!f32_arg(env, argv[0], n, &dy, "dy") || !f32_arg(env, argv[1], n, &x, "x") ||
+      !f32_arg(env, argv[2], dims[1], &w, "w") || !f32_arg(env, argv[3], n, &dx, "dx"))
+    return nullptr;
+  rms_norm_grad(dy, x, w, dx, dims[0], dims[1], eps);
+  return nullptr;
+}
+
+// rope(x, cos, sin, y, rows, t, heads, hd, transposed)
+napi_value Rope(napi_env env, napi_callback_info info) {
+  size_t argc = 9;
+  napi_value argv[9];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  int64_t dims[4];
+  bool transposed;
+  float *x, *c, *s, *y;
+  if (argc != 9 || !dims_arg(env, argv + 4, 4, dims)) return nullptr;
+  CHECK(env, napi_get_value_bool(env, argv[8], &transposed));
+  const int64_t rows = dims[0], t = dims[1], heads = dims[2], hd = dims[3];
+  if (heads == 0 || t == 0 || hd % 2 != 0) {
+    napi_throw_range_error(env, "FLORA_NATIVE", "rope: heads and t must be positive and hd even");
+    return nullptr;
+  }
+  if (!f32_arg(env, argv[0], rows * hd, &x, "x") || !f32_arg(env, argv[1], t * hd, &c, "cos") ||
+      !f32_arg(env, argv[2], t * hd, &s, "sin") || !f32_arg(env, argv[3], rows * hd, &y, "y"))
+    return nullptr;
+  rope(x, c, s, y, rows, t, heads, hd, transposed);
+  return nullptr;
+}
+
+// crossEntropy(logits, targets, grad | null, m, v) -> mean loss
+napi_value CrossEntropy(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  int64_t dims[2];
+  float *z, *grad = nullptr;
+  int32_t* targets;
+  size_t tlen;
+  if (argc != 5 || !dims_arg(env, argv + 3, 2, dims)) return nullptr;
+  const int64_t m = dims[0], v = dims[1];
+  if (!f32_arg(env, argv[0], m * v, &z, "logits")) return nullptr;
+  if (!int32_array(env, argv[1], &targets, &tlen) || (int64_t)tlen < m) {
+    napi_throw_type_error(env, "FLORA_NATIVE", "targets must be an Int32Array of m entries");
+    return nullptr;
+  }
+  for (int64_t i = 0; i < m; i++) {
+    if (targets[i] < 0 || targets[i] >= v) {
+      napi_throw_range_error(env, "FLORA_NATIVE", "a target is outside [0, v)");
+      return nullptr;
+    }
+  }
+  napi_valuetype gt;
+  CHECK(env, napi_typeof(env, argv[2], &gt));
+  if (gt != napi_null && gt != napi_undefined && !f32_arg(env, argv[2], m * v, &grad, "grad")) return nullptr;
+  napi_value out;
+  CHECK(env, napi_create_double(env, m == 0 ? 0.0 : cross_entropy(z, targets, grad, m, v), &out));
+  return out;
+}
+
+// swiglu(g, u, h, n)
+napi_value Swiglu(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  int64_t n;
+  float *g, *u, *h;
+  if (argc != 4 || !dims_arg(env, argv + 3, 1, &n)) return nullptr;
+  if (!f32_arg(env, argv[0], n, &g, "g") || !f32_arg(env, argv[1], n, &u, "u") || !f32_arg(env, argv[2], n, &h, "h"))
+    return nullptr;
+  swiglu(g, u, h, n);
+  return nullptr;
+}
+
+// swigluGrad(dy, g, u, dg, du, n)
+napi_value SwigluGrad(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  int64_t n;
+  float *dy, *g, *u, *dg, *du;
+  if (argc != 6 || !dims_arg(env, argv + 5, 1, &n)) return nullptr;
+  if (!f32_arg(env, argv[0], n, &dy, "dy") || !f32_arg(env, argv[1], n, &g, "g") || !f32_arg(env, argv[2], n, &u, "u") ||
+      !f32_arg(env, argv[3], n, &dg, "dg") || !f32_arg(env, argv[4], n, &du, "du"))
+    return nullptr;
+  swiglu_grad(dy, g, u, dg, du, n);
+  return nullptr;
+}
+
+// binary(op, a, b, out, n) with op 0 add / 1 sub / 2 mul; b has n elements or 1
+napi_value Binary(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  int64_t dims[2];
+  float *a, *b, *out;
+  if (argc != 5 || !dims_arg(env, argv, 1, dims) || !dims_arg(env, argv + 4, 1, dims + 1)) return nullptr;
+  const int64_t op = dims[0], n = dims[1];
+  if (op > 2) {
+    napi_throw_range_error(env, "FLORA_NATIVE", "binary: op must be 0 (add), 1 (sub) or 2 (mul)");
+    return nullptr;
+  }
+  size_t lb;
+  if (!f32_arg(env, argv[1], n, &a, "a") || !f32_arg(env, argv[3], n, &out, "out")) return nullptr;
+  if (!float_array(env, argv[2], &b, &lb) || (lb != 1 && (int64_t)lb < n)) {
+    napi_throw_range_error(env, "FLORA_NATIVE", "binary: b must be a Float32Array of n elements or 1");
+    return nullptr;
+  }
+  binary((int)op, a, b, out, n, lb == 1 && n != 1);
+  return nullptr;
+}
+
+// transpose0213(x, y, d0, d1, d2, d3)
+napi_value Transpose0213(napi_env env, napi_callback_info info) {
+  size_t argc = 6;
+  napi_value argv[6];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  int64_t d[4];
+  float *x, *y;
+  if (argc != 6 || !dims_arg(env, argv + 2, 4, d)) return nullptr;
+  const int64_t n = d[0] * d[1] * d[2] * d[3];
+  if (!f32_arg(env, argv[0], n, &x, "x") || !f32_arg(env, argv[1], n, &y, "y")) return nullptr;
+  transpose0213(x, y, d[0], d[1], d[2], d[3]);
+  return nullptr;
+}
+
+napi_value SetThreads(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  int64_t n;
+  if (argc != 1 || !int_arg(env, argv[0], &n) || n < 1 || n > 256) {
+    napi_throw_range_error(env, "FLORA_NATIVE", "setThreads expects an integer in [1, 256]");
+    return nullptr;
+  }
+  g_pool.resize((int)n);
+  return nullptr;
+}
+
+napi_value Info(napi_env env, napi_callback_info) {
+  napi_value obj, isa, threads;
+  CHECK(env, napi_create_object(env, &obj));
+  CHECK(env, napi_create_string_utf8(env, g_isa, NAPI_AUTO_LENGTH, &isa));
+  CHECK(env, napi_create_int32(env, g_pool.threads(), &threads));
+  CHECK(env, napi_set_named_property(env, obj, "isa", isa));
+  CHECK(env, napi_set_named_property(env, obj, "threads", threads));
+  return obj;
+}
+
+napi_value SetIsa(napi_env env, napi_callback_info info) {
+  // setIsa('generic') forces the portable kernel (tests compare the two paths).
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  char buf[32] = {0};
+  size_t len = 0;
+  if (argc != 1 || napi_get_value_string_utf8(env, argv[0], buf, sizeof buf, &len) != napi_ok) {
+    napi_throw_type_error(env, "FLORA_NATIVE", "setIsa expects a string");
+    return nullptr;
+  }
+  const std::string want(buf, len);
+  if (want == "generic") {
+    g_kernel = micro_generic;
+    g_isa = "generic";
+    return nullptr;
+  }
+#ifdef FLORA_X86
+  if (want == "avx2-fma" && cpu_has_avx2_fma()) {
+    g_kernel = micro_avx2;
+    g_isa = "avx2-fma";
+    return nullptr;
+  }
+#endif
+  napi_throw_error(env, "FLORA_NATIVE", ("this CPU cannot run the '" + want + "' kernel").c_str());
+  return nullptr;
+}
+
+napi_value Init(napi_env env, napi_value exports) {
+  static std::once_flag once;
+  std::call_once(once, [] {
+#ifdef FLORA_X86
+    if (cpu_has_avx2_fma()) {
+      g_kernel = micro_avx2;
+      g_isa = "avx2-fma";
+    }
+#endif
+    unsigned hc = std::thread::hardware_concurrency();
+    g_pool.resize(hc == 0 ? 1 : (int)hc);
+  });
+  napi_property_descriptor props[] = {
+      {"gemm", nullptr, Gemm, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"setThreads", nullptr, SetThreads, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"setIsa", nullptr, SetIsa, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"info", nullptr, Info, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"rmsNorm", nullptr, RmsNorm, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"rmsNormGrad", nullptr, RmsNormGrad, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"rope", nullptr, Rope, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"crossEntropy", nullptr, CrossEntropy, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"swiglu", nullptr, Swiglu, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"swigluGrad", nullptr, SwigluGrad, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"binary", nullptr, Binary, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"transpose0213", nullptr, Transpose0213, nullptr, nullptr, nullptr, napi_default, nullptr},
+  };
+  CHECK(env, napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
+  return exports;
+}
+
+}  // namespace
+
+NAPI_MODULE(NODE_GYP_MODULE_NAME, Init)

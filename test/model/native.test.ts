@@ -1,0 +1,164 @@
+/**
+ * The native kernels (native/flora_kernels.cc) called directly: the GEMM against a float64
+ * reference over transposes, broadcasts and ragged sizes; bit-identical results for any
+ * thread count; the portable and AVX2 micro-kernels agreeing; the fused ops against their
+ * JS definitions; and argument validation. Skipped, with the reason, where the addon was
+ * not built (no C++ toolchain at install time).
+ */
+import { describe, expect, it } from 'vitest'
+import { createPrng } from '../../src/lora/prng.js'
+import { loadNativeKernels, type NativeKernels } from '../../src/model/native.js'
+import { crossEntropyLoop } from '../../src/model/kernels.js'
+
+const loaded = loadNativeKernels()
+const prng = createPrng('native-test')
+const rand = (n: number) => prng.fillUniform(new Float32Array(n), -1, 1)
+
+function refGemm(a: Float32Array, b: Float32Array, batch: number, m: number, n: number, k: number, ta: boolean, tb: boolean, sa: number, sb: number): Float64Array {
+  const c = new Float64Array(batch * m * n)
+  for (let q = 0; q < batch; q++)
+    for (let i = 0; i < m; i++)
+      for (let j = 0; j < n; j++) {
+        let s = 0
+        for (let p = 0; p < k; p++) {
+          const av = ta ? a[q * sa + p * m + i] : a[q * sa + i * k + p]
+          const bv = tb ? b[q * sb + j * k + p] : b[q * sb + p * n + j]
+          s += av * bv
+        }
+        c[(q * m + i) * n + j] = s
+      }
+  return c
+}
+
+describe.skipIf(loaded.kernels === undefined)(`native kernels${loaded.kernels === undefined ? ` (skipped: ${loaded.reason})` : ''}`, () => {
+  const nk = loaded.kernels as NativeKernels
+  const threads = nk.info().threads
+
+  const shapes: [number, number, number, number][] = [
+    [1, 1, 1, 1],
+    [1, 7, 17, 3],
+    [3, 13, 35, 300],
+    [1, 100, 50, 600], // k spans two blocks
+    [2, 64, 2100, 40], // n spans two column panels
+    [5, 6, 16, 256],
+    [1, 1024, 16, 64],
+    [1, 16, 256, 1024],
+  ]
+
+  it.each(shapes)('gemm batch %i, %i x %i x %i: every transpose and broadcast matches float64', (batch, m, n, k) => {
+    for (const ta of [false, true])
+      for (const tb of [false, true])
+        for (const bcast of ['none', 'a', 'b'] as const) {
+          const sa = bcast === 'a' ? 0 : m * k
+          const sb = bcast === 'b' ? 0 : k * n
+          const a = rand((bcast === 'a' ? 1 : batch) * m * k)
+          const b = rand((bcast === 'b' ? 1 : batch) * k * n)
+          const c = new Float32Array(batch * m * n)
+          nk.gemm(a, b, c, batch, m, n, k, ta, tb, sa, sb, false)
+          const want = refGemm(a, b, batch, m, n, k, ta, tb, sa, sb)
+          let worst = 0
+          for (let i = 0; i < c.length; i++) worst = Math.max(worst, Math.abs(c[i] - want[i]))
+          expect(worst).toBeLessThan(1e-6 * k + 1e-6)
+        }
+  })
+
+  it('gemm accumulates into C when asked', () => {
+    const a = rand(6 * 5)
+    const b = rand(5 * 4)
+    const c = new Float32Array(6 * 4).fill(1)
+    nk.gemm(a, b, c, 1, 6, 4, 5, false, false, 0, 0, true)
+    const want = refGemm(a, b, 1, 6, 4, 5, false, false, 0, 0)
+    for (let i = 0; i < c.length; i++) expect(c[i]).toBeCloseTo(1 + want[i], 5)
+  })
+
+  it('gemm gives the same bits for 1, 2 and 3 threads, and the portable kernel agrees with the fast one', () => {
+    const [m, n, k] = [300, 530, 700]
+    const a = rand(m * k)
+    const b = rand(k * n)
+    const run = (t: number) => {
+      nk.setThreads(t)
+      const c = new Float32Array(m * n)
+      nk.gemm(a, b, c, 1, m, n, k, false, true, 0, 0, false)
+      return c
+    }
+    try {
+      const one = run(1)
+      expect(Buffer.from(run(2).buffer).equals(Buffer.from(one.buffer))).toBe(true)
+      expect(Buffer.from(run(3).buffer).equals(Buffer.from(one.buffer))).toBe(true)
+      const fast = nk.info().isa
+      nk.setIsa('generic')
+      const generic = run(2)
+      if (fast !== 'generic') nk.setIsa(fast as 'avx2-fma')
+      let worst = 0
+      for (let i = 0; i < one.length; i++) worst = Math.max(worst, Math.abs(one[i] - generic[i]))
+      expect(worst).toBeLessThan(1e-4)
+    } finally {
+      nk.setThreads(threads)
+    }
+  })
+
+  it('fused ops match their definitions', () => {
+    const rows = 37
+    const d = 24
+    const x = rand(rows * d)
+    const w = rand(d)
+    const y = new Float32Array(rows * d)
+    nk.rmsNorm(x, w, y, rows, d, 1e-5)
+    const dy = rand(rows * d)
+    const dx = new Float32Array(rows * d)
+    nk.rmsNormGrad(dy, x, w, dx, rows, d, 1e-5)
+    for (let r = 0; r < rows; r++) {
+      let ss = 0
+      let dot = 0
+      for (let j = 0; j < d; j++) {
+        ss += x[r * d + j] ** 2
+        dot += x[r * d + j] * w[j] * dy[r * d + j]
+      }
+      const inv = 1 / Math.sqrt(ss / d + 1e-5)
+      for (let j = 0; j < d; j++) {
+        expect(y[r * d + j]).toBeCloseTo(x[r * d + j] * inv * w[j], 5)
+        expect(dx[r * d + j]).toBeCloseTo(inv * w[j] * dy[r * d + j] - (x[r * d + j] * inv ** 3 * dot) / d, 5)
+      }
+    }
+
+    const n = 50000
+    const g = prng.fillUniform(new Float32Array(n), -30, 30)
+    const u = rand(n)
+    const h = new Float32Array(n)
+    const dg = new Float32Array(n)
+    const du = new Float32Array(n)
+    const up = rand(n)
+    nk.swiglu(g, u, h, n)
+    nk.swigluGrad(up, g, u, dg, du, n)
+    let worst = 0
+    for (let i = 0; i < n; i++) {
+      const s = 1 / (1 + Math.exp(-g[i]))
+      worst = Math.max(worst, Math.abs(h[i] - g[i] * s * u[i]), Math.abs(du[i] - up[i] * g[i] * s), Math.abs(dg[i] - up[i] * u[i] * s * (1 + g[i] * (1 - s))))
+    }
+    expect(worst).toBeLessThan(1e-5)
+
+    const [mm, v] = [19, 301]
+    const z = prng.fillUniform(new Float32Array(mm * v), -20, 20)
+    const targets = Int32Array.from({ length: mm }, (_, i) => (i * 37) % v)
+    const gn = new Float32Array(mm * v)
+    const gj = new Float32Array(mm * v)
+    const ln = nk.crossEntropy(z, targets, gn, mm, v)
+    const lj = crossEntropyLoop(z, targets, gj, mm, v)
+    expect(ln).toBeCloseTo(lj, 5)
+    expect(nk.crossEntropy(z, targets, null, mm, v)).toBe(ln)
+    let gw = 0
+    for (let i = 0; i < gn.length; i++) gw = Math.max(gw, Math.abs(gn[i] - gj[i]))
+    expect(gw).toBeLessThan(1e-7)
+  })
+
+  it('rejects bad arguments with clear errors instead of reading out of bounds', () => {
+    const f = new Float32Array(4)
+    expect(() => nk.gemm(f, f, f, 1, 3, 3, 3, false, false, 0, 0, false)).toThrow(/shorter than its shape/)
+    expect(() => nk.gemm(new Float64Array(4) as unknown as Float32Array, f, f, 1, 2, 2, 1, false, false, 0, 0, false)).toThrow(/Float32Array/)
+    expect(() => nk.gemm(f, f, f, 1, -2, 2, 1, false, false, 0, 0, false)).toThrow(/non-negative/)
+    expect(() => nk.crossEntropy(f, Int32Array.from([9]), null, 1, 4)).toThrow(/outside/)
+    expect(() => nk.rope(f, f, f, f, 1, 1, 1, 3, false)).toThrow(/even/)
+    expect(() => nk.setThreads(0)).toThrow(/\[1, 256\]/)
+    expect(() => nk.binary(7 as 0, f, f, f, 4)).toThrow(/op must be/)
+  })
+})
