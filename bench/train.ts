@@ -5,24 +5,37 @@
  *   npm run bench:train                      # small + wide, human-readable
  *   npm run bench:train -- --json            # one JSON object on stdout
  *   npm run bench:train -- --config wide --steps 5 --backend wasm --profile
- *   ... --no-patch (stock wasm kernels) --no-fused (tf-op RMSNorm/RoPE) --no-weight-copies
+ *   npm run bench:train -- --torch          # also run bench/train_torch.py per config and compare
+ *   ... --no-patch (stock wasm kernels) --no-native (wasm GEMM instead of the native addon)
+ *   ... --no-fused (tf-op RMSNorm/RoPE) --no-weight-copies --python /path/to/python3
+ *   FLORA_THREADS=n sets the native kernels' thread count (default: every core).
  *
  * Model FLOPs (the usual convention, stated here so numbers are comparable):
  *   model flops/step = 6 * N * tokens + 12 * L * T * d * tokens
  * with N = non-embedding parameters + the lm_head (the embedding lookup is free), tokens =
  * B * T, and the attention term for QK^T and PV (forward 4 L T d, x3 for backward).
  *   MFU = model flops/s / CPU peak,  CPU peak = cores used * clock * 32 FLOP/cycle
- * (two 256-bit FMA pipes, AVX2; cores used = 1 for wasm, which runs single-threaded in Node).
+ * (two 256-bit FMA pipes, AVX2). Cores used = the native kernels' threads when the addon runs
+ * the matmuls (src/model/native.ts), else 1 for wasm (single-threaded in Node) and cpu, and
+ * every core for tfjs-node.
  * A LoRA step with a frozen base does less work (no weight gradients):
  *   hardware flops/step = 4 * N * tokens + 12 * L * T * d * tokens,
  * and "matmul util" = hardware flops/s / the best measured plain-matmul throughput of the
- * same backend, i.e. how close the step gets to what this backend can do at all.
+ * same backend (measured through tf.matMul, so on the native GEMM when that runs), i.e. how
+ * close the step gets to what this backend can do at all.
+ *
+ * --torch runs the same step in PyTorch (bench/train_torch.py, torch's default threading) right
+ * after each config, and reports ratio = flora tok/s / torch tok/s, from the best and from the
+ * median step times.
  */
+import { execFile } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import os from 'node:os'
+import { fileURLToPath } from 'node:url'
+import { promisify } from 'node:util'
 import * as tf from '@tensorflow/tfjs'
 import { initAdapter } from '../src/lora/init.js'
-import { selectBackend, type BackendPreference } from '../src/model/backend.js'
+import { selectBackend, type BackendPreference, type BackendSelection } from '../src/model/backend.js'
 import { llamaConfig, type LlamaConfig } from '../src/model/config.js'
 import { LlamaModel } from '../src/model/llama.js'
 import { trainLora, type TrainingExample } from '../src/model/trainer.js'
@@ -120,6 +133,49 @@ function examples(c: BenchConfig, count: number): TrainingExample[] {
   return out
 }
 
+/** One config's result from bench/train_torch.py --json. */
+interface TorchResult {
+  readonly config: string
+  /** torch intra-op threads. */
+  readonly threads: number
+  /** OpenBLAS's own threads (null when unknown). */
+  readonly blasThreads: number | null
+  readonly stepMs: number
+  readonly medianStepMs: number
+  readonly cpuMsPerStep: number
+  readonly tokensPerSecond: number
+  readonly medianTokensPerSecond: number
+}
+
+type TorchRun = { readonly version: string; readonly result: TorchResult } | { readonly error: string }
+
+const TORCH_SCRIPT = fileURLToPath(new URL('./train_torch.py', import.meta.url))
+const execFileAsync = promisify(execFile)
+
+/** Run the PyTorch baseline for one config; an error (no python, no torch) is returned, not thrown. */
+async function runTorch(python: string, config: string, steps: number): Promise<TorchRun> {
+  try {
+    const { stdout } = await execFileAsync(python, [TORCH_SCRIPT, '--config', config, '--steps', String(steps), '--json'], {
+      maxBuffer: 1 << 20,
+      timeout: 30 * 60_000,
+    })
+    const out = JSON.parse(stdout) as { torch: string; results: TorchResult[] }
+    const result = out.results.find((r) => r.config === config)
+    return result !== undefined ? { version: out.torch, result } : { error: `no result for ${config} in ${stdout.trim()}` }
+  } catch (err) {
+    const e = err as NodeJS.ErrnoException & { stderr?: string }
+    if (e.code === 'ENOENT') return { error: `${python} not found` }
+    const lastLine = e.stderr?.trim().split('\n').at(-1)
+    return { error: lastLine !== undefined && lastLine !== '' ? lastLine : e.message.split('\n')[0] }
+  }
+}
+
+/** The native kernels' state in one line. */
+function describeNative(native: BackendSelection['native']): string {
+  if (native === undefined) return 'native kernels n/a (patched wasm only)'
+  return 'isa' in native ? `native ${native.isa} x${native.threads} threads` : `native off: ${native.reason}`
+}
+
 interface ProfileRow {
   readonly kernel: string
   readonly ms: number
@@ -148,12 +204,20 @@ async function main(): Promise<void> {
   const json = flag('json')
   const steps = Number(arg('steps') ?? 5)
   const which = arg('config') ?? 'all'
-  const backend = await selectBackend((arg('backend') ?? 'auto') as BackendPreference, { patchWasmKernels: !flag('no-patch') })
+  const torch = flag('torch')
+  const python = arg('python') ?? '/usr/bin/python3'
+  const backend = await selectBackend((arg('backend') ?? 'auto') as BackendPreference, {
+    patchWasmKernels: !flag('no-patch'),
+    nativeKernels: !flag('no-native'),
+  })
   const peak = measurePeak()
-  const coresUsed = backend.backend === 'wasm' || backend.backend === 'cpu' ? 1 : os.cpus().length
+  const nativeThreads = backend.native !== undefined && 'isa' in backend.native ? backend.native.threads : undefined
+  const coresUsed = nativeThreads ?? (backend.backend === 'wasm' || backend.backend === 'cpu' ? 1 : os.cpus().length)
   const clockHz = cpuClockHz()
   const cpuPeak = coresUsed * clockHz * 32
   const results = []
+  let torchVersion: string | undefined
+  let torchError: string | undefined
   for (const bc of CONFIGS.filter((c) => which === 'all' || c.name === which)) {
     const model = LlamaModel.random(bc.model, 'bench', {
       fusedKernels: !flag('no-fused'),
@@ -164,8 +228,8 @@ async function main(): Promise<void> {
     const opts = { batchSize: bc.batchSize, seqLen: bc.seqLen, lr: 1e-4, seed: 0 }
     await trainLora(model, data, { ...opts, steps: 1 }) // warm-up (kernel setup, operator caches)
     // Per-step wall times; the machine may be shared, so report the best and the median.
-    // CPU time of this (single-threaded) process is what the step costs; wall time also
-    // counts other processes' turns on a shared machine.
+    // CPU time of this process (all its threads, the native kernels' included) is what the
+    // step costs; wall time also counts other processes' turns on a shared machine.
     const times: number[] = []
     const cpuTimes: number[] = []
     let last = 0
@@ -193,6 +257,19 @@ async function main(): Promise<void> {
     const hwFlops = (4 * n + attn) * tokens
     const profile = flag('profile') || !json ? (await profileStep(model, bc, data)).slice(0, 15) : undefined
     model.dispose()
+    // Torch right after the same config (interleaved), so both see similar machine load.
+    let torchResult: TorchResult | undefined
+    if (torch && torchError === undefined) {
+      const run = await runTorch(python, bc.name, steps)
+      if ('error' in run) {
+        torchError = run.error
+      } else {
+        torchVersion = run.version
+        torchResult = run.result
+      }
+    }
+    const tokensPerSecond = tokens / (stepMs / 1000)
+    const medianTokensPerSecond = tokens / (medianMs / 1000)
     results.push({
       config: bc.name,
       hidden: bc.model.hiddenSize,
@@ -207,13 +284,24 @@ async function main(): Promise<void> {
       medianStepMs: Math.round(medianMs),
       cpuMsPerStep: Math.round(cpuMs),
       tokensPerCpuSecond: Math.round(tokens / (cpuMs / 1000)),
-      tokensPerSecond: Math.round(tokens / (stepMs / 1000)),
+      tokensPerSecond: Math.round(tokensPerSecond),
+      medianTokensPerSecond: Math.round(medianTokensPerSecond),
       modelTflopsPerStep: modelFlops / 1e12,
       modelGflops: Math.round(modelFlops / (stepMs / 1000) / 1e7) / 100,
       mfu: Math.round((modelFlops / (stepMs / 1000) / cpuPeak) * 1000) / 1000,
       hardwareGflops: Math.round(hwFlops / (stepMs / 1000) / 1e7) / 100,
       matmulUtil: Math.round((hwFlops / (stepMs / 1000) / peak) * 1000) / 1000,
       ...(profile !== undefined ? { profile } : {}),
+      ...(torchResult !== undefined
+        ? {
+            torch: torchResult,
+            // flora tok/s / torch tok/s = torch ms/step / flora ms/step
+            ratio: {
+              best: Math.round((torchResult.stepMs / stepMs) * 100) / 100,
+              median: Math.round((torchResult.medianStepMs / medianMs) * 100) / 100,
+            },
+          }
+        : {}),
     })
   }
   const summary = {
@@ -221,30 +309,43 @@ async function main(): Promise<void> {
     patchedKernels: backend.patchedKernels,
     skipped: backend.skipped,
     threads: backend.threads,
+    native: backend.native ?? null,
+    coresUsed,
     matmulPeakGflops: Math.round(peak / 1e7) / 100,
     cpuPeakGflops: Math.round(cpuPeak / 1e7) / 100,
     cpu: `${os.cpus()[0]?.model ?? 'unknown'} x${os.cpus().length}`,
     node: process.version,
+    ...(torch ? { torch: torchError !== undefined ? { error: torchError } : { version: torchVersion ?? null, script: 'bench/train_torch.py' } } : {}),
     results,
   }
   if (json) {
     process.stdout.write(JSON.stringify(summary) + '\n')
     return
   }
-  console.log(`backend ${summary.backend} (threads ${summary.threads ?? '?'}, patched: ${summary.patchedKernels.join(', ') || 'none'}) on ${summary.cpu}`)
+  console.log(
+    `backend ${summary.backend} (threads ${summary.threads ?? '?'}, ${describeNative(backend.native)}, patched: ${summary.patchedKernels.join(', ') || 'none'}) on ${summary.cpu}`,
+  )
   for (const s of summary.skipped) console.log(`  skipped ${s.backend}: ${s.reason}`)
   console.log(`best plain matmul: ${summary.matmulPeakGflops} GFLOP/s; CPU peak (${coresUsed} core(s), AVX2 FMA): ${summary.cpuPeakGflops} GFLOP/s`)
   for (const r of results) {
     console.log(
       `\n${r.config}: d=${r.hidden} L=${r.layers} V=${r.vocab} B=${r.batch} T=${r.seqLen} r=${r.loraRank}  ` +
-        `${r.stepMs} ms/step (median ${r.medianStepMs}, cpu ${r.cpuMsPerStep})  ${r.tokensPerSecond} tok/s  model ${r.modelGflops} GFLOP/s  MFU ${(r.mfu * 100).toFixed(1)}%  (hardware ${r.hardwareGflops} GFLOP/s = ${(r.matmulUtil * 100).toFixed(0)}% of the best matmul)`,
+        `${r.stepMs} ms/step (median ${r.medianStepMs}, cpu ${r.cpuMsPerStep})  ${r.tokensPerSecond} tok/s (median ${r.medianTokensPerSecond})  model ${r.modelGflops} GFLOP/s  MFU ${(r.mfu * 100).toFixed(1)}%  (hardware ${r.hardwareGflops} GFLOP/s = ${(r.matmulUtil * 100).toFixed(0)}% of the best matmul)`,
     )
     if (r.profile !== undefined) {
       const total = r.profile.reduce((a, p) => a + p.ms, 0)
       console.log(`  top kernels of one step (${total.toFixed(0)} ms in the top 15):`)
       for (const p of r.profile) console.log(`  ${p.ms.toFixed(1).padStart(8)} ms ${String(p.calls).padStart(4)}x  ${p.kernel}`)
     }
+    if (r.torch !== undefined && r.ratio !== undefined) {
+      const t = r.torch
+      console.log(
+        `  torch ${torchVersion ?? '?'} (${t.threads} intra-op thread(s), BLAS ${t.blasThreads ?? '?'}): ${t.stepMs} ms/step (median ${t.medianStepMs}, cpu ${t.cpuMsPerStep})  ` +
+          `${t.tokensPerSecond} tok/s (median ${t.medianTokensPerSecond})  flora/torch tok/s: ${r.ratio.best.toFixed(2)}x best, ${r.ratio.median.toFixed(2)}x median`,
+      )
+    }
   }
+  if (torchError !== undefined) console.log(`\ntorch comparison skipped: ${torchError}`)
 }
 
 await main()

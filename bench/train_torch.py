@@ -2,11 +2,15 @@
 """PyTorch baseline for bench/train.ts: the same Llama + LoRA (r=16 on q_proj, v_proj)
 training step, float32 on CPU, AdamW, loss on the tokens after a 16-token prompt.
 
-    /usr/bin/python3 bench/train_torch.py [--config small|wide|all] [--steps 5] [--threads 1] [--json]
+    /usr/bin/python3 bench/train_torch.py [--config small|wide|all] [--steps 5] [--threads N] [--json]
 
-Reports the median CPU time and the best wall time per step, like the TypeScript bench.
+Reports the best and median wall time and the median CPU time per step, like the TypeScript
+bench (`npm run bench:train -- --torch` runs this script and compares). Without --threads,
+torch keeps its default intra-op thread count; the BLAS it is linked against (OpenBLAS in the
+Debian build) runs its own thread pool either way, so both are reported.
 """
 import argparse
+import ctypes
 import json
 import math
 import resource
@@ -100,9 +104,24 @@ class Llama(nn.Module):
         return F.linear(rms_norm(x, self.norm), self.head)
 
 
+def blas_threads():
+    """Threads of the loaded OpenBLAS (it ignores torch.set_num_threads), or None if unknown."""
+    try:
+        with open("/proc/self/maps") as f:
+            libs = {line.split()[-1] for line in f if "libopenblas" in line}
+        for lib in sorted(libs):
+            n = ctypes.CDLL(lib).openblas_get_num_threads
+            n.restype = ctypes.c_int
+            return int(n())
+    except (OSError, AttributeError):
+        pass
+    return None
+
+
 def run(name, steps, threads):
     torch.manual_seed(0)
-    torch.set_num_threads(threads)
+    if threads is not None:
+        torch.set_num_threads(threads)
     c = CONFIGS[name]
     model = Llama(c)
     params = [p for p in model.parameters() if p.requires_grad]
@@ -134,11 +153,13 @@ def run(name, steps, threads):
     tokens = BATCH * SEQ
     return dict(
         config=name,
-        threads=threads,
+        threads=torch.get_num_threads(),
+        blasThreads=blas_threads(),
         stepMs=round(walls[0]),
         medianStepMs=round(walls[len(walls) // 2]),
         cpuMsPerStep=round(cpus[len(cpus) // 2]),
         tokensPerSecond=round(tokens / (walls[0] / 1000)),
+        medianTokensPerSecond=round(tokens / (walls[len(walls) // 2] / 1000)),
     )
 
 
@@ -146,7 +167,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--config", default="all")
     ap.add_argument("--steps", type=int, default=5)
-    ap.add_argument("--threads", type=int, default=1)
+    ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own default)")
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
     names = list(CONFIGS) if a.config == "all" else [a.config]
@@ -157,7 +178,7 @@ def main():
     else:
         for r in res:
             print(f"torch {torch.__version__} {r['config']}: {r['stepMs']} ms/step (median {r['medianStepMs']}, cpu {r['cpuMsPerStep']}) "
-                  f"{r['tokensPerSecond']} tok/s, {r['threads']} thread(s)")
+                  f"{r['tokensPerSecond']} tok/s, {r['threads']} intra-op thread(s), BLAS threads {r['blasThreads'] or '?'}")
 
 
 if __name__ == "__main__":

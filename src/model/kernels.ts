@@ -13,6 +13,8 @@
  *             dx1 = dy1 c1 + dy2 s2,  dx2 = dy2 c2 - dy1 s1
  *   rmsnorm:  r = 1 / sqrt(mean(x^2) + eps),  y = x r w
  *             dx = r (w dy) - x r^3 mean(x w dy)                 (w frozen: no dw)
+ *   softmax:  y = softmax(scale x) over keys j <= i (query i = row % T), 0 above (causal mask)
+ *             dx = scale y (dy - sum(dy y))
  *   swiglu:   h = g s u,  s = sigmoid(g);   du = dy g s,  dg = dy u s (1 + g (1 - s))
  *   xent:     loss = mean_i (logsumexp(z_i) - z_i[t_i]),  dz_i = (softmax(z_i) - onehot(t_i)) / M
  */
@@ -24,6 +26,8 @@ const ROPE = 'FloraRope'
 const RMS_NORM = 'FloraRmsNorm'
 const RMS_NORM_GRAD = 'FloraRmsNormGrad'
 const CROSS_ENTROPY = 'FloraCrossEntropy'
+const CAUSAL_SOFTMAX = 'FloraCausalSoftmax'
+const CAUSAL_SOFTMAX_GRAD = 'FloraCausalSoftmaxGrad'
 const SWIGLU = 'FloraSwiglu'
 const SWIGLU_GRAD = 'FloraSwigluGrad'
 const BACKENDS = ['wasm', 'cpu'] as const
@@ -143,6 +147,48 @@ function registerFusedKernels(): void {
       },
     })
     tf.registerKernel({
+      kernelName: CAUSAL_SOFTMAX,
+      backendName,
+      kernelFunc: (args: KernelArgs) => {
+        const { x } = args.inputs as { x: tf.TensorInfo }
+        const scale = (args.attrs as { scale: number }).scale
+        const k = io(backendName, args.backend)
+        const { info, values: y } = k.output(x.shape)
+        const xs = k.input(x)
+        const t = x.shape[x.shape.length - 1]
+        const native = backendName === 'wasm' ? activeNativeKernels() : undefined
+        if (native !== undefined) native.causalSoftmax(xs, y, xs.length / t, t, scale)
+        else causalSoftmaxLoop(xs, y, t, scale)
+        return info
+      },
+    })
+    tf.registerKernel({
+      kernelName: CAUSAL_SOFTMAX_GRAD,
+      backendName,
+      kernelFunc: (args: KernelArgs) => {
+        const { dy, y } = args.inputs as { dy: tf.TensorInfo; y: tf.TensorInfo }
+        const scale = (args.attrs as { scale: number }).scale
+        const k = io(backendName, args.backend)
+        const { info, values: dx } = k.output(y.shape)
+        const g = k.input(dy)
+        const ys = k.input(y)
+        const t = y.shape[y.shape.length - 1]
+        const native = backendName === 'wasm' ? activeNativeKernels() : undefined
+        if (native !== undefined) {
+          native.causalSoftmaxGrad(g, ys, dx, ys.length / t, t, scale)
+          return info
+        }
+        for (let o = 0; o < ys.length; o += t) {
+          const n = ((o / t) % t) + 1
+          let dot = 0
+          for (let j = 0; j < n; j++) dot += g[o + j] * ys[o + j]
+          for (let j = 0; j < n; j++) dx[o + j] = scale * ys[o + j] * (g[o + j] - dot)
+          dx.fill(0, o + n, o + t)
+        }
+        return info
+      },
+    })
+    tf.registerKernel({
       kernelName: SWIGLU,
       backendName,
       kernelFunc: (args: KernelArgs) => {
@@ -211,6 +257,22 @@ function registerFusedKernels(): void {
         return gradOut === undefined ? [lossOut.info] : [lossOut.info, gradOut.info]
       },
     })
+  }
+}
+
+function causalSoftmaxLoop(x: Float32Array, y: Float32Array, t: number, scale: number): void {
+  for (let o = 0; o < x.length; o += t) {
+    const n = ((o / t) % t) + 1
+    let max = -Infinity
+    for (let j = 0; j < n; j++) if (x[o + j] > max) max = x[o + j]
+    let sum = 0
+    for (let j = 0; j < n; j++) {
+      const e = Math.exp(scale * (x[o + j] - max))
+      y[o + j] = e
+      sum += e
+    }
+    for (let j = 0; j < n; j++) y[o + j] /= sum
+    y.fill(0, o + n, o + t) // outputs are not zeroed on wasm
   }
 }
 
@@ -305,6 +367,26 @@ export function fusedRmsNorm(x: tf.Tensor2D, w: tf.Tensor1D, eps: number): tf.Te
     }
   })
   return f(x) as tf.Tensor2D
+}
+
+/**
+ * Causally masked softmax of attention scores [..., T, T] with the 1/sqrt(hd) scale folded
+ * in (fused; see fusedKernelsAvailable): row r is the query at position r % T. Replaces
+ * scale, mask add and softmax, and their backward ops, by one pass each way.
+ */
+export function fusedCausalSoftmax<T extends tf.Tensor>(scores: T, scale: number): T {
+  const f = tf.customGrad((...args) => {
+    const x = args[0] as tf.Tensor
+    const save = args[1] as tf.GradSaveFunc
+    const y = tf.engine().runKernel(CAUSAL_SOFTMAX, { x }, { scale }) as tf.Tensor
+    save([y])
+    return {
+      value: y,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
+        tf.engine().runKernel(CAUSAL_SOFTMAX_GRAD, { dy, y: saved[0] }, { scale }) as tf.Tensor,
+    }
+  })
+  return f(scores) as T
 }
 
 /** SwiGLU's gate: silu(g) * u for same-shape g, u (fused; see fusedKernelsAvailable). */

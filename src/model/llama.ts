@@ -20,7 +20,7 @@ import type { AdapterSet, LoraModule, ModuleShape } from '../lora/types.js'
 import { compareModuleNames, validateAdapterAgainstShapes } from '../lora/validate.js'
 import { nativeKernelsActive } from './backend.js'
 import { type LlamaConfig, validateConfig } from './config.js'
-import { fusedKernelsAvailable, fusedRmsNorm, fusedRope, fusedSwiglu } from './kernels.js'
+import { fusedCausalSoftmax, fusedKernelsAvailable, fusedRmsNorm, fusedRope, fusedSwiglu } from './kernels.js'
 import { type DropoutFn, frozenMatMul, LoraLinear, transpose2d } from './lora-layer.js'
 
 export const LINEAR_MODULES = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const
@@ -230,7 +230,7 @@ export class LlamaModel {
       let x = tf.gather(this.embed, inputIds.reshape([b * t])) as tf.Tensor2D
       for (const blk of this.blocks) {
         const n = ops.rmsNorm(x, blk.inputNorm, eps)
-        x = x.add(this.attention(n, blk, b, t, (z) => ops.rope(z, cos, sin), mask, dropout))
+        x = x.add(this.attention(n, blk, b, t, (z) => ops.rope(z, cos, sin), mask, ops.causalSoftmax, dropout))
         const m = ops.rmsNorm(x, blk.postNorm, eps)
         x = x.add(this.mlp(m, blk, ops.swiglu, dropout))
       }
@@ -251,6 +251,7 @@ export class LlamaModel {
     t: number,
     rope: (x: tf.Tensor4D) => tf.Tensor4D,
     mask: tf.Tensor2D,
+    causalSoftmax: ElementwiseOps['causalSoftmax'],
     dropout: DropoutFn | undefined,
   ): tf.Tensor2D {
     const { numHeads: nh, numKvHeads: nkv, headDim: hd } = this.config
@@ -261,10 +262,15 @@ export class LlamaModel {
     const v = blk.v.forward(x, dropout).reshape([b, t, nkv, hd]).transpose([0, 2, 1, 3])
     // GQA without repeating k/v: query head h uses kv head floor(h / rep) (HF repeat_kv), so
     // the rep query heads of one kv head stack into rows: q [B, KV, rep*T, hd].
-    const qg = q.mul(1 / Math.sqrt(hd)).reshape([b, nkv, rep * t, hd])
     // scores = q k^T / sqrt(hd) + causal mask, softmax over keys
-    const scores = tf.matMul(qg, k, false, true).reshape([b, nkv, rep, t, t]).add(mask)
-    const probs = tf.softmax(scores).reshape([b, nkv, rep * t, t])
+    let probs: tf.Tensor4D
+    if (causalSoftmax !== undefined) {
+      probs = causalSoftmax(tf.matMul(q.reshape<tf.Tensor4D>([b, nkv, rep * t, hd]), k, false, true), 1 / Math.sqrt(hd))
+    } else {
+      const qg = q.mul(1 / Math.sqrt(hd)).reshape([b, nkv, rep * t, hd])
+      const scores = tf.matMul(qg, k, false, true).reshape([b, nkv, rep, t, t]).add(mask)
+      probs = tf.softmax(scores).reshape([b, nkv, rep * t, t])
+    }
     const out = tf.matMul(probs, v) // [B, KV, rep*T, hd] = [B, H, T, hd]
     const merged = out.reshape([b, nh, t, hd]).transpose([0, 2, 1, 3]).reshape([b * t, nh * hd]) as tf.Tensor2D
     return blk.o.forward(merged, dropout)
@@ -491,9 +497,11 @@ interface ElementwiseOps {
   rmsNorm(x: tf.Tensor2D, w: tf.Tensor1D, eps: number): tf.Tensor2D
   rope(x: tf.Tensor4D, cos: tf.Tensor2D, sin: tf.Tensor2D): tf.Tensor4D
   swiglu(g: tf.Tensor2D, u: tf.Tensor2D): tf.Tensor2D
+  /** Masked, scaled softmax of raw scores [B, KV, rep*T, T] in one pass (fused only). */
+  causalSoftmax?: (scores: tf.Tensor4D, scale: number) => tf.Tensor4D
 }
 const TF_OPS: ElementwiseOps = { rmsNorm, rope: applyRope, swiglu: (g, u) => g.mul(tf.sigmoid(g)).mul(u) }
-const FUSED_OPS: ElementwiseOps = { rmsNorm: fusedRmsNorm, rope: fusedRope, swiglu: fusedSwiglu }
+const FUSED_OPS: ElementwiseOps = { rmsNorm: fusedRmsNorm, rope: fusedRope, swiglu: fusedSwiglu, causalSoftmax: fusedCausalSoftmax }
 
 /** RMSNorm: x / sqrt(mean(x^2) + eps) * w, over the last axis. */
 function rmsNorm(x: tf.Tensor2D, w: tf.Tensor1D, eps: number): tf.Tensor2D {
