@@ -14,6 +14,7 @@ import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { createWriteStream } from 'node:fs'
 import { join, resolve } from 'node:path'
+import { availableParallelism } from 'node:os'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { Command, InvalidArgumentError } from 'commander'
@@ -142,7 +143,13 @@ export async function runSwarm(options: SwarmOptions): Promise<SwarmReport> {
     ...(options.graceMs != null ? ['--grace', String(options.graceMs)] : []),
     ...(options.peerArgs ?? []),
   ]
-  const env = { ...process.env, FLORA_FROM_SOURCE: import.meta.url.endsWith('.ts') ? '1' : (process.env.FLORA_FROM_SOURCE ?? '') }
+  const env = {
+    ...process.env,
+    FLORA_FROM_SOURCE: import.meta.url.endsWith('.ts') ? '1' : (process.env.FLORA_FROM_SOURCE ?? ''),
+    // The peers train at the same time: share the cores among them rather than run
+    // n x cores native threads (FLORA_THREADS set by the user wins).
+    FLORA_THREADS: process.env.FLORA_THREADS ?? String(Math.max(1, Math.floor(availableParallelism() / n))),
+  }
 
   const launch = (i: number, bootstrap: string | undefined): { child: ChildProcess; listening: Promise<string> } => {
     const args = [

@@ -19,7 +19,7 @@ import { access, readFile } from 'node:fs/promises'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import * as tf from '@tensorflow/tfjs'
-import { selectBackend } from '../model/backend.js'
+import { describeBackend, selectBackend } from '../model/backend.js'
 import { loadModel } from '../model/checkpoint.js'
 import { llamaConfig, parameterCount } from '../model/config.js'
 import { tokenizeExample } from '../model/data/template.js'
@@ -127,7 +127,7 @@ export async function createModelBackend(config: EvalConfig): Promise<SimBackend
       vocab: c.vocabSize,
       targets: 'q_proj, v_proj',
       loraDropout: LORA_DROPOUT,
-      tfjs: selection.backend + (selection.threads !== undefined ? ` (${selection.threads} thread${selection.threads === 1 ? '' : 's'})` : ''),
+      tfjs: describeBackend(selection),
       task: `WordNet definitions (${task.categories.length} categories)`,
     },
     shapes: model.targetModuleShapes(),

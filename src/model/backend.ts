@@ -119,6 +119,18 @@ export async function selectBackend(
   )
 }
 
+/**
+ * One line for logs: `wasm + native avx2-fma x2 threads`, `wasm (1 thread; native kernels
+ * off: <why>)`, `tensorflow`.
+ */
+export function describeBackend(s: BackendSelection): string {
+  if (s.native !== undefined && 'isa' in s.native) return `${s.backend} + native ${s.native.isa} x${s.native.threads} thread${s.native.threads === 1 ? '' : 's'}`
+  const extra: string[] = []
+  if (s.threads !== undefined) extra.push(`${s.threads} thread${s.threads === 1 ? '' : 's'}`)
+  if (s.native !== undefined && 'reason' in s.native) extra.push(`native kernels off: ${s.native.reason}`)
+  return extra.length > 0 ? `${s.backend} (${extra.join('; ')})` : s.backend
+}
+
 async function activate(name: BackendName): Promise<void> {
   switch (name) {
     case 'tensorflow-gpu':

@@ -21,7 +21,7 @@ import { mergeIntoWeightsSync } from '../aggregation/merge.js'
 import { adapterParamCount, initAdapter } from '../lora/init.js'
 import { createPrng } from '../lora/prng.js'
 import type { AdapterSet } from '../lora/types.js'
-import { type BackendPreference, type BackendSelection, selectBackend } from './backend.js'
+import { type BackendPreference, type BackendSelection, describeBackend, selectBackend } from './backend.js'
 import { loadModel, loadPeftAdapter, saveCheckpoint, savePeftAdapter } from './checkpoint.js'
 import { parameterCount } from './config.js'
 import { readInstructionJsonl } from './data/jsonl.js'
@@ -310,10 +310,7 @@ function fmtParams(n: number): string {
 }
 
 function backendLine(s: BackendSelection): string[] {
-  const extra: string[] = []
-  if (s.threads !== undefined) extra.push(`${s.threads} thread${s.threads === 1 ? '' : 's'}`)
-  if (s.patchedKernels.length > 0) extra.push(`patched kernels: ${s.patchedKernels.join(', ')}`)
-  const lines = [`backend   ${s.backend}${extra.length > 0 ? ` (${extra.join('; ')})` : ''}`]
+  const lines = [`backend   ${describeBackend(s)}`]
   for (const k of s.skipped) lines.push(`          skipped ${k.backend}: ${k.reason}`)
   return lines
 }
@@ -426,7 +423,7 @@ export async function runTrain(options: TrainCommandOptions = {}): Promise<Train
 
   const preference = options.backend ?? TRAIN_DEFAULTS.backend
   const backend = await selectBackend(preference, { fallback: preference === 'auto' })
-  emit('backend', { backend: backend.backend, tfBackend: backend.tfBackend, threads: backend.threads, patchedKernels: backend.patchedKernels, skipped: backend.skipped }, backendLine(backend))
+  emit('backend', { backend: backend.backend, tfBackend: backend.tfBackend, threads: backend.threads, native: backend.native, patchedKernels: backend.patchedKernels, skipped: backend.skipped }, backendLine(backend))
   checkAbort(0)
 
   const tok = await LlamaTokenizer.fromDir(modelDir)

@@ -26,7 +26,7 @@ import { canonicalJson, sha256Hex, type CanonicalValue } from '../gossip/canonic
 import { stateHash } from '../aggregation/state-hash.js'
 import { initAdapter } from '../lora/init.js'
 import type { ModuleShape } from '../lora/types.js'
-import { type BackendPreference, type BackendSelection, selectBackend } from '../model/backend.js'
+import { type BackendPreference, type BackendSelection, describeBackend, selectBackend } from '../model/backend.js'
 import { type Checkpoint, readCheckpoint } from '../model/checkpoint.js'
 import { type LlamaConfig, parameterCount, toHfConfig } from '../model/config.js'
 import { readInstructionJsonl } from '../model/data/jsonl.js'
@@ -380,7 +380,7 @@ export async function setupModelPeer(o: SetupOptions): Promise<PeerSetup> {
     throw new SwarmConfigError(`--seq-len ${seqLen} exceeds the model's max_position_embeddings (${rt.config.maxPositionEmbeddings})`)
   }
   const config = await resolveConfig(rt, o)
-  const modelLine = `${path.relative(process.cwd(), path.resolve(dir)) || '.'} (${rt.config.numLayers} layers, hidden ${rt.config.hiddenSize}, ${(parameterCount(rt.config) / 1e6).toFixed(2)}M parameters, tfjs ${rt.backend.backend}; base ${rt.baseModelHash.slice(0, 12)})`
+  const modelLine = `${path.relative(process.cwd(), path.resolve(dir)) || '.'} (${rt.config.numLayers} layers, hidden ${rt.config.hiddenSize}, ${(parameterCount(rt.config) / 1e6).toFixed(2)}M parameters, tfjs ${describeBackend(rt.backend)}; base ${rt.baseModelHash.slice(0, 12)})`
   const notLoaded = (): never => {
     throw new Error('model trainer: set up with configOnly (no data loaded)')
   }
