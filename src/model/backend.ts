@@ -93,24 +93,26 @@ export async function selectBackend(
   for (const name of candidates) {
     try {
       await activate(name)
-      const patch = name === 'wasm' && (options.patchWasmKernels ?? true)
-      const patchedKernels = patch ? installWasmKernelPatches() : []
-      let native: BackendSelection['native']
-      if (patch) {
-        const loaded = options.nativeKernels === false ? { kernels: undefined, reason: 'turned off by the caller' } : loadNativeKernels()
-        setNativeKernels(loaded.kernels)
-        native = loaded.kernels !== undefined ? loaded.kernels.info() : { reason: loaded.reason ?? 'unavailable' }
-      }
-      return {
-        backend: name,
-        tfBackend: tf.getBackend(),
-        skipped,
-        threads: name === 'wasm' ? await wasmThreads() : undefined,
-        patchedKernels,
-        ...(native !== undefined ? { native } : {}),
-      }
     } catch (err) {
       skipped.push({ backend: name, reason: err instanceof Error ? err.message : String(err) })
+      continue
+    }
+    // Outside the try: a bad FLORA_THREADS is the user's error, not a reason to fall back.
+    const patch = name === 'wasm' && (options.patchWasmKernels ?? true)
+    const patchedKernels = patch ? installWasmKernelPatches() : []
+    let native: BackendSelection['native']
+    if (patch) {
+      const loaded = options.nativeKernels === false ? { kernels: undefined, reason: 'turned off by the caller' } : loadNativeKernels()
+      setNativeKernels(loaded.kernels)
+      native = loaded.kernels !== undefined ? loaded.kernels.info() : { reason: loaded.reason ?? 'unavailable' }
+    }
+    return {
+      backend: name,
+      tfBackend: tf.getBackend(),
+      skipped,
+      threads: name === 'wasm' ? await wasmThreads() : undefined,
+      patchedKernels,
+      ...(native !== undefined ? { native } : {}),
     }
   }
   throw new BackendUnavailableError(

@@ -80,6 +80,10 @@ export interface NativeLoadResult {
 }
 
 const ADDON = path.join('native', 'build', 'Release', 'flora_kernels.node')
+const REQUIRED = [
+  'gemm', 'rmsNorm', 'rmsNormGrad', 'rope', 'causalSoftmax', 'causalSoftmaxGrad', 'swiglu', 'swigluGrad',
+  'crossEntropy', 'binary', 'transpose0213', 'setThreads', 'setIsa', 'info',
+] as const satisfies readonly (keyof NativeKernels)[]
 
 let cached: NativeLoadResult | undefined
 
@@ -105,6 +109,11 @@ function load(): NativeLoadResult {
     kernels = createRequire(import.meta.url)(file) as NativeKernels
   } catch (err) {
     return { kernels: undefined, reason: `the native addon failed to load: ${(err instanceof Error ? err.message : String(err)).split('\n')[0]}`, file }
+  }
+  // A binary built from an older native/flora_kernels.cc lacks newer entry points.
+  const missing = REQUIRED.filter((name) => typeof (kernels as unknown as Record<string, unknown>)[name] !== 'function')
+  if (missing.length > 0) {
+    return { kernels: undefined, reason: `the native addon is out of date (no ${missing.join(', ')}): run \`npm run build:native\``, file }
   }
   const threads = parseThreads(process.env.FLORA_THREADS) ?? os.availableParallelism()
   kernels.setThreads(threads)

@@ -5,6 +5,8 @@
  * JS definitions; and argument validation. Skipped, with the reason, where the addon was
  * not built (no C++ toolchain at install time).
  */
+import { spawnSync } from 'node:child_process'
+import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { createPrng } from '../../src/lora/prng.js'
 import { loadNativeKernels, type NativeKernels } from '../../src/model/native.js'
@@ -31,8 +33,8 @@ function refGemm(a: Float32Array, b: Float32Array, batch: number, m: number, n: 
 }
 
 describe.skipIf(loaded.kernels === undefined)(`native kernels${loaded.kernels === undefined ? ` (skipped: ${loaded.reason})` : ''}`, () => {
+  // (The body is collected even when skipped: nothing here may touch the addon.)
   const nk = loaded.kernels as NativeKernels
-  const threads = nk.info().threads
 
   const shapes: [number, number, number, number][] = [
     [1, 1, 1, 1],
@@ -75,6 +77,7 @@ describe.skipIf(loaded.kernels === undefined)(`native kernels${loaded.kernels ==
     const [m, n, k] = [300, 530, 700]
     const a = rand(m * k)
     const b = rand(k * n)
+    const threads = nk.info().threads
     const run = (t: number) => {
       nk.setThreads(t)
       const c = new Float32Array(m * n)
@@ -180,5 +183,25 @@ describe.skipIf(loaded.kernels === undefined)(`native kernels${loaded.kernels ==
     expect(() => nk.rope(f, f, f, f, 1, 1, 1, 3, false)).toThrow(/even/)
     expect(() => nk.setThreads(0)).toThrow(/\[1, 256\]/)
     expect(() => nk.binary(7 as 0, f, f, f, 4)).toThrow(/op must be/)
+  })
+})
+
+describe('native kernel switches (environment)', () => {
+  const backendLine = (env: Record<string, string>) =>
+    spawnSync(
+      process.execPath,
+      ['--import', 'tsx', '-e', "const m = await import('./src/model/backend.ts'); console.log(m.describeBackend(await m.selectBackend('wasm')))"],
+      { cwd: path.resolve(import.meta.dirname, '..', '..'), env: { ...process.env, ...env }, encoding: 'utf8' },
+    )
+
+  it('FLORA_NATIVE=0 turns them off and the backend line says why; FLORA_THREADS sets the threads', () => {
+    const off = backendLine({ FLORA_NATIVE: '0' })
+    expect(off.stdout).toMatch(/^wasm \(1 thread; native kernels off: disabled by FLORA_NATIVE\)/)
+    if (loaded.kernels !== undefined) {
+      expect(backendLine({ FLORA_THREADS: '1' }).stdout).toMatch(/^wasm \+ native \S+ x1 thread$/m)
+      const bad = backendLine({ FLORA_THREADS: 'many' })
+      expect(bad.status).not.toBe(0)
+      expect(bad.stderr).toMatch(/FLORA_THREADS must be an integer in \[1, 256\], got 'many'/)
+    }
   })
 })
