@@ -35,9 +35,14 @@
 #include <thread>
 #include <vector>
 
-#if defined(__x86_64__) || defined(_M_X64)
+// The AVX2 path needs GCC/Clang (target attributes, __builtin_cpu_supports); other
+// compilers and CPUs build the portable kernel only.
+#if (defined(__x86_64__) || defined(__i386__)) && (defined(__GNUC__) || defined(__clang__))
 #include <immintrin.h>
 #define FLORA_X86 1
+#endif
+#ifdef FLORA_FORCE_PORTABLE  // builds the non-x86 configuration on x86 (to check it compiles)
+#undef FLORA_X86
 #endif
 
 namespace {
