@@ -1,7 +1,9 @@
 /** Public API of the model layer: backends, config, safetensors, Llama + LoRA, checkpoints, tokenizer, trainer, generation. */
 export {
   BackendUnavailableError,
+  describeBackend,
   installWasmKernelPatches,
+  nativeKernelsActive,
   selectBackend,
   type BackendName,
   type BackendPreference,
@@ -51,7 +53,8 @@ export {
   type WeightMap,
 } from './llama.js'
 export { frozenMatMul, LoraLinear, transpose2d, type DropoutFn, type LoraState } from './lora-layer.js'
-export { fusedKernelsAvailable, fusedRmsNorm, fusedRope } from './kernels.js'
+export { fusedCausalSoftmax, fusedCrossEntropy, fusedKernelsAvailable, fusedRmsNorm, fusedRope, fusedSwiglu } from './kernels.js'
+export { loadNativeKernels, type NativeKernels, type NativeLoadResult } from './native.js'
 export {
   CheckpointError,
   loadModel,
