@@ -2,18 +2,28 @@
  * LoRA training-step benchmark: tokens/s and model-FLOPs utilisation on the active backend,
  * plus a per-kernel profile of one step.
  *
- *   npm run bench:train                      # small + wide, human-readable
+ *   npm run bench:train                      # bundled + small + wide, human-readable
  *   npm run bench:train -- --json            # one JSON object on stdout
  *   npm run bench:train -- --config wide --steps 5 --backend wasm --profile
+ *   --config bundled|small|wide|all (default all). `bundled` is the real checkpoint of
+ *   models/flora-tiny (GQA 3:1, tied embeddings) loaded with loadModel; small and wide are
+ *   random-weight models (MHA, separate lm_head). All three: batch 8 x 128 tokens, LoRA r=16
+ *   on q_proj, v_proj.
  *   npm run bench:train -- --torch          # also run bench/train_torch.py per config and compare
  *   ... --no-patch (stock wasm kernels) --no-native (wasm GEMM instead of the native addon)
  *   ... --no-fused (tf-op RMSNorm/RoPE) --no-weight-copies --python /path/to/python3
  *   FLORA_THREADS=n sets the native kernels' thread count (default: every core).
  *
  * Model FLOPs (the usual convention, stated here so numbers are comparable):
- *   model flops/step = 6 * N * tokens + 12 * L * T * d * tokens
+ *   model flops/step = 6 * N * tokens + 12 * L * T * (H * hd) * tokens
  * with N = non-embedding parameters + the lm_head (the embedding lookup is free), tokens =
- * B * T, and the attention term for QK^T and PV (forward 4 L T d, x3 for backward).
+ * B * T, and the attention term for QK^T and PV (forward 4 L T H hd, x3 for backward).
+ * N counts each projection at its real size: q_proj and o_proj d x (H * hd), k_proj and
+ * v_proj d x (Hkv * hd) (smaller under GQA), the SwiGLU MLP 3 d I, and the lm_head V d even
+ * when it is tied to the embedding (the weight is shared, the matmul is not). The attention
+ * term uses the query heads H: under GQA every query head still does its own QK^T and PV.
+ * (H * hd = d for all the configs here; the term is written with H * hd so it stays right
+ * for a model whose head_dim is set independently.)
  *   MFU = model flops/s / CPU peak,  CPU peak = cores used * clock * 32 FLOP/cycle
  * (two 256-bit FMA pipes, AVX2). Cores used = the native kernels' threads when the addon runs
  * the matmuls (src/model/native.ts), else 1 for wasm (single-threaded in Node) and cpu, and
@@ -31,24 +41,37 @@
 import { execFile } from 'node:child_process'
 import { readFileSync } from 'node:fs'
 import os from 'node:os'
+import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import * as tf from '@tensorflow/tfjs'
 import { initAdapter } from '../src/lora/init.js'
 import { selectBackend, type BackendPreference, type BackendSelection } from '../src/model/backend.js'
+import { defaultModelDir } from '../src/model/bundled.js'
+import { loadModel } from '../src/model/checkpoint.js'
 import { llamaConfig, type LlamaConfig } from '../src/model/config.js'
-import { LlamaModel } from '../src/model/llama.js'
+import { LlamaModel, type LlamaModelOptions } from '../src/model/llama.js'
 import { trainLora, type TrainingExample } from '../src/model/trainer.js'
 
 interface BenchConfig {
   readonly name: string
-  readonly model: LlamaConfig
+  /** Random weights of this config, or a model directory (HF layout) loaded with loadModel. */
+  readonly model: LlamaConfig | { readonly dir: string }
   readonly batchSize: number
   readonly seqLen: number
   readonly rank: number
 }
 
 const CONFIGS: BenchConfig[] = [
+  {
+    // The bundled base model (models/flora-tiny): d 192, 4 layers, 3 query heads of 64 with
+    // 1 key/value head, SwiGLU 512, vocab 4096, tied embeddings.
+    name: 'bundled',
+    model: { dir: defaultModelDir() },
+    batchSize: 8,
+    seqLen: 128,
+    rank: 16,
+  },
   {
     name: 'small',
     model: llamaConfig({ vocabSize: 4096, hiddenSize: 256, intermediateSize: 688, numLayers: 4, numHeads: 4, maxPositionEmbeddings: 512 }),
@@ -71,12 +94,27 @@ function arg(name: string): string | undefined {
 }
 const flag = (name: string) => process.argv.includes(`--${name}`)
 
-/** Non-embedding parameters + lm_head (what a token's matmuls touch). */
+/**
+ * Non-embedding parameters + lm_head (what a token's matmuls touch): q_proj and o_proj are
+ * d x (H * hd), k_proj and v_proj d x (Hkv * hd) (GQA), the MLP 3 d I, and the lm_head V d
+ * whether or not it is tied to the embedding (a tied head is still a full matmul per token).
+ * Norm weights are left out (elementwise, no matmul).
+ */
 function activeParams(c: LlamaConfig): number {
   const d = c.hiddenSize
   const attn = d * c.numHeads * c.headDim * 2 + d * c.numKvHeads * c.headDim * 2
   const mlp = 3 * d * c.intermediateSize
   return c.numLayers * (attn + mlp) + c.vocabSize * d
+}
+
+/** Attention-score FLOPs per token (QK^T and PV over T keys, forward + backward): 12 L T H hd. */
+function attentionFlopsPerToken(c: LlamaConfig, seqLen: number): number {
+  return 12 * c.numLayers * seqLen * c.numHeads * c.headDim
+}
+
+/** Build a config's model: random weights, or the checkpoint directory through loadModel. */
+async function buildModel(bc: BenchConfig, options: LlamaModelOptions): Promise<LlamaModel> {
+  return 'dir' in bc.model ? loadModel(bc.model.dir, options) : LlamaModel.random(bc.model, 'bench', options)
 }
 
 /** Nominal clock: --cpu-ghz, else os.cpus(), else /proc/cpuinfo (VMs often report 0 to Node). */
@@ -118,7 +156,7 @@ function measurePeak(): number {
   return best
 }
 
-function examples(c: BenchConfig, count: number): TrainingExample[] {
+function examples(c: BenchConfig, vocabSize: number, count: number): TrainingExample[] {
   // Full-length sequences, loss on every token after a 16-token prompt.
   const out: TrainingExample[] = []
   let x = 12345
@@ -126,7 +164,7 @@ function examples(c: BenchConfig, count: number): TrainingExample[] {
     const ids: number[] = []
     for (let i = 0; i < c.seqLen; i++) {
       x = (Math.imul(x, 1103515245) + 12345) >>> 0
-      ids.push(x % c.model.vocabSize)
+      ids.push(x % vocabSize)
     }
     out.push({ inputIds: ids, promptLength: 16 })
   }
@@ -204,6 +242,10 @@ async function main(): Promise<void> {
   const json = flag('json')
   const steps = Number(arg('steps') ?? 5)
   const which = arg('config') ?? 'all'
+  const selected = CONFIGS.filter((c) => which === 'all' || c.name === which)
+  if (selected.length === 0) {
+    throw new Error(`unknown --config '${which}' (one of ${CONFIGS.map((c) => c.name).join(', ')}, all)`)
+  }
   const torch = flag('torch')
   const python = arg('python') ?? '/usr/bin/python3'
   const backend = await selectBackend((arg('backend') ?? 'auto') as BackendPreference, {
@@ -218,13 +260,17 @@ async function main(): Promise<void> {
   const results = []
   let torchVersion: string | undefined
   let torchError: string | undefined
-  for (const bc of CONFIGS.filter((c) => which === 'all' || c.name === which)) {
-    const model = LlamaModel.random(bc.model, 'bench', {
+  for (const bc of selected) {
+    const model = await buildModel(bc, {
       fusedKernels: !flag('no-fused'),
       ...(flag('no-weight-copies') ? { backwardWeightCopies: false } : {}),
     })
+    const mc = model.config
+    if (bc.seqLen > mc.maxPositionEmbeddings) {
+      throw new Error(`${bc.name}: seqLen ${bc.seqLen} exceeds the model's max_position_embeddings ${mc.maxPositionEmbeddings}`)
+    }
     model.setAdapter(initAdapter({ shapes: model.targetModuleShapes(), rank: bc.rank, alpha: 2 * bc.rank, seed: 0 }))
-    const data = examples(bc, 4 * bc.batchSize)
+    const data = examples(bc, mc.vocabSize, 4 * bc.batchSize)
     const opts = { batchSize: bc.batchSize, seqLen: bc.seqLen, lr: 1e-4, seed: 0 }
     await trainLora(model, data, { ...opts, steps: 1 }) // warm-up (kernel setup, operator caches)
     // Per-step wall times; the machine may be shared, so report the best and the median.
@@ -251,8 +297,8 @@ async function main(): Promise<void> {
     const medianMs = times[Math.floor(times.length / 2)]
     const cpuMs = cpuTimes[Math.floor(cpuTimes.length / 2)]
     const tokens = bc.batchSize * bc.seqLen
-    const n = activeParams(bc.model)
-    const attn = 12 * bc.model.numLayers * bc.seqLen * bc.model.hiddenSize
+    const n = activeParams(mc)
+    const attn = attentionFlopsPerToken(mc, bc.seqLen)
     const modelFlops = (6 * n + attn) * tokens
     const hwFlops = (4 * n + attn) * tokens
     const profile = flag('profile') || !json ? (await profileStep(model, bc, data)).slice(0, 15) : undefined
@@ -272,9 +318,15 @@ async function main(): Promise<void> {
     const medianTokensPerSecond = tokens / (medianMs / 1000)
     results.push({
       config: bc.name,
-      hidden: bc.model.hiddenSize,
-      layers: bc.model.numLayers,
-      vocab: bc.model.vocabSize,
+      weights: 'dir' in bc.model ? path.relative(process.cwd(), bc.model.dir) || bc.model.dir : 'random',
+      hidden: mc.hiddenSize,
+      layers: mc.numLayers,
+      heads: mc.numHeads,
+      kvHeads: mc.numKvHeads,
+      headDim: mc.headDim,
+      intermediate: mc.intermediateSize,
+      vocab: mc.vocabSize,
+      tiedEmbeddings: mc.tieWordEmbeddings,
       batch: bc.batchSize,
       seqLen: bc.seqLen,
       loraRank: bc.rank,
@@ -329,7 +381,7 @@ async function main(): Promise<void> {
   console.log(`best plain matmul: ${summary.matmulPeakGflops} GFLOP/s; CPU peak (${coresUsed} core(s), AVX2 FMA): ${summary.cpuPeakGflops} GFLOP/s`)
   for (const r of results) {
     console.log(
-      `\n${r.config}: d=${r.hidden} L=${r.layers} V=${r.vocab} B=${r.batch} T=${r.seqLen} r=${r.loraRank}  ` +
+      `\n${r.config} (${r.weights} weights): d=${r.hidden} L=${r.layers} H=${r.heads}/${r.kvHeads}kv hd=${r.headDim} I=${r.intermediate} V=${r.vocab}${r.tiedEmbeddings ? ' tied' : ''} B=${r.batch} T=${r.seqLen} r=${r.loraRank}  ` +
         `${r.stepMs} ms/step (median ${r.medianStepMs}, cpu ${r.cpuMsPerStep})  ${r.tokensPerSecond} tok/s (median ${r.medianTokensPerSecond})  model ${r.modelGflops} GFLOP/s  MFU ${(r.mfu * 100).toFixed(1)}%  (hardware ${r.hardwareGflops} GFLOP/s = ${(r.matmulUtil * 100).toFixed(0)}% of the best matmul)`,
     )
     if (r.profile !== undefined) {

@@ -2,7 +2,11 @@
 """PyTorch baseline for bench/train.ts: the same Llama + LoRA (r=16 on q_proj, v_proj)
 training step, float32 on CPU, AdamW, loss on the tokens after a 16-token prompt.
 
-    /usr/bin/python3 bench/train_torch.py [--config small|wide|all] [--steps 5] [--threads N] [--json]
+    /usr/bin/python3 bench/train_torch.py [--config bundled|small|wide|all] [--steps 5] [--threads N] [--json]
+
+`bundled` has the shapes of models/flora-tiny (GQA: 3 query heads of 64, 1 key/value head,
+repeated as HF's repeat_kv does; lm_head tied to the embedding), with random weights: only
+the speed is measured. `small` and `wide` are plain multi-head models with a separate lm_head.
 
 Reports the best and median wall time and the median CPU time per step, like the TypeScript
 bench (`npm run bench:train -- --torch` runs this script and compares). Without --threads,
@@ -20,10 +24,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+# kv_heads defaults to heads (MHA), head_dim to d // heads, tied to False.
 CONFIGS = {
+    "bundled": dict(vocab=4096, d=192, inter=512, layers=4, heads=3, kv_heads=1, head_dim=64, tied=True),
     "small": dict(vocab=4096, d=256, inter=688, layers=4, heads=4),
     "wide": dict(vocab=4096, d=512, inter=1376, layers=8, heads=8),
 }
+
+
+def head_dim(c):
+    return c.get("head_dim", c["d"] // c["heads"])
 BATCH, SEQ, RANK, PROMPT = 8, 128, 16, 16
 
 
@@ -53,15 +63,24 @@ def rotate_half(x):
     return torch.cat((-x2, x1), dim=-1)
 
 
+def repeat_kv(x, n_rep):
+    """[b, kvh, t, hd] -> [b, kvh * n_rep, t, hd], as transformers' LlamaAttention does."""
+    if n_rep == 1:
+        return x
+    b, kvh, t, hd = x.shape
+    return x[:, :, None, :, :].expand(b, kvh, n_rep, t, hd).reshape(b, kvh * n_rep, t, hd)
+
+
 class Block(nn.Module):
     def __init__(self, c):
         super().__init__()
         d, h = c["d"], c["heads"]
-        self.h, self.hd = h, d // h
-        self.q = LoraLinear(d, d, RANK, 2 * RANK)
-        self.k = LoraLinear(d, d)
-        self.v = LoraLinear(d, d, RANK, 2 * RANK)
-        self.o = LoraLinear(d, d)
+        kvh = c.get("kv_heads", h)
+        self.h, self.kvh, self.hd = h, kvh, head_dim(c)
+        self.q = LoraLinear(d, h * self.hd, RANK, 2 * RANK)
+        self.k = LoraLinear(d, kvh * self.hd)
+        self.v = LoraLinear(d, kvh * self.hd, RANK, 2 * RANK)
+        self.o = LoraLinear(h * self.hd, d)
         self.gate = LoraLinear(d, c["inter"])
         self.up = LoraLinear(d, c["inter"])
         self.down = LoraLinear(c["inter"], d)
@@ -72,14 +91,16 @@ class Block(nn.Module):
         b, t, d = x.shape
         n = rms_norm(x, self.n1)
         q = self.q(n).view(b, t, self.h, self.hd).transpose(1, 2)
-        k = self.k(n).view(b, t, self.h, self.hd).transpose(1, 2)
-        v = self.v(n).view(b, t, self.h, self.hd).transpose(1, 2)
+        k = self.k(n).view(b, t, self.kvh, self.hd).transpose(1, 2)
+        v = self.v(n).view(b, t, self.kvh, self.hd).transpose(1, 2)
         q = q * cos + rotate_half(q) * sin
         k = k * cos + rotate_half(k) * sin
+        k = repeat_kv(k, self.h // self.kvh)
+        v = repeat_kv(v, self.h // self.kvh)
         # Explicit attention (no fused SDPA kernel: torch 1.13 has none on CPU).
         att = (q @ k.transpose(-1, -2)) / math.sqrt(self.hd)
         att = att.masked_fill(torch.ones(t, t, dtype=torch.bool).triu(1), float("-inf")).softmax(-1)
-        x = x + self.o((att @ v).transpose(1, 2).reshape(b, t, d))
+        x = x + self.o((att @ v).transpose(1, 2).reshape(b, t, self.h * self.hd))
         m = rms_norm(x, self.n2)
         return x + self.down(F.silu(self.gate(m)) * self.up(m))
 
@@ -90,8 +111,9 @@ class Llama(nn.Module):
         self.embed = nn.Parameter(torch.randn(c["vocab"], c["d"]) * 0.02, requires_grad=False)
         self.blocks = nn.ModuleList(Block(c) for _ in range(c["layers"]))
         self.norm = nn.Parameter(torch.ones(c["d"]), requires_grad=False)
-        self.head = nn.Parameter(torch.randn(c["vocab"], c["d"]) * 0.02, requires_grad=False)
-        hd = c["d"] // c["heads"]
+        # Tied: lm_head is the embedding matrix itself (one tensor, as HF ties them).
+        self.head = self.embed if c.get("tied", False) else nn.Parameter(torch.randn(c["vocab"], c["d"]) * 0.02, requires_grad=False)
+        hd = head_dim(c)
         inv = 1.0 / (10000 ** (torch.arange(0, hd, 2).float() / hd))
         ang = torch.outer(torch.arange(SEQ).float(), inv)
         emb = torch.cat((ang, ang), -1)
