@@ -16,6 +16,7 @@
  */
 import * as tf from '@tensorflow/tfjs'
 import { createPrng, type SeedLike } from '../lora/prng.js'
+import { AdamW } from './adamw.js'
 import { crossEntropyLoop, fusedCrossEntropy, fusedKernelsAvailable } from './kernels.js'
 import type { LlamaModel } from './llama.js'
 
@@ -358,8 +359,7 @@ export async function trainLora(model: LlamaModel, examples: readonly TrainingEx
   const order = prng.fork('batches')
   const dropoutSeeds = prng.fork('dropout')
 
-  const m = vars.map((v) => tf.tidy(() => tf.variable(tf.zerosLike(v), false)))
-  const s = vars.map((v) => tf.tidy(() => tf.variable(tf.zerosLike(v), false)))
+  const optimizer = new AdamW(vars, { beta1: b1, beta2: b2, eps, weightDecay: wd, maxGradNorm: maxNorm })
   let queue: number[] = []
   const nextBatch = (): TrainingExample[] => {
     const out: TrainingExample[] = []
@@ -374,62 +374,42 @@ export async function trainLora(model: LlamaModel, examples: readonly TrainingEx
   let tokens = 0
   const start = performance.now()
   let lastEval: EvalResult | undefined
-  try {
-    for (let step = 1; step <= options.steps; step++) {
-      if (options.signal?.aborted === true) throw new TrainingAbortedError(step - 1)
-      const batch = makeBatch(nextBatch(), options.seqLen, padId, model.config.vocabSize)
-      const bt = batchTensors(batch)
-      const dropout = dropoutRate > 0 ? { rate: dropoutRate, seed: dropoutSeeds.nextUint32() } : undefined
-      const { value, grads } = tf.variableGrads(() => batchLoss(model, batch, bt, true, dropout), vars)
-      const lr = learningRate(options, step)
-      const gradNorm = tf.tidy(() => {
-        const gs = vars.map((v) => grads[v.name])
-        const norm = tf.sqrt(tf.addN(gs.map((g) => tf.sum(tf.square(g)))))
-        const clip = maxNorm > 0 && Number.isFinite(maxNorm) ? tf.minimum(1, tf.div(maxNorm, norm.add(1e-6))) : tf.scalar(1)
-        const c1 = 1 - b1 ** step
-        const c2 = 1 - b2 ** step
-        vars.forEach((p, i) => {
-          const g = gs[i].mul(clip)
-          const mi = m[i].mul(b1).add(g.mul(1 - b1))
-          const si = s[i].mul(b2).add(g.square().mul(1 - b2))
-          m[i].assign(mi)
-          s[i].assign(si)
-          const decayed = wd > 0 ? p.mul(1 - lr * wd) : p
-          p.assign(decayed.sub(mi.div(c1).div(si.div(c2).sqrt().add(eps)).mul(lr)))
-        })
-        return norm.dataSync()[0] as number
-      })
-      const loss = value.dataSync()[0] as number
-      tf.dispose([value, ...Object.values(grads)])
-      disposeBatch(bt)
-      if (!Number.isFinite(loss)) throw new TrainingError(`loss is ${loss} at step ${step}`)
-      losses.push(loss)
-      tokens += batch.batchSize * batch.seqLen
-      const evalNow =
-        options.evalExamples !== undefined &&
-        options.evalExamples.length > 0 &&
-        (step === options.steps || (options.evalEvery !== undefined && step % options.evalEvery === 0))
-      lastEval = evalNow
-        ? evaluate(model, options.evalExamples as TrainingExample[], { batchSize: options.evalBatchSize, seqLen: options.seqLen, padId })
-        : undefined
-      const elapsedMs = performance.now() - start
-      options.onStep?.({
-        step,
-        steps: options.steps,
-        loss,
-        gradNorm,
-        lr,
-        tokens: batch.batchSize * batch.seqLen,
-        targetTokens: batch.rows.length,
-        elapsedMs,
-        tokensPerSecond: tokens / (elapsedMs / 1000),
-        ...(lastEval !== undefined ? { eval: lastEval } : {}),
-      })
-      // Let timers and sockets run between the (synchronous) steps.
-      await new Promise<void>((resolve) => setImmediate(resolve))
-    }
-  } finally {
-    tf.dispose([...m, ...s])
+  for (let step = 1; step <= options.steps; step++) {
+    if (options.signal?.aborted === true) throw new TrainingAbortedError(step - 1)
+    const batch = makeBatch(nextBatch(), options.seqLen, padId, model.config.vocabSize)
+    const bt = batchTensors(batch)
+    const dropout = dropoutRate > 0 ? { rate: dropoutRate, seed: dropoutSeeds.nextUint32() } : undefined
+    const { value, grads } = tf.variableGrads(() => batchLoss(model, batch, bt, true, dropout), vars)
+    const lr = learningRate(options, step)
+    const gradNorm = optimizer.step(vars.map((v) => grads[v.name]), lr)
+    const loss = value.dataSync()[0] as number
+    tf.dispose([value, ...Object.values(grads)])
+    disposeBatch(bt)
+    if (!Number.isFinite(loss)) throw new TrainingError(`loss is ${loss} at step ${step}`)
+    losses.push(loss)
+    tokens += batch.batchSize * batch.seqLen
+    const evalNow =
+      options.evalExamples !== undefined &&
+      options.evalExamples.length > 0 &&
+      (step === options.steps || (options.evalEvery !== undefined && step % options.evalEvery === 0))
+    lastEval = evalNow
+      ? evaluate(model, options.evalExamples as TrainingExample[], { batchSize: options.evalBatchSize, seqLen: options.seqLen, padId })
+      : undefined
+    const elapsedMs = performance.now() - start
+    options.onStep?.({
+      step,
+      steps: options.steps,
+      loss,
+      gradNorm,
+      lr,
+      tokens: batch.batchSize * batch.seqLen,
+      targetTokens: batch.rows.length,
+      elapsedMs,
+      tokensPerSecond: tokens / (elapsedMs / 1000),
+      ...(lastEval !== undefined ? { eval: lastEval } : {}),
+    })
+    // Let timers and sockets run between the (synchronous) steps.
+    await new Promise<void>((resolve) => setImmediate(resolve))
   }
   return {
     steps: options.steps,
