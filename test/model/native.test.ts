@@ -8,7 +8,12 @@
 import { spawnSync } from 'node:child_process'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
+import { initAdapter } from '../../src/lora/init.js'
 import { createPrng } from '../../src/lora/prng.js'
+import { selectBackend } from '../../src/model/backend.js'
+import { llamaConfig } from '../../src/model/config.js'
+import { LlamaModel } from '../../src/model/llama.js'
+import { trainLora } from '../../src/model/trainer.js'
 import { loadNativeKernels, type NativeKernels } from '../../src/model/native.js'
 import { crossEntropyLoop } from '../../src/model/kernels.js'
 
@@ -202,6 +207,34 @@ describe('native kernel switches (environment)', () => {
       const bad = backendLine({ FLORA_THREADS: 'many' })
       expect(bad.status).not.toBe(0)
       expect(bad.stderr).toMatch(/FLORA_THREADS must be an integer in \[1, 256\], got 'many'/)
+    }
+  })
+})
+
+describe.skipIf(loaded.kernels === undefined)('training on the native kernels', () => {
+  it('gives the same adapter bit for bit with 1 and 2 threads', async () => {
+    const nk = loaded.kernels as NativeKernels
+    await selectBackend('wasm', { fallback: false })
+    // big enough that every kernel actually splits across threads (>= 32 K elements)
+    const config = llamaConfig({ vocabSize: 512, hiddenSize: 128, intermediateSize: 256, numLayers: 2, numHeads: 4, numKvHeads: 2, maxPositionEmbeddings: 128 })
+    const data = Array.from({ length: 16 }, (_, i) => ({ inputIds: Array.from({ length: 64 }, (_, j) => (i * 37 + j * 11) % 512), promptLength: 8 }))
+    const train = async (threads: number) => {
+      nk.setThreads(threads)
+      const model = LlamaModel.random(config, 'threads')
+      model.setAdapter(initAdapter({ shapes: model.targetModuleShapes(), rank: 8, alpha: 16, seed: 'threads' }))
+      const res = await trainLora(model, data, { steps: 3, batchSize: 4, seqLen: 64, lr: 1e-2, seed: 5 })
+      const adapter = model.getAdapter()
+      model.dispose()
+      return { losses: res.losses, bytes: Buffer.concat(adapter.modules.flatMap((m) => [Buffer.from(m.loraA.buffer), Buffer.from(m.loraB.buffer)])) }
+    }
+    const threads = nk.info().threads
+    try {
+      const one = await train(1)
+      const two = await train(2)
+      expect(two.losses).toEqual(one.losses)
+      expect(two.bytes.equals(one.bytes)).toBe(true)
+    } finally {
+      nk.setThreads(threads)
     }
   })
 })
