@@ -40,9 +40,11 @@ p.add_argument('--min-lr-ratio', type=float, default=0.1)
 p.add_argument('--warmup', type=int, default=30)
 p.add_argument('--weight-decay', type=float, default=0.1)
 p.add_argument('--seed', type=int, default=1234)
-# torch intra-op threads. 1 is fastest on Debian's torch + libopenblas0-pthread: OpenBLAS runs its
-# own threads, and a second torch pool fights it (measured: 1.37 vs 0.76 steps/s on 2 cores).
-p.add_argument('--threads', type=int, default=1)
+# torch intra-op threads. 2 made the committed models/flora-tiny (keep it to reproduce those
+# bits). 1 is faster on Debian's torch + libopenblas0-pthread, where OpenBLAS runs its own
+# threads and a second torch pool fights it (1.37 vs 0.76 steps/s on 2 cores), but rounds
+# differently.
+p.add_argument('--threads', type=int, default=2)
 p.add_argument('--eval-every', type=int, default=150)
 p.add_argument('--max-seconds', type=float, default=0, help='safety stop: save early if training runs past this (0 = off)')
 p.add_argument('--dry-run', type=int, default=0, help='time this many steps, write nothing')
