@@ -272,9 +272,11 @@ class Pool {
   void run(int tasks, const std::function<void(int, Scratch&)>& task) {
     std::unique_lock<std::mutex> run_lock(run_mutex_, std::try_to_lock);
     if (!run_lock.owns_lock()) {
-      // Another JS thread (a worker_thread) is using the pool: run on the caller.
-      Scratch local;
-      for (int t = 0; t < tasks; t++) task(t, local);
+      // Another JS thread (a worker_thread) is using the pool: run on the caller, with the
+      // caller's own packing buffers (allocated once per thread, not per call).
+      static thread_local Scratch* local = nullptr;
+      if (local == nullptr) local = new Scratch();
+      for (int t = 0; t < tasks; t++) task(t, *local);
       return;
     }
     const int helpers = std::min(threads_, tasks) - 1;

@@ -6,6 +6,7 @@
  * not built (no C++ toolchain at install time).
  */
 import { spawnSync } from 'node:child_process'
+import { Worker } from 'node:worker_threads'
 import path from 'node:path'
 import { describe, expect, it } from 'vitest'
 import { initAdapter } from '../../src/lora/init.js'
@@ -177,6 +178,38 @@ describe.skipIf(loaded.kernels === undefined)(`native kernels${loaded.kernels ==
     let gw = 0
     for (let i = 0; i < gn.length; i++) gw = Math.max(gw, Math.abs(gn[i] - gj[i]))
     expect(gw).toBeLessThan(1e-7)
+  })
+
+  it('serves several JS threads at once (worker_threads): correct results, no deadlock', async () => {
+    const file = loaded.file as string
+    const src = `
+      const { parentPort, workerData } = require('node:worker_threads')
+      const nk = require(workerData.file)
+      const [m, n, k] = [200, 150, 300]
+      const a = new Float32Array(m * k).fill(1), b = new Float32Array(k * n).fill(0.5), c = new Float32Array(m * n)
+      let bad = 0
+      for (let r = 0; r < 30; r++) {
+        nk.gemm(a, b, c, 1, m, n, k, false, r % 2 === 1, 0, 0, false)
+        for (let i = 0; i < c.length; i++) if (c[i] !== 150) bad++
+        const y = new Float32Array(m * n)
+        nk.rmsNorm(c, new Float32Array(n).fill(1), y, m, n, 1e-5)
+        for (let i = 0; i < y.length; i++) if (Math.abs(y[i] - 1) > 1e-6) bad++
+      }
+      parentPort.postMessage(bad)
+    `
+    const workers = [0, 1].map(() => new Worker(src, { eval: true, workerData: { file } }))
+    const done = workers.map((w) => new Promise<number>((resolve, reject) => { w.once('message', resolve); w.once('error', reject) }))
+    const [m, n, k] = [256, 256, 256]
+    const a = new Float32Array(m * k).fill(0.25)
+    const c = new Float32Array(m * n)
+    let bad = 0
+    for (let r = 0; r < 30; r++) {
+      nk.gemm(a, a, c, 1, m, n, k, false, false, 0, 0, false)
+      for (let i = 0; i < c.length; i++) if (c[i] !== 16) bad++
+    }
+    expect(bad).toBe(0)
+    expect(await Promise.all(done)).toEqual([0, 0])
+    await Promise.all(workers.map((w) => w.terminate()))
   })
 
   it('rejects bad arguments with clear errors instead of reading out of bounds', () => {
