@@ -425,6 +425,48 @@ inline float exp_vec(float x) {
   return y * scale;
 }
 
+// Sum of n floats in double, four independent accumulators (a single running sum is a
+// latency-bound chain; the order is fixed, so the result is deterministic).
+inline double sum4(const float* x, int64_t n) {
+  double s[4] = {0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    s[0] += x[j];
+    s[1] += x[j + 1];
+    s[2] += x[j + 2];
+    s[3] += x[j + 3];
+  }
+  for (; j < n; j++) s[0] += x[j];
+  return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+// sum of x[j] * y[j] in double, like sum4
+inline double dot4(const float* x, const float* y, int64_t n) {
+  double s[4] = {0, 0, 0, 0};
+  int64_t j = 0;
+  for (; j + 4 <= n; j += 4) {
+    s[0] += (double)x[j] * y[j];
+    s[1] += (double)x[j + 1] * y[j + 1];
+    s[2] += (double)x[j + 2] * y[j + 2];
+    s[3] += (double)x[j + 3] * y[j + 3];
+  }
+  for (; j < n; j++) s[0] += (double)x[j] * y[j];
+  return (s[0] + s[1]) + (s[2] + s[3]);
+}
+
+// max of n floats (n >= 1), 8 lanes so the compiler can vectorise it
+inline float max8(const float* x, int64_t n) {
+  float m[8];
+  for (int l = 0; l < 8; l++) m[l] = x[0];
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int l = 0; l < 8; l++) m[l] = m[l] > x[j + l] ? m[l] : x[j + l];
+  float mx = m[0];
+  for (int l = 1; l < 8; l++) mx = mx > m[l] ? mx : m[l];
+  for (; j < n; j++) mx = mx > x[j] ? mx : x[j];
+  return mx;
+}
+
 // Runs fn(r0, r1) over [0, rows) in chunks of at least `grain` rows.
 void parallel_rows(int64_t rows, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
   const int threads = g_pool.threads();
@@ -505,8 +547,7 @@ double cross_entropy(const float* z, const int32_t* targets, float* grad, int64_
   parallel_rows(m, 8, [&](int64_t r0, int64_t r1) {
     for (int64_t i = r0; i < r1; i++) {
       const float* row = z + i * v;
-      float mx = -INFINITY;
-      for (int64_t j = 0; j < v; j++) mx = std::max(mx, row[j]);
+      const float mx = max8(row, v);
       // exps into g (or a row buffer), then a sum in double with 4 independent accumulators
       thread_local std::vector<float> buffer;
       float* g = grad != nullptr ? grad + i * v : nullptr;
@@ -515,16 +556,7 @@ double cross_entropy(const float* z, const int32_t* targets, float* grad, int64_
         g = buffer.data();
       }
       for (int64_t j = 0; j < v; j++) g[j] = exp_vec(row[j] - mx);
-      double s4[4] = {0, 0, 0, 0};
-      int64_t j = 0;
-      for (; j + 4 <= v; j += 4) {
-        s4[0] += g[j];
-        s4[1] += g[j + 1];
-        s4[2] += g[j + 2];
-        s4[3] += g[j + 3];
-      }
-      for (; j < v; j++) s4[0] += g[j];
-      const double sum = (s4[0] + s4[1]) + (s4[2] + s4[3]);
+      const double sum = sum4(g, v);
       if (grad != nullptr) {
         const float scale = (float)(1.0 / (sum * m));
         for (int64_t j = 0; j < v; j++) g[j] *= scale;
@@ -546,12 +578,9 @@ void causal_softmax(const float* x, float* y, int64_t rows, int64_t t, float sca
       const int64_t n = r % t + 1;
       const float* xr = x + r * t;
       float* yr = y + r * t;
-      float mx = -INFINITY;
-      for (int64_t j = 0; j < n; j++) mx = std::max(mx, xr[j]);
+      const float mx = max8(xr, n);
       for (int64_t j = 0; j < n; j++) yr[j] = exp_vec(scale * (xr[j] - mx));
-      double sum = 0;
-      for (int64_t j = 0; j < n; j++) sum += yr[j];
-      const float inv = (float)(1.0 / sum);
+      const float inv = (float)(1.0 / sum4(yr, n));
       for (int64_t j = 0; j < n; j++) yr[j] *= inv;
       for (int64_t j = n; j < t; j++) yr[j] = 0.f;
     }
@@ -566,11 +595,179 @@ void causal_softmax_grad(const float* dy, const float* y, float* dx, int64_t row
       const float* g = dy + r * t;
       const float* yr = y + r * t;
       float* d = dx + r * t;
-      double dot = 0;
-      for (int64_t j = 0; j < n; j++) dot += (double)g[j] * yr[j];
-      const float dt = (float)dot;
+      const float dt = (float)dot4(g, yr, n);
       for (int64_t j = 0; j < n; j++) d[j] = scale * yr[j] * (g[j] - dt);
       for (int64_t j = n; j < t; j++) d[j] = 0.f;
+    }
+  });
+}
+
+// ---------------------------------------------------------------------------------------
+// fused causal attention on the projections' own layout (no head transposes)
+//   q [B, T, H, hd], k, v [B, T, KV, hd]; query head h reads kv head h / (H / KV) (GQA)
+//   P_h = softmax(scale Q_h K_g^T) over keys j <= i,  O_h = P_h V_g,  out [B, T, H, hd]
+// Rows go in blocks of ATT_RB queries, and a block only computes the keys it can see (j <
+// its last row + 1): about 40% fewer FLOPs than the full T x T products at T = 128. One task
+// per (batch, kv head), its query heads in order: every output element has one writer and a
+// fixed summation order (dK, dV sum the group's heads in head order).
+// ---------------------------------------------------------------------------------------
+
+constexpr int ATT_RB = 32;
+
+struct AttnShape {
+  int64_t b, t, h, kv, hd;
+  float scale;
+};
+
+// C[0:mc, 0:nc] (+)= packed A (mc rows, kc) x packed B (slivers `sliver` floats apart, the
+// first kc entries of each used).
+void run_tiles(const float* ap, int mc, const float* bp, int64_t sliver, int nc, int kc, float* C, int64_t ldc, bool add) {
+  for (int jr = 0; jr < nc; jr += NR) {
+    const float* bq = bp + (jr / NR) * sliver;
+    for (int ir = 0; ir < mc; ir += MR) {
+      g_kernel(kc, ap + (int64_t)ir * kc, bq, C + (int64_t)ir * ldc + jr, ldc, add, std::min(MR, mc - ir), std::min(NR, nc - jr));
+    }
+  }
+}
+
+// One operand packed as B over its whole extent: op(B) is kc x nc, slivers of NR columns
+// (kc * NR floats each). A prefix [0, k') of the inner dimension is the first k' * NR
+// floats of every sliver; a suffix [p0, kc) starts p0 * NR floats in.
+struct PackedB {
+  std::vector<float> data;
+  int64_t sliver = 0;
+  void pack(const Operand& b, int kc, int nc) {
+    data.resize((size_t)((nc + NR - 1) / NR) * NR * kc);
+    sliver = (int64_t)kc * NR;
+    pack_b(b, 0, kc, 0, nc, data.data());
+  }
+};
+
+bool attention_fast_path(const AttnShape& a) { return a.hd <= KC && a.t <= KC && a.t <= NC; }
+
+void softmax_block(float* p, int64_t t, int i0, int i1, float scale) {
+  for (int64_t i = i0; i < i1; i++) {
+    float* row = p + i * t;
+    const int64_t n = i + 1;
+    const float mx = max8(row, n);
+    for (int64_t j = 0; j < n; j++) row[j] = exp_vec(scale * (row[j] - mx));
+    const float inv = (float)(1.0 / sum4(row, n));
+    for (int64_t j = 0; j < n; j++) row[j] *= inv;
+    for (int64_t j = n; j < t; j++) row[j] = 0.f;
+  }
+}
+
+void attention(const float* q, const float* k, const float* v, float* out, float* probs, const AttnShape& a) {
+  const int64_t rep = a.h / a.kv, t = a.t, hd = a.hd;
+  const int64_t qs = a.h * hd, ks = a.kv * hd;  // row strides
+  const bool fast = attention_fast_path(a);
+  g_pool.run((int)(a.b * a.kv), [&](int task, Scratch& s) {
+    const int64_t bi = task / a.kv, g = task % a.kv;
+    const float* kb = k + (bi * t * a.kv + g) * hd;
+    const float* vb = v + (bi * t * a.kv + g) * hd;
+    thread_local PackedB kt, vp;
+    if (fast) {
+      kt.pack(Operand{kb, 1, ks}, (int)hd, (int)t);  // K^T: hd x t
+      vp.pack(Operand{vb, ks, 1}, (int)t, (int)hd);  // V: t x hd
+    }
+    for (int64_t r = 0; r < rep; r++) {
+      const int64_t hh = g * rep + r;
+      float* p = probs + (bi * a.h + hh) * t * t;
+      const float* qb = q + (bi * t * a.h + hh) * hd;
+      float* ob = out + (bi * t * a.h + hh) * hd;
+      for (int i0 = 0; i0 < t; i0 += ATT_RB) {
+        const int i1 = (int)std::min<int64_t>(t, i0 + ATT_RB);
+        const int mc = i1 - i0;
+        if (fast) {
+          pack_a(Operand{qb, qs, 1}, i0, mc, 0, (int)hd, s.a.data());
+          run_tiles(s.a.data(), mc, kt.data.data(), kt.sliver, i1, (int)hd, p + (int64_t)i0 * t, t, false);
+          softmax_block(p, t, i0, i1, a.scale);
+          pack_a(Operand{p, t, 1}, i0, mc, 0, i1, s.a.data());
+          run_tiles(s.a.data(), mc, vp.data.data(), vp.sliver, (int)hd, i1, ob + (int64_t)i0 * qs, qs, false);
+        } else {
+          gemm_block(Operand{qb, qs, 1}, Operand{kb, 1, ks}, p, t, i0, i1, 0, i1, (int)hd, false, s);
+          softmax_block(p, t, i0, i1, a.scale);
+          gemm_block(Operand{p, t, 1}, Operand{vb, ks, 1}, ob, qs, i0, i1, 0, (int)hd, i1, false, s);
+        }
+      }
+    }
+  });
+}
+
+void attention_grad(const float* dout, const float* q, const float* k, const float* v, const float* probs, float* dq,
+                    float* dk, float* dv, const AttnShape& a) {
+  const int64_t rep = a.h / a.kv, t = a.t, hd = a.hd;
+  const int64_t qs = a.h * hd, ks = a.kv * hd;
+  const bool fast = attention_fast_path(a);
+  g_pool.run((int)(a.b * a.kv), [&](int task, Scratch& s) {
+    thread_local std::vector<float> ds_buf;
+    ds_buf.resize((size_t)(t * t));
+    float* ds = ds_buf.data();
+    const int64_t bi = task / a.kv, g = task % a.kv;
+    const float* kb = k + (bi * t * a.kv + g) * hd;
+    const float* vb = v + (bi * t * a.kv + g) * hd;
+    float* dkb = dk + (bi * t * a.kv + g) * hd;
+    float* dvb = dv + (bi * t * a.kv + g) * hd;
+    thread_local PackedB vt, kp, qp, dop;
+    if (fast) {
+      vt.pack(Operand{vb, 1, ks}, (int)hd, (int)t);  // V^T: hd x t
+      kp.pack(Operand{kb, ks, 1}, (int)t, (int)hd);  // K: t x hd
+    }
+    for (int64_t r = 0; r < rep; r++) {
+      const int64_t hh = g * rep + r;
+      const float* p = probs + (bi * a.h + hh) * t * t;
+      const float* qb = q + (bi * t * a.h + hh) * hd;
+      const float* dob = dout + (bi * t * a.h + hh) * hd;
+      float* dqb = dq + (bi * t * a.h + hh) * hd;
+      for (int i0 = 0; i0 < t; i0 += ATT_RB) {
+        const int i1 = (int)std::min<int64_t>(t, i0 + ATT_RB);
+        const int mc = i1 - i0;
+        // dP rows [i0, i1), keys [0, i1) = dO V^T
+        if (fast) {
+          pack_a(Operand{dob, qs, 1}, i0, mc, 0, (int)hd, s.a.data());
+          run_tiles(s.a.data(), mc, vt.data.data(), vt.sliver, i1, (int)hd, ds + (int64_t)i0 * t, t, false);
+        } else {
+          gemm_block(Operand{dob, qs, 1}, Operand{vb, 1, ks}, ds, t, i0, i1, 0, i1, (int)hd, false, s);
+        }
+        // dS = scale P (dP - rowsum(dP P)), 0 above the diagonal
+        for (int64_t i = i0; i < i1; i++) {
+          float* d = ds + i * t;
+          const float* pr = p + i * t;
+          const int64_t n = i + 1;
+          const float dt = (float)dot4(d, pr, n);
+          for (int64_t j = 0; j < n; j++) d[j] = a.scale * pr[j] * (d[j] - dt);
+          for (int64_t j = n; j < t; j++) d[j] = 0.f;
+        }
+        // dQ rows [i0, i1) = dS[:, :i1] K[:i1]
+        if (fast) {
+          pack_a(Operand{ds, t, 1}, i0, mc, 0, i1, s.a.data());
+          run_tiles(s.a.data(), mc, kp.data.data(), kp.sliver, (int)hd, i1, dqb + (int64_t)i0 * qs, qs, false);
+        } else {
+          gemm_block(Operand{ds, t, 1}, Operand{kb, ks, 1}, dqb, qs, i0, i1, 0, (int)hd, i1, false, s);
+        }
+      }
+      // Key blocks: dK, dV rows [j0, j1) sum over queries i >= j0 (P and dS are 0 above the
+      // diagonal), so the inner dimension starts at query j0.
+      if (fast) {
+        qp.pack(Operand{qb, qs, 1}, (int)t, (int)hd);    // Q_h: t x hd
+        dop.pack(Operand{dob, qs, 1}, (int)t, (int)hd);  // dO_h: t x hd
+      }
+      for (int j0 = 0; j0 < t; j0 += ATT_RB) {
+        const int j1 = (int)std::min<int64_t>(t, j0 + ATT_RB);
+        const int mc = j1 - j0;
+        const int n = (int)(t - j0);
+        if (fast) {
+          // dV (+)= P^T dO
+          pack_a(Operand{p + (int64_t)j0 * t, 1, t}, j0, mc, 0, n, s.a.data());
+          run_tiles(s.a.data(), mc, dop.data.data() + (int64_t)j0 * NR, dop.sliver, (int)hd, n, dvb + (int64_t)j0 * ks, ks, r > 0);
+          // dK (+)= dS^T Q
+          pack_a(Operand{ds + (int64_t)j0 * t, 1, t}, j0, mc, 0, n, s.a.data());
+          run_tiles(s.a.data(), mc, qp.data.data() + (int64_t)j0 * NR, qp.sliver, (int)hd, n, dkb + (int64_t)j0 * ks, ks, r > 0);
+        } else {
+          gemm_block(Operand{p + (int64_t)j0 * t, 1, t}, Operand{dob + j0 * qs, qs, 1}, dvb, ks, j0, j1, 0, (int)hd, n, r > 0, s);
+          gemm_block(Operand{ds + (int64_t)j0 * t, 1, t}, Operand{qb + j0 * qs, qs, 1}, dkb, ks, j0, j1, 0, (int)hd, n, r > 0, s);
+        }
+      }
     }
   });
 }
@@ -855,6 +1052,55 @@ napi_value CausalSoftmaxGrad(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
+bool attn_shape(napi_env env, napi_value* argv, napi_value scale_v, AttnShape* a) {
+  int64_t d[5];
+  if (!dims_arg(env, argv, 5, d)) return false;
+  double scale;
+  if (napi_get_value_double(env, scale_v, &scale) != napi_ok) {
+    napi_throw_type_error(env, "FLORA_NATIVE", "attention: scale must be a number");
+    return false;
+  }
+  if (d[0] == 0 || d[1] == 0 || d[2] == 0 || d[3] == 0 || d[4] == 0 || d[2] % d[3] != 0) {
+    napi_throw_range_error(env, "FLORA_NATIVE", "attention: sizes must be positive and heads a multiple of kv heads");
+    return false;
+  }
+  *a = AttnShape{d[0], d[1], d[2], d[3], d[4], (float)scale};
+  return true;
+}
+
+// attention(q, k, v, out, probs, b, t, h, kv, hd, scale)
+napi_value Attention(napi_env env, napi_callback_info info) {
+  size_t argc = 11;
+  napi_value argv[11];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  AttnShape a;
+  if (argc != 11 || !attn_shape(env, argv + 5, argv[10], &a)) return nullptr;
+  const int64_t nq = a.b * a.t * a.h * a.hd, nk = a.b * a.t * a.kv * a.hd, np = a.b * a.h * a.t * a.t;
+  float *q, *k, *v, *out, *probs;
+  if (!f32_arg(env, argv[0], nq, &q, "q") || !f32_arg(env, argv[1], nk, &k, "k") || !f32_arg(env, argv[2], nk, &v, "v") ||
+      !f32_arg(env, argv[3], nq, &out, "out") || !f32_arg(env, argv[4], np, &probs, "probs"))
+    return nullptr;
+  attention(q, k, v, out, probs, a);
+  return nullptr;
+}
+
+// attentionGrad(dout, q, k, v, probs, dq, dk, dv, b, t, h, kv, hd, scale)
+napi_value AttentionGrad(napi_env env, napi_callback_info info) {
+  size_t argc = 14;
+  napi_value argv[14];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  AttnShape a;
+  if (argc != 14 || !attn_shape(env, argv + 8, argv[13], &a)) return nullptr;
+  const int64_t nq = a.b * a.t * a.h * a.hd, nk = a.b * a.t * a.kv * a.hd, np = a.b * a.h * a.t * a.t;
+  float *dout, *q, *k, *v, *probs, *dq, *dk, *dv;
+  if (!f32_arg(env, argv[0], nq, &dout, "dout") || !f32_arg(env, argv[1], nq, &q, "q") || !f32_arg(env, argv[2], nk, &k, "k") ||
+      !f32_arg(env, argv[3], nk, &v, "v") || !f32_arg(env, argv[4], np, &probs, "probs") || !f32_arg(env, argv[5], nq, &dq, "dq") ||
+      !f32_arg(env, argv[6], nk, &dk, "dk") || !f32_arg(env, argv[7], nk, &dv, "dv"))
+    return nullptr;
+  attention_grad(dout, q, k, v, probs, dq, dk, dv, a);
+  return nullptr;
+}
+
 // swiglu(g, u, h, n)
 napi_value Swiglu(napi_env env, napi_callback_info info) {
   size_t argc = 4;
@@ -995,6 +1241,8 @@ napi_value Init(napi_env env, napi_value exports) {
       {"crossEntropy", nullptr, CrossEntropy, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"causalSoftmax", nullptr, CausalSoftmax, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"causalSoftmaxGrad", nullptr, CausalSoftmaxGrad, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"attention", nullptr, Attention, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"attentionGrad", nullptr, AttentionGrad, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"swiglu", nullptr, Swiglu, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"swigluGrad", nullptr, SwigluGrad, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"binary", nullptr, Binary, nullptr, nullptr, nullptr, napi_default, nullptr},

@@ -21,6 +21,7 @@
 import * as tf from '@tensorflow/tfjs'
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm'
 import { activeNativeKernels } from './backend.js'
+import type { NativeKernels } from './native.js'
 
 const ROPE = 'FloraRope'
 const RMS_NORM = 'FloraRmsNorm'
@@ -28,6 +29,8 @@ const RMS_NORM_GRAD = 'FloraRmsNormGrad'
 const CROSS_ENTROPY = 'FloraCrossEntropy'
 const CAUSAL_SOFTMAX = 'FloraCausalSoftmax'
 const CAUSAL_SOFTMAX_GRAD = 'FloraCausalSoftmaxGrad'
+const ATTENTION = 'FloraAttention'
+const ATTENTION_GRAD = 'FloraAttentionGrad'
 const SWIGLU = 'FloraSwiglu'
 const SWIGLU_GRAD = 'FloraSwigluGrad'
 const BACKENDS = ['wasm', 'cpu'] as const
@@ -189,6 +192,43 @@ function registerFusedKernels(): void {
       },
     })
     tf.registerKernel({
+      kernelName: ATTENTION,
+      backendName,
+      kernelFunc: (args: KernelArgs) => {
+        const { q, k, v } = args.inputs as { q: tf.TensorInfo; k: tf.TensorInfo; v: tf.TensorInfo }
+        const scale = (args.attrs as { scale: number }).scale
+        const native = requireNative(backendName)
+        const [b, t, h, hd] = q.shape
+        const kv = k.shape[2]
+        const x = io(backendName, args.backend)
+        const out = x.output(q.shape)
+        const probs = x.output([b, h, t, t])
+        native.attention(x.input(q), x.input(k), x.input(v), x.input(out.info), x.input(probs.info), b, t, h, kv, hd, scale)
+        return [out.info, probs.info]
+      },
+    })
+    tf.registerKernel({
+      kernelName: ATTENTION_GRAD,
+      backendName,
+      kernelFunc: (args: KernelArgs) => {
+        const { dy, q, k, v, probs } = args.inputs as Record<'dy' | 'q' | 'k' | 'v' | 'probs', tf.TensorInfo>
+        const scale = (args.attrs as { scale: number }).scale
+        const native = requireNative(backendName)
+        const [b, t, h, hd] = q.shape
+        const kv = k.shape[2]
+        const x = io(backendName, args.backend)
+        const dq = x.output(q.shape)
+        const dk = x.output(k.shape)
+        const dv = x.output(v.shape)
+        native.attentionGrad(
+          x.input(dy), x.input(q), x.input(k), x.input(v), x.input(probs),
+          x.input(dq.info), x.input(dk.info), x.input(dv.info),
+          b, t, h, kv, hd, scale,
+        )
+        return [dq.info, dk.info, dv.info]
+      },
+    })
+    tf.registerKernel({
       kernelName: SWIGLU,
       backendName,
       kernelFunc: (args: KernelArgs) => {
@@ -258,6 +298,12 @@ function registerFusedKernels(): void {
       },
     })
   }
+}
+
+function requireNative(backendName: string): NativeKernels {
+  const native = backendName === 'wasm' ? activeNativeKernels() : undefined
+  if (native === undefined) throw new Error('the fused attention kernel runs only on the native kernels (see fusedAttentionAvailable)')
+  return native
 }
 
 function causalSoftmaxLoop(x: Float32Array, y: Float32Array, t: number, scale: number): void {
@@ -387,6 +433,32 @@ export function fusedCausalSoftmax<T extends tf.Tensor>(scores: T, scale: number
     }
   })
   return f(scores) as T
+}
+
+/** Whether fusedAttention runs on the active backend (it needs the native kernels). */
+export function fusedAttentionAvailable(): boolean {
+  return fusedKernelsAvailable() && activeNativeKernels() !== undefined
+}
+
+/**
+ * Causal (GQA) attention straight on the projections' layout, forward and backward in one
+ * native kernel each: q [B, T, H, hd], k, v [B, T, KV, hd] -> [B, T, H, hd], query head h
+ * reading kv head floor(h / (H / KV)). Replaces the head transposes, both batched products,
+ * the softmax and all their gradients, and skips the keys a causal query cannot see.
+ */
+export function fusedAttention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, scale: number): tf.Tensor4D {
+  const f = tf.customGrad((...args) => {
+    const [qIn, kIn, vIn] = args as tf.Tensor4D[]
+    const save = args[3] as unknown as tf.GradSaveFunc
+    const [out, probs] = tf.engine().runKernel(ATTENTION, { q: qIn, k: kIn, v: vIn }, { scale }) as tf.Tensor[]
+    save([qIn, kIn, vIn, probs])
+    return {
+      value: out as tf.Tensor4D,
+      gradFunc: (dy: tf.Tensor, saved: tf.Tensor[]) =>
+        tf.engine().runKernel(ATTENTION_GRAD, { dy, q: saved[0], k: saved[1], v: saved[2], probs: saved[3] }, { scale }) as tf.Tensor[],
+    }
+  })
+  return f(q, k, v) as tf.Tensor4D
 }
 
 /** SwiGLU's gate: silu(g) * u for same-shape g, u (fused; see fusedKernelsAvailable). */

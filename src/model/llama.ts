@@ -20,7 +20,7 @@ import type { AdapterSet, LoraModule, ModuleShape } from '../lora/types.js'
 import { compareModuleNames, validateAdapterAgainstShapes } from '../lora/validate.js'
 import { nativeKernelsActive } from './backend.js'
 import { type LlamaConfig, validateConfig } from './config.js'
-import { fusedCausalSoftmax, fusedKernelsAvailable, fusedRmsNorm, fusedRope, fusedSwiglu } from './kernels.js'
+import { fusedAttention, fusedAttentionAvailable, fusedCausalSoftmax, fusedKernelsAvailable, fusedRmsNorm, fusedRope, fusedSwiglu } from './kernels.js'
 import { type DropoutFn, frozenMatMul, LoraLinear, transpose2d } from './lora-layer.js'
 
 export const LINEAR_MODULES = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const
@@ -256,6 +256,13 @@ export class LlamaModel {
   ): tf.Tensor2D {
     const { numHeads: nh, numKvHeads: nkv, headDim: hd } = this.config
     const rep = nh / nkv
+    if (causalSoftmax !== undefined && fusedAttentionAvailable()) {
+      // One native kernel each way, on the projections' own [B, T, heads, hd] layout.
+      const q = rope(blk.q.forward(x, dropout).reshape<tf.Tensor4D>([b, t, nh, hd]))
+      const k = rope(blk.k.forward(x, dropout).reshape<tf.Tensor4D>([b, t, nkv, hd]))
+      const v = blk.v.forward(x, dropout).reshape<tf.Tensor4D>([b, t, nkv, hd])
+      return blk.o.forward(fusedAttention(q, k, v, 1 / Math.sqrt(hd)).reshape([b * t, nh * hd]), dropout)
+    }
     // [B*T, heads*hd] -> [B, T, heads, hd] -> rope -> [B, heads, T, hd]
     const q = rope(blk.q.forward(x, dropout).reshape<tf.Tensor4D>([b, t, nh, hd])).transpose([0, 2, 1, 3])
     const k = rope(blk.k.forward(x, dropout).reshape<tf.Tensor4D>([b, t, nkv, hd])).transpose([0, 2, 1, 3])

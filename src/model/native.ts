@@ -1,7 +1,7 @@
 /**
  * The optional native kernels (`native/flora_kernels.cc`, built by node-gyp at install time):
  * a multithreaded, cache-blocked single-precision GEMM with AVX2/FMA micro-kernels, and
- * row-parallel versions of the fused ops (RMSNorm, RoPE, SwiGLU, causal softmax, cross-entropy) and of
+ * row-parallel versions of the fused ops (RMSNorm, RoPE, SwiGLU, causal attention and softmax, cross-entropy) and of
  * the element-wise Add/Sub/Multiply and attention's head transpose.
  *
  * The wasm backend's matmuls run on one core with 128-bit SIMD (about 24 GFLOP/s here);
@@ -57,6 +57,13 @@ export interface NativeKernels {
   causalSoftmax(x: Float32Array, y: Float32Array, rows: number, t: number, scale: number): void
   /** Its input gradient: dx = scale y (dy - sum(dy y)). */
   causalSoftmaxGrad(dy: Float32Array, y: Float32Array, dx: Float32Array, rows: number, t: number, scale: number): void
+  /**
+   * Causal attention on the projections' layout: q [b, t, h, hd], k, v [b, t, kv, hd] ->
+   * out [b, t, h, hd], with the softmax probabilities [b, h, t, t] kept for the backward.
+   */
+  attention(q: Float32Array, k: Float32Array, v: Float32Array, out: Float32Array, probs: Float32Array, b: number, t: number, h: number, kv: number, hd: number, scale: number): void
+  /** Its gradients dq, dk, dv for the upstream dout. */
+  attentionGrad(dout: Float32Array, q: Float32Array, k: Float32Array, v: Float32Array, probs: Float32Array, dq: Float32Array, dk: Float32Array, dv: Float32Array, b: number, t: number, h: number, kv: number, hd: number, scale: number): void
   /** h = silu(g) u, element-wise over n. */
   swiglu(g: Float32Array, u: Float32Array, h: Float32Array, n: number): void
   /** Its gradients dg, du for the upstream dy. */
@@ -81,7 +88,7 @@ export interface NativeLoadResult {
 
 const ADDON = path.join('native', 'build', 'Release', 'flora_kernels.node')
 const REQUIRED = [
-  'gemm', 'rmsNorm', 'rmsNormGrad', 'rope', 'causalSoftmax', 'causalSoftmaxGrad', 'swiglu', 'swigluGrad',
+  'gemm', 'attention', 'attentionGrad', 'rmsNorm', 'rmsNormGrad', 'rope', 'causalSoftmax', 'causalSoftmaxGrad', 'swiglu', 'swigluGrad',
   'crossEntropy', 'binary', 'transpose0213', 'setThreads', 'setIsa', 'info',
 ] as const satisfies readonly (keyof NativeKernels)[]
 

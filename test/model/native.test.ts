@@ -212,6 +212,74 @@ describe.skipIf(loaded.kernels === undefined)(`native kernels${loaded.kernels ==
     await Promise.all(workers.map((w) => w.terminate()))
   })
 
+  // t = 100: several ragged row blocks on the packed fast path; t = 530: past one K block,
+  // the general path.
+  it.each([
+    [2, 100, 4, 2, 8],
+    [1, 530, 2, 1, 4],
+  ])('causal attention b %i, t %i, %i heads on %i kv heads, hd %i: float64 reference, forward and backward', (b, t, h, kv, hd) => {
+    const scale = 0.35
+    const rep = h / kv
+    const q = rand(b * t * h * hd)
+    const k = rand(b * t * kv * hd)
+    const v = rand(b * t * kv * hd)
+    const dout = rand(b * t * h * hd)
+    const out = new Float32Array(q.length)
+    const probs = new Float32Array(b * h * t * t).fill(NaN)
+    nk.attention(q, k, v, out, probs, b, t, h, kv, hd, scale)
+    const dq = new Float32Array(q.length).fill(NaN)
+    const dk = new Float32Array(k.length).fill(NaN)
+    const dv = new Float32Array(v.length).fill(NaN)
+    nk.attentionGrad(dout, q, k, v, probs, dq, dk, dv, b, t, h, kv, hd, scale)
+    const qi = (bb: number, i: number, hh: number, d: number) => ((bb * t + i) * h + hh) * hd + d
+    const ki = (bb: number, j: number, g: number, d: number) => ((bb * t + j) * kv + g) * hd + d
+    const rq = new Float64Array(q.length)
+    const rk = new Float64Array(k.length)
+    const rv = new Float64Array(v.length)
+    let worstOut = 0
+    let worstProb = 0
+    for (let bb = 0; bb < b; bb++)
+      for (let hh = 0; hh < h; hh++) {
+        const g = Math.floor(hh / rep)
+        for (let i = 0; i < t; i++) {
+          const p: number[] = []
+          for (let j = 0; j <= i; j++) {
+            let sdot = 0
+            for (let d = 0; d < hd; d++) sdot += q[qi(bb, i, hh, d)] * k[ki(bb, j, g, d)]
+            p.push(Math.exp(scale * sdot))
+          }
+          const sum = p.reduce((x, y) => x + y, 0)
+          for (let j = 0; j <= i; j++) p[j] /= sum
+          for (let j = 0; j < t; j++) worstProb = Math.max(worstProb, Math.abs(probs[((bb * h + hh) * t + i) * t + j] - (j <= i ? p[j] : 0)))
+          for (let d = 0; d < hd; d++) {
+            let o = 0
+            for (let j = 0; j <= i; j++) o += p[j] * v[ki(bb, j, g, d)]
+            worstOut = Math.max(worstOut, Math.abs(out[qi(bb, i, hh, d)] - o))
+          }
+          const dp = p.map((_, j) => {
+            let x = 0
+            for (let d = 0; d < hd; d++) x += dout[qi(bb, i, hh, d)] * v[ki(bb, j, g, d)]
+            return x
+          })
+          const dot = p.reduce((acc, pj, j) => acc + pj * dp[j], 0)
+          for (let j = 0; j <= i; j++) {
+            const ds = scale * p[j] * (dp[j] - dot)
+            for (let d = 0; d < hd; d++) {
+              rq[qi(bb, i, hh, d)] += ds * k[ki(bb, j, g, d)]
+              rk[ki(bb, j, g, d)] += ds * q[qi(bb, i, hh, d)]
+              rv[ki(bb, j, g, d)] += p[j] * dout[qi(bb, i, hh, d)]
+            }
+          }
+        }
+      }
+    expect(worstProb).toBeLessThan(1e-6)
+    expect(worstOut).toBeLessThan(1e-5)
+    const worst = (x: Float32Array, y: Float64Array) => x.reduce((w, xi, i) => Math.max(w, Math.abs(xi - y[i])), 0)
+    expect(worst(dq, rq)).toBeLessThan(1e-5)
+    expect(worst(dk, rk)).toBeLessThan(1e-5)
+    expect(worst(dv, rv)).toBeLessThan(1e-5)
+  })
+
   it('rejects bad arguments with clear errors instead of reading out of bounds', () => {
     const f = new Float32Array(4)
     expect(() => nk.gemm(f, f, f, 1, 3, 3, 3, false, false, 0, 0, false)).toThrow(/shorter than its shape/)
