@@ -570,38 +570,6 @@ double cross_entropy(const float* z, const int32_t* targets, float* grad, int64_
   return total / m;
 }
 
-// Causal softmax over rows of t keys: row r is query position i = r % t, keys j > i are
-// masked. y = softmax(scale * x) on j <= i, 0 above.
-void causal_softmax(const float* x, float* y, int64_t rows, int64_t t, float scale) {
-  parallel_rows(rows, 32, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; r++) {
-      const int64_t n = r % t + 1;
-      const float* xr = x + r * t;
-      float* yr = y + r * t;
-      const float mx = max8(xr, n);
-      for (int64_t j = 0; j < n; j++) yr[j] = exp_vec(scale * (xr[j] - mx));
-      const float inv = (float)(1.0 / sum4(yr, n));
-      for (int64_t j = 0; j < n; j++) yr[j] *= inv;
-      for (int64_t j = n; j < t; j++) yr[j] = 0.f;
-    }
-  });
-}
-
-// dx = scale * y * (dy - sum_j dy_j y_j)
-void causal_softmax_grad(const float* dy, const float* y, float* dx, int64_t rows, int64_t t, float scale) {
-  parallel_rows(rows, 32, [&](int64_t r0, int64_t r1) {
-    for (int64_t r = r0; r < r1; r++) {
-      const int64_t n = r % t + 1;
-      const float* g = dy + r * t;
-      const float* yr = y + r * t;
-      float* d = dx + r * t;
-      const float dt = (float)dot4(g, yr, n);
-      for (int64_t j = 0; j < n; j++) d[j] = scale * yr[j] * (g[j] - dt);
-      for (int64_t j = n; j < t; j++) d[j] = 0.f;
-    }
-  });
-}
-
 // ---------------------------------------------------------------------------------------
 // fused causal attention on the projections' own layout (no head transposes)
 //   q [B, T, H, hd], k, v [B, T, KV, hd]; query head h reads kv head h / (H / KV) (GQA)
@@ -1019,39 +987,6 @@ napi_value CrossEntropy(napi_env env, napi_callback_info info) {
   return out;
 }
 
-// causalSoftmax(x, y, rows, t, scale)
-napi_value CausalSoftmax(napi_env env, napi_callback_info info) {
-  size_t argc = 5;
-  napi_value argv[5];
-  CHECK(env, napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
-  int64_t dims[2];
-  double scale;
-  float *x, *y;
-  if (argc != 5 || !dims_arg(env, argv + 2, 2, dims)) return nullptr;
-  CHECK(env, napi_get_value_double(env, argv[4], &scale));
-  if (dims[1] == 0) return nullptr;
-  if (!f32_arg(env, argv[0], dims[0] * dims[1], &x, "x") || !f32_arg(env, argv[1], dims[0] * dims[1], &y, "y")) return nullptr;
-  causal_softmax(x, y, dims[0], dims[1], (float)scale);
-  return nullptr;
-}
-
-// causalSoftmaxGrad(dy, y, dx, rows, t, scale)
-napi_value CausalSoftmaxGrad(napi_env env, napi_callback_info info) {
-  size_t argc = 6;
-  napi_value argv[6];
-  CHECK(env, napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
-  int64_t dims[2];
-  double scale;
-  float *dy, *y, *dx;
-  if (argc != 6 || !dims_arg(env, argv + 3, 2, dims)) return nullptr;
-  CHECK(env, napi_get_value_double(env, argv[5], &scale));
-  if (dims[1] == 0) return nullptr;
-  const int64_t n = dims[0] * dims[1];
-  if (!f32_arg(env, argv[0], n, &dy, "dy") || !f32_arg(env, argv[1], n, &y, "y") || !f32_arg(env, argv[2], n, &dx, "dx")) return nullptr;
-  causal_softmax_grad(dy, y, dx, dims[0], dims[1], (float)scale);
-  return nullptr;
-}
-
 bool attn_shape(napi_env env, napi_value* argv, napi_value scale_v, AttnShape* a) {
   int64_t d[5];
   if (!dims_arg(env, argv, 5, d)) return false;
@@ -1239,8 +1174,6 @@ napi_value Init(napi_env env, napi_value exports) {
       {"rmsNormGrad", nullptr, RmsNormGrad, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"rope", nullptr, Rope, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"crossEntropy", nullptr, CrossEntropy, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"causalSoftmax", nullptr, CausalSoftmax, nullptr, nullptr, nullptr, napi_default, nullptr},
-      {"causalSoftmaxGrad", nullptr, CausalSoftmaxGrad, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"attention", nullptr, Attention, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"attentionGrad", nullptr, AttentionGrad, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"swiglu", nullptr, Swiglu, nullptr, nullptr, nullptr, napi_default, nullptr},

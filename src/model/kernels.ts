@@ -82,7 +82,7 @@ function registerFusedKernels(): void {
         const transposed = (args.attrs as { transposed: boolean }).transposed
         const k = io(backendName, args.backend)
         const { info, values: y } = k.output(x.shape)
-        const native = backendName === 'wasm' ? activeNativeKernels() : undefined
+        const native = nativeFor(backendName)
         if (native !== undefined) {
           const r = x.shape.length
           const hd = x.shape[r - 1]
@@ -104,7 +104,7 @@ function registerFusedKernels(): void {
         const xs = k.input(x)
         const ws = k.input(w)
         const d = x.shape[x.shape.length - 1]
-        const native = backendName === 'wasm' ? activeNativeKernels() : undefined
+        const native = nativeFor(backendName)
         if (native !== undefined) {
           native.rmsNorm(xs, ws, y, xs.length / d, d, eps)
           return info
@@ -130,7 +130,7 @@ function registerFusedKernels(): void {
         const ws = k.input(w)
         const g = k.input(dy)
         const d = x.shape[x.shape.length - 1]
-        const native = backendName === 'wasm' ? activeNativeKernels() : undefined
+        const native = nativeFor(backendName)
         if (native !== undefined) {
           native.rmsNormGrad(g, xs, ws, dx, xs.length / d, d, eps)
           return info
@@ -157,11 +157,7 @@ function registerFusedKernels(): void {
         const scale = (args.attrs as { scale: number }).scale
         const k = io(backendName, args.backend)
         const { info, values: y } = k.output(x.shape)
-        const xs = k.input(x)
-        const t = x.shape[x.shape.length - 1]
-        const native = backendName === 'wasm' ? activeNativeKernels() : undefined
-        if (native !== undefined) native.causalSoftmax(xs, y, xs.length / t, t, scale)
-        else causalSoftmaxLoop(xs, y, t, scale)
+        causalSoftmaxLoop(k.input(x), y, x.shape[x.shape.length - 1], scale)
         return info
       },
     })
@@ -176,11 +172,6 @@ function registerFusedKernels(): void {
         const g = k.input(dy)
         const ys = k.input(y)
         const t = y.shape[y.shape.length - 1]
-        const native = backendName === 'wasm' ? activeNativeKernels() : undefined
-        if (native !== undefined) {
-          native.causalSoftmaxGrad(g, ys, dx, ys.length / t, t, scale)
-          return info
-        }
         for (let o = 0; o < ys.length; o += t) {
           const n = ((o / t) % t) + 1
           let dot = 0
@@ -237,7 +228,7 @@ function registerFusedKernels(): void {
         const { info, values: h } = k.output(g.shape)
         const gs = k.input(g)
         const us = k.input(u)
-        const native = backendName === 'wasm' ? activeNativeKernels() : undefined
+        const native = nativeFor(backendName)
         if (native !== undefined) {
           native.swiglu(gs, us, h, h.length)
           return info
@@ -263,7 +254,7 @@ function registerFusedKernels(): void {
         const d = k.input(dy)
         const gs = k.input(g)
         const us = k.input(u)
-        const native = wasm ? activeNativeKernels() : undefined
+        const native = wasm ? nativeFor(backendName) : undefined
         if (native !== undefined) {
           native.swigluGrad(d, gs, us, dg, du, dg.length)
         } else {
@@ -291,7 +282,7 @@ function registerFusedKernels(): void {
         const z = k.input(logits)
         const t = k.inputInt32(targets)
         const grad = gradOut === undefined ? null : wasm ? k.input(gradOut.info) : gradOut.values
-        const native = wasm ? activeNativeKernels() : undefined
+        const native = wasm ? nativeFor(backendName) : undefined
         const loss = native !== undefined ? native.crossEntropy(z, t, grad, m, v) : crossEntropyLoop(z, t, grad, m, v)
         ;(wasm ? k.input(lossOut.info) : lossOut.values)[0] = loss
         return gradOut === undefined ? [lossOut.info] : [lossOut.info, gradOut.info]
@@ -300,8 +291,13 @@ function registerFusedKernels(): void {
   }
 }
 
+/** The native kernels when they serve this backend's fused ops (wasm only), else undefined. */
+function nativeFor(backendName: string): NativeKernels | undefined {
+  return backendName === 'wasm' ? activeNativeKernels() : undefined
+}
+
 function requireNative(backendName: string): NativeKernels {
-  const native = backendName === 'wasm' ? activeNativeKernels() : undefined
+  const native = nativeFor(backendName)
   if (native === undefined) throw new Error('the fused attention kernel runs only on the native kernels (see fusedAttentionAvailable)')
   return native
 }
@@ -418,7 +414,8 @@ export function fusedRmsNorm(x: tf.Tensor2D, w: tf.Tensor1D, eps: number): tf.Te
 /**
  * Causally masked softmax of attention scores [..., T, T] with the 1/sqrt(hd) scale folded
  * in (fused; see fusedKernelsAvailable): row r is the query at position r % T. Replaces
- * scale, mask add and softmax, and their backward ops, by one pass each way.
+ * scale, mask add and softmax, and their backward ops, by one pass each way. (With the
+ * native kernels the whole attention is one kernel instead: fusedAttention.)
  */
 export function fusedCausalSoftmax<T extends tf.Tensor>(scores: T, scale: number): T {
   const f = tf.customGrad((...args) => {

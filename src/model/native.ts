@@ -1,7 +1,7 @@
 /**
  * The optional native kernels (`native/flora_kernels.cc`, built by node-gyp at install time):
  * a multithreaded, cache-blocked single-precision GEMM with AVX2/FMA micro-kernels, and
- * row-parallel versions of the fused ops (RMSNorm, RoPE, SwiGLU, causal attention and softmax, cross-entropy) and of
+ * row-parallel versions of the fused ops (causal attention, RMSNorm, RoPE, SwiGLU, cross-entropy) and of
  * the element-wise Add/Sub/Multiply and attention's head transpose.
  *
  * The wasm backend's matmuls run on one core with 128-bit SIMD (about 24 GFLOP/s here);
@@ -53,10 +53,6 @@ export interface NativeKernels {
   rope(x: Float32Array, cos: Float32Array, sin: Float32Array, y: Float32Array, rows: number, t: number, heads: number, hd: number, transposed: boolean): void
   /** Mean cross-entropy of logits [m, v]; fills grad with (softmax - onehot) / m when given. */
   crossEntropy(logits: Float32Array, targets: Int32Array, grad: Float32Array | null, m: number, v: number): number
-  /** Rows of t attention scores, row r the query at position r % t: y = softmax(scale x) over keys <= it, 0 above. */
-  causalSoftmax(x: Float32Array, y: Float32Array, rows: number, t: number, scale: number): void
-  /** Its input gradient: dx = scale y (dy - sum(dy y)). */
-  causalSoftmaxGrad(dy: Float32Array, y: Float32Array, dx: Float32Array, rows: number, t: number, scale: number): void
   /**
    * Causal attention on the projections' layout: q [b, t, h, hd], k, v [b, t, kv, hd] ->
    * out [b, t, h, hd], with the softmax probabilities [b, h, t, t] kept for the backward.
@@ -88,7 +84,7 @@ export interface NativeLoadResult {
 
 const ADDON = path.join('native', 'build', 'Release', 'flora_kernels.node')
 const REQUIRED = [
-  'gemm', 'attention', 'attentionGrad', 'rmsNorm', 'rmsNormGrad', 'rope', 'causalSoftmax', 'causalSoftmaxGrad', 'swiglu', 'swigluGrad',
+  'gemm', 'attention', 'attentionGrad', 'rmsNorm', 'rmsNormGrad', 'rope', 'swiglu', 'swigluGrad',
   'crossEntropy', 'binary', 'transpose0213', 'setThreads', 'setIsa', 'info',
 ] as const satisfies readonly (keyof NativeKernels)[]
 
