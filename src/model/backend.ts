@@ -222,7 +222,11 @@ export function nativeKernelsActive(): boolean {
   return activeNativeKernels() !== undefined
 }
 
-/** Replace the wasm BatchMatMul, Slice and GatherV2 kernels with fast-path versions. Idempotent. */
+/**
+ * Replace the wasm BatchMatMul, Slice, GatherV2, Identity and Cast kernels with fast-path
+ * versions, and Add, Sub, Multiply and Transpose with ones that hand large float32 work to
+ * the native kernels when those are set (setNativeKernels). Idempotent.
+ */
 export function installWasmKernelPatches(): string[] {
   const patched = ['BatchMatMul', 'Slice', 'GatherV2', 'Identity', 'Cast', 'Add', 'Sub', 'Multiply', 'Transpose']
   if (patchesInstalled) return patched
