@@ -21,7 +21,10 @@ export type RejectReason =
   | 'payload-unavailable' // no peer could serve the payload in time
   | 'manifest-invalid' // manifest entries unsorted, duplicated or badly signed
   | 'manifest-hash-mismatch' // replaying the manifest gives another state hash
-  | 'superseded' // a competing manifest from an earlier proposer won the round
+  | 'not-your-turn' // a proposal from a member whose view it is not (or before its view opened)
+  | 'censorship' // a fresh proposal omits an adapter we held well before it (voters refuse it)
+  | 'bad-certificate' // a commit's votes are not a quorum of the round's members
+  | 'locked' // a proposal conflicts with the value this peer is locked on
 
 export type PayloadTransferErrorCode =
   | 'NOT_FOUND' // the remote does not hold the payload

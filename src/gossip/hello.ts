@@ -26,6 +26,8 @@ export interface Hello {
   readonly agent: string
   /** Members the sender knows, with their listen addresses, so a new peer meets the whole swarm. */
   readonly peers: readonly HelloPeer[]
+  /** The sender's last committed round (a restarted peer learns it is behind, others skip its turns). */
+  readonly head?: { readonly round: number; readonly stateHash: string }
 }
 
 export interface HelloPeer {
@@ -46,6 +48,7 @@ const HelloSchema = z.strictObject({
   peers: z
     .array(z.strictObject({ id: z.string().min(1).max(128), addrs: z.array(z.string().max(512)).max(16) }))
     .max(MAX_HELLO_PEERS),
+  head: z.strictObject({ round: z.number().int().min(0).max(2 ** 31 - 1), stateHash: z.string().regex(/^[0-9a-f]{64}$/) }).optional(),
 })
 
 function parseHello(bytes: Uint8Array): Hello | null {
@@ -57,10 +60,12 @@ function parseHello(bytes: Uint8Array): Hello | null {
   }
 }
 
+/** Their hello, null when malformed; throws when the stream ends before one arrives (not a refusal). */
 async function readHello(stream: Stream): Promise<Hello | null> {
   const frames = readFrames(stream, MAX_HELLO_BYTES)
   const first = await frames.next()
-  return first.done === true ? null : parseHello(first.value.subarray())
+  if (first.done === true) throw new Error('the stream closed before a hello arrived')
+  return parseHello(first.value.subarray())
 }
 
 /** Handler side: answer with our hello and report theirs (null when malformed). */

@@ -13,7 +13,8 @@
 import { z } from 'zod'
 
 export const ANNOUNCE_DOMAIN = 'flora:announce:v1\n'
-export const MANIFEST_DOMAIN = 'flora:manifest:v1\n'
+export const MANIFEST_DOMAIN = 'flora:manifest:v2\n'
+export const VOTE_DOMAIN = 'flora:vote:v1\n'
 
 /** Structural caps, independent of the swarm config (which adds tighter ones). */
 export const MAX_MANIFEST_ENTRIES = 4096
@@ -63,13 +64,46 @@ export const ManifestEntrySchema = z.strictObject({
 })
 export type ManifestEntry = z.infer<typeof ManifestEntrySchema>
 
+/** Consensus view within a round: view v's proposer is position v (mod members) of the order. */
+const view = z.number().int().min(0).max(1_000_000)
+
+export const VoteBodySchema = z.strictObject({
+  swarmId: hex64,
+  round,
+  view,
+  /** prevote: "I replayed this proposal and it is valid for me"; precommit: "I saw a prevote quorum for it". */
+  phase: z.enum(['prevote', 'precommit']),
+  voter: peerIdText,
+  parentStateHash: hex64,
+  newStateHash: hex64,
+  /** manifestValueHash of the proposal voted for (what it merges, not who proposed it). */
+  valueHash: hex64,
+})
+export type VoteBody = z.infer<typeof VoteBodySchema>
+
+export const SignedVoteSchema = z.strictObject({
+  kind: z.literal('vote'),
+  body: VoteBodySchema,
+  sig: signature,
+})
+export type SignedVote = z.infer<typeof SignedVoteSchema>
+
+/** Votes in one certificate or justification (a quorum of at most this many members). */
+export const MAX_QUORUM_VOTES = 1024
+
 export const ManifestBodySchema = z.strictObject({
   swarmId: hex64,
   round,
+  /** The view this proposal is for (its proposer must hold that view's turn). */
+  view,
   parentStateHash: hex64,
   proposer: peerIdText,
   entries: z.array(ManifestEntrySchema).max(MAX_MANIFEST_ENTRIES),
   newStateHash: hex64,
+  /** -1 for a fresh proposal; else the view of the prevote quorum in `justify` (a re-proposal of a locked value). */
+  lockView: z.number().int().min(-1).max(1_000_000),
+  /** Prevotes for this value at `lockView` (empty when lockView is -1). */
+  justify: z.array(SignedVoteSchema).max(MAX_QUORUM_VOTES),
 })
 export type ManifestBody = z.infer<typeof ManifestBodySchema>
 
@@ -87,5 +121,41 @@ export const SignedManifestSchema = z.strictObject({
 })
 export type SignedManifest = z.infer<typeof SignedManifestSchema>
 
-export const GossipMessageSchema = z.discriminatedUnion('kind', [SignedAnnouncementSchema, SignedManifestSchema])
+/**
+ * A decided round, for a peer that missed the votes: the proposal and a quorum of
+ * precommits for its value. Self-verifying (every part is signed), so it needs no
+ * signature of its own.
+ */
+export const CommitMessageSchema = z.strictObject({
+  kind: z.literal('commit'),
+  manifest: SignedManifestSchema,
+  certificate: z.array(SignedVoteSchema).min(1).max(MAX_QUORUM_VOTES),
+})
+export type CommitMessage = z.infer<typeof CommitMessageSchema>
+
+export const GossipMessageSchema = z.discriminatedUnion('kind', [SignedAnnouncementSchema, SignedManifestSchema, SignedVoteSchema, CommitMessageSchema])
 export type GossipMessage = z.infer<typeof GossipMessageSchema>
+
+/** The round a gossip message is about. */
+export function messageRound(msg: GossipMessage): number {
+  return msg.kind === 'commit' ? msg.manifest.body.round : msg.body.round
+}
+
+/** The swarm a gossip message claims to belong to. */
+export function messageSwarm(msg: GossipMessage): string {
+  return msg.kind === 'commit' ? msg.manifest.body.swarmId : msg.body.swarmId
+}
+
+/** The peer that signed a gossip message (a commit is relayed: its proposer stands for it). */
+export function messageSigner(msg: GossipMessage): string {
+  switch (msg.kind) {
+    case 'announce':
+      return msg.body.author
+    case 'manifest':
+      return msg.body.proposer
+    case 'vote':
+      return msg.body.voter
+    case 'commit':
+      return msg.manifest.body.proposer
+  }
+}

@@ -8,10 +8,14 @@
  */
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { PrivateKey, PublicKey } from '@libp2p/interface'
-import { canonicalJson, fromBase64, toBase64, type CanonicalValue } from './canonical.js'
+import { canonicalJson, fromBase64, sha256Hex, toBase64, type CanonicalValue } from './canonical.js'
 import {
   ANNOUNCE_DOMAIN,
   MANIFEST_DOMAIN,
+  VOTE_DOMAIN,
+  type CommitMessage,
+  type SignedVote,
+  type VoteBody,
   type AnnouncementBody,
   type ManifestBody,
   type ManifestEntry,
@@ -102,6 +106,70 @@ export function announcementFromEntry(manifest: ManifestBody, entry: ManifestEnt
 
 export type ManifestCheck = { ok: true } | { ok: false; reason: RejectReason; detail: string }
 
+export async function signVote(privateKey: PrivateKey, body: VoteBody): Promise<SignedVote> {
+  const sig = await privateKey.sign(signedBytes(VOTE_DOMAIN, body))
+  return { kind: 'vote', body, sig: toBase64(sig) }
+}
+
+export async function verifyVote(signed: SignedVote): Promise<boolean> {
+  return verifyWith(signed.body.voter, VOTE_DOMAIN, signed.body, signed.sig)
+}
+
+/**
+ * What a proposal merges, independent of who proposed it and in which view: the hash
+ * votes are cast on. A re-proposal of a locked value in a later view has the same value.
+ */
+export function manifestValueHash(body: Pick<ManifestBody, 'swarmId' | 'round' | 'parentStateHash' | 'entries' | 'newStateHash'>): string {
+  return sha256Hex(
+    canonicalJson({
+      swarmId: body.swarmId,
+      round: body.round,
+      parentStateHash: body.parentStateHash,
+      entries: body.entries,
+      newStateHash: body.newStateHash,
+    } as unknown as CanonicalValue),
+  )
+}
+
+/**
+ * Checks that a set of votes could stand for one quorum of `phase` votes on a manifest's
+ * value at `view`: every vote signed by its voter, for this swarm, round, view, parent,
+ * state and value, one per voter. Whether the voters are enough, and members, is the
+ * round engine's business (it knows the membership).
+ */
+export async function verifyQuorumVotes(
+  body: ManifestBody,
+  votes: readonly SignedVote[],
+  phase: VoteBody['phase'],
+  view: number,
+): Promise<ManifestCheck> {
+  const value = manifestValueHash(body)
+  const voters = new Set<string>()
+  for (const v of votes) {
+    const b = v.body
+    if (b.swarmId !== body.swarmId || b.round !== body.round || b.view !== view || b.phase !== phase) {
+      return { ok: false, reason: 'manifest-invalid', detail: `a ${b.phase} of ${b.voter} is for round ${b.round} view ${b.view}, expected a ${phase} for round ${body.round} view ${view}` }
+    }
+    if (b.valueHash !== value || b.newStateHash !== body.newStateHash || b.parentStateHash !== body.parentStateHash) {
+      return { ok: false, reason: 'manifest-invalid', detail: `a ${phase} of ${b.voter} is for another value` }
+    }
+    if (voters.has(b.voter)) return { ok: false, reason: 'manifest-invalid', detail: `two votes of ${b.voter}` }
+    voters.add(b.voter)
+  }
+  for (const v of votes) {
+    if (!(await verifyVote(v))) return { ok: false, reason: 'bad-signature', detail: `vote signature does not verify for voter ${v.body.voter}` }
+  }
+  return { ok: true }
+}
+
+/** Signatures of a commit message: its manifest (with entries) and its precommits. */
+export async function verifyCommit(msg: CommitMessage): Promise<ManifestCheck> {
+  const m = await verifyManifest(msg.manifest)
+  if (!m.ok) return m
+  const view = msg.certificate[0]?.body.view ?? 0
+  return verifyQuorumVotes(msg.manifest.body, msg.certificate, 'precommit', view)
+}
+
 /**
  * Checks a manifest on its own: proposer signature, entries strictly sorted by peer id
  * (so no duplicates), and every entry signed by its author for this round and parent.
@@ -118,10 +186,14 @@ export async function verifyManifest(signed: SignedManifest): Promise<ManifestCh
       return { ok: false, reason: 'manifest-invalid', detail: `entries not strictly sorted by peer id at index ${i}` }
     }
   }
+  if ((body.lockView < 0) !== (body.justify.length === 0) || body.lockView >= body.view) {
+    return { ok: false, reason: 'manifest-invalid', detail: `lockView ${body.lockView} with ${body.justify.length} justifying votes in view ${body.view}` }
+  }
   for (const entry of body.entries) {
     if (!(await verifyAnnouncement(announcementFromEntry(body, entry)))) {
       return { ok: false, reason: 'manifest-invalid', detail: `entry of ${entry.peerId} is not signed by its author` }
     }
   }
+  if (body.lockView >= 0) return verifyQuorumVotes(body, body.justify, 'prevote', body.lockView)
   return { ok: true }
 }

@@ -3,8 +3,8 @@
  * delivered or relayed, so an invalid message dies at the first honest hop.
  *
  * Order of checks (cheapest first): size and schema, swarm id, payload caps, publisher
- * equals the signed author/proposer, signature(s), then the round context (round window,
- * parent state hash) supplied by the round engine. Messages that may be honest but out of
+ * equals the signed author/proposer/voter, the round context (round window) supplied by
+ * the round engine, and only then signature(s). Messages that may be honest but out of
  * step (wrong round, other parent) are ignored; the rest are rejected, which also lowers
  * the sender's gossipsub score. Every refusal is reported with its reason.
  */
@@ -12,8 +12,8 @@ import { TopicValidatorResult, type Message, type TopicValidatorFn } from '@libp
 import type { PeerId } from '@libp2p/interface'
 import { decodeGossipMessage } from './codec.js'
 import type { RejectReason } from './errors.js'
-import type { GossipMessage } from './messages.js'
-import { verifyAnnouncement, verifyManifest } from './sign.js'
+import { messageSwarm, type GossipMessage } from './messages.js'
+import { verifyAnnouncement, verifyCommit, verifyManifest, verifyVote } from './sign.js'
 
 export interface Verdict {
   readonly action: 'accept' | 'ignore' | 'reject'
@@ -41,36 +41,74 @@ export async function validateGossipMessage(
   const decoded = decodeGossipMessage(data)
   if (!decoded.ok) return { action: 'reject', reason: decoded.reason, detail: decoded.detail }
   const msg = decoded.msg
-  if (msg.body.swarmId !== init.swarmId) {
-    return { action: 'reject', reason: 'wrong-swarm', detail: `swarm ${msg.body.swarmId.slice(0, 12)} is not ours (${init.swarmId.slice(0, 12)})`, msg }
+  if (messageSwarm(msg) !== init.swarmId) {
+    return { action: 'reject', reason: 'wrong-swarm', detail: `swarm ${messageSwarm(msg).slice(0, 12)} is not ours (${init.swarmId.slice(0, 12)})`, msg }
   }
-  if (msg.kind === 'announce') {
-    const b = msg.body
-    if (b.payloadSize > init.maxPayloadBytes) {
-      return { action: 'reject', reason: 'oversized', detail: `payload of ${b.payloadSize} bytes exceeds cap ${init.maxPayloadBytes}`, msg }
-    }
-    if (b.rank > init.maxRank) return { action: 'reject', reason: 'oversized', detail: `rank ${b.rank} exceeds max ${init.maxRank}`, msg }
-    if (publisher !== undefined && publisher !== b.author) {
-      return { action: 'reject', reason: 'forged-author', detail: `published by ${publisher} but claims author ${b.author}`, msg }
-    }
-    if (!(await verifyAnnouncement(msg))) {
-      return { action: 'reject', reason: 'bad-signature', detail: `announcement signature does not verify for author ${b.author}`, msg }
-    }
-  } else {
-    const b = msg.body
-    for (const e of b.entries) {
-      if (e.payloadSize > init.maxPayloadBytes || e.rank > init.maxRank) {
-        return { action: 'reject', reason: 'oversized', detail: `manifest entry of ${e.peerId} exceeds the payload/rank caps`, msg }
+  const caps = (e: { payloadSize: number; rank: number; peerId: string }): Verdict | undefined =>
+    e.payloadSize > init.maxPayloadBytes || e.rank > init.maxRank
+      ? { action: 'reject', reason: 'oversized', detail: `manifest entry of ${e.peerId} exceeds the payload/rank caps`, msg }
+      : undefined
+  switch (msg.kind) {
+    case 'announce': {
+      const b = msg.body
+      if (b.payloadSize > init.maxPayloadBytes) {
+        return { action: 'reject', reason: 'oversized', detail: `payload of ${b.payloadSize} bytes exceeds cap ${init.maxPayloadBytes}`, msg }
       }
+      if (b.rank > init.maxRank) return { action: 'reject', reason: 'oversized', detail: `rank ${b.rank} exceeds max ${init.maxRank}`, msg }
+      if (publisher !== undefined && publisher !== b.author) {
+        return { action: 'reject', reason: 'forged-author', detail: `published by ${publisher} but claims author ${b.author}`, msg }
+      }
+      break
     }
-    if (publisher !== undefined && publisher !== b.proposer) {
-      return { action: 'reject', reason: 'forged-author', detail: `published by ${publisher} but claims proposer ${b.proposer}`, msg }
+    case 'manifest': {
+      for (const e of msg.body.entries) {
+        const bad = caps(e)
+        if (bad != null) return bad
+      }
+      if (publisher !== undefined && publisher !== msg.body.proposer) {
+        return { action: 'reject', reason: 'forged-author', detail: `published by ${publisher} but claims proposer ${msg.body.proposer}`, msg }
+      }
+      break
     }
-    const check = await verifyManifest(msg)
-    if (!check.ok) return { action: 'reject', reason: check.reason, detail: check.detail, msg }
+    case 'vote': {
+      if (publisher !== undefined && publisher !== msg.body.voter) {
+        return { action: 'reject', reason: 'forged-author', detail: `published by ${publisher} but claims voter ${msg.body.voter}`, msg }
+      }
+      break
+    }
+    case 'commit': {
+      for (const e of msg.manifest.body.entries) {
+        const bad = caps(e)
+        if (bad != null) return bad
+      }
+      break
+    }
   }
+  // Cheap context (round window, turn) before any signature is checked.
   const ctx = init.checkContext?.(msg)
   if (ctx != null) return { ...ctx, msg }
+  switch (msg.kind) {
+    case 'announce':
+      if (!(await verifyAnnouncement(msg))) {
+        return { action: 'reject', reason: 'bad-signature', detail: `announcement signature does not verify for author ${msg.body.author}`, msg }
+      }
+      break
+    case 'manifest': {
+      const check = await verifyManifest(msg)
+      if (!check.ok) return { action: 'reject', reason: check.reason, detail: check.detail, msg }
+      break
+    }
+    case 'vote':
+      if (!(await verifyVote(msg))) {
+        return { action: 'reject', reason: 'bad-signature', detail: `vote signature does not verify for voter ${msg.body.voter}`, msg }
+      }
+      break
+    case 'commit': {
+      const check = await verifyCommit(msg)
+      if (!check.ok) return { action: 'reject', reason: check.reason === 'bad-signature' ? 'bad-signature' : 'bad-certificate', detail: check.detail, msg }
+      break
+    }
+  }
   return { action: 'accept', msg }
 }
 

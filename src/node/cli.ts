@@ -11,7 +11,8 @@ import { swarmIdOf } from './config.js'
 import { createLogger } from './logger.js'
 import { createPeer } from './peer.js'
 import { defaultTrainerBackend, setupPeer, trainerBackends } from './setup.js'
-import type { RoundCompleteDetail, RoundSupersededDetail } from './engine.js'
+import type { RoundCompleteDetail, RoundStalledDetail } from './engine.js'
+import { lastRecordedRound } from './round-log.js'
 import type { WireCounter } from './wire-metrics.js'
 import { listStrategies } from '../aggregation/index.js'
 import { MODEL_TRAINER_DEFAULTS } from './model-defaults.js'
@@ -35,7 +36,8 @@ export interface PeerReport {
     evalLoss: number | null
     metrics: RoundCompleteDetail['metrics']
   }>
-  superseded: RoundSupersededDetail[]
+  /** Set when a round could not be certified in time (the peer then exits non-zero). */
+  stalled: RoundStalledDetail | null
   rejected: Record<string, number>
   stats: { payloadBytesReceived: number; payloadBytesSent: number; gossipBytesReceived: number; wireBytesIn: number; wireBytesOut: number }
   finished: boolean
@@ -109,6 +111,8 @@ export function buildProgram(): Command {
     .addOption(new Option('--min-peers <n>', 'members (this peer included) to wait for before round 1 (swarm-wide)').argParser(int('--min-peers', 1)).env('FLORA_MIN_PEERS'))
     .addOption(new Option('--deadline <ms>', 'round deadline in ms after a peer starts the round (swarm-wide)').argParser(int('--deadline', 100)).env('FLORA_DEADLINE_MS'))
     .addOption(new Option('--grace <ms>', 'extra wait per fallback proposer in ms (swarm-wide)').argParser(int('--grace', 50)).env('FLORA_GRACE_MS'))
+    .addOption(new Option('--quorum <rule>', 'votes a round needs: majority (> 1/2 of the recorded members; tolerates crashed, slow or cut-off members) or two-thirds (> 2/3; also tolerates a member that signs conflicting votes) (swarm-wide)').choices(['majority', 'two-thirds']).env('FLORA_QUORUM'))
+    .addOption(new Option('--stall-timeout <ms>', 'give up (exit 3) when a round is not certified this long after it started (default: deadline + 10 x grace)').argParser(int('--stall-timeout', 1)).env('FLORA_STALL_MS'))
     .addOption(new Option('--seed <n>', 'swarm seed (swarm-wide)').argParser(int('--seed', 0)).env('FLORA_SEED'))
     .addOption(new Option('--layers <n>', 'synthetic base: layers').argParser(int('--layers', 1)).env('FLORA_SYNTHETIC_LAYERS'))
     .addOption(new Option('--hidden <n>', 'synthetic base: hidden size').argParser(int('--hidden', 1)).env('FLORA_SYNTHETIC_HIDDEN'))
@@ -181,6 +185,8 @@ interface CliOptions {
   minPeers?: number
   deadline?: number
   grace?: number
+  quorum?: 'majority' | 'two-thirds'
+  stallTimeout?: number
   seed?: number
   layers?: number
   hidden?: number
@@ -216,6 +222,7 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
       ...(o.minPeers != null ? { minPeers: o.minPeers } : {}),
       ...(o.deadline != null ? { deadlineMs: o.deadline } : {}),
       ...(o.grace != null ? { graceMs: o.grace } : {}),
+      ...(o.quorum != null ? { quorum: o.quorum } : {}),
     },
     rank: o.rank,
     alpha,
@@ -289,6 +296,8 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
     bootstrap: o.bootstrap,
     mdns: o.mdns,
     recordsFile: o.records,
+    priorHead: o.records != null ? await lastRecordedRound(o.records) : undefined,
+    stallMs: o.stallTimeout,
     mergeWorkers: o.mergeWorkers,
     wireCounter: wire,
   })
@@ -303,7 +312,7 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
     samples: setup.samples,
     genesis: { stateHash: setup.config.genesisStateHash, evalLoss: await evaluate(peer.head.weights) },
     rounds: [],
-    superseded: [],
+    stalled: null,
     rejected: {},
     stats: { payloadBytesReceived: 0, payloadBytesSent: 0, gossipBytesReceived: 0, wireBytesIn: 0, wireBytesOut: 0 },
     finished: false,
@@ -325,9 +334,12 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
       }),
     )
   })
-  peer.addEventListener('round:superseded', (e) => {
-    report.superseded.push(e.detail)
-    emit('round:superseded', { ...e.detail }, `round ${e.detail.round} superseded by ${e.detail.proposer}'s manifest: state ${e.detail.stateHash.slice(0, 16)}`)
+  const stalled = new Promise<RoundStalledDetail>((resolve) => {
+    peer.addEventListener('round:stalled', (e) => {
+      report.stalled = e.detail
+      emit('round:stalled', { ...e.detail }, `round ${e.detail.round} stalled after ${(e.detail.waitedMs / 1000).toFixed(1)} s: ${e.detail.reason}`)
+      resolve(e.detail)
+    })
   })
   peer.addEventListener('peer:rejected', (e) => {
     report.rejected[e.detail.reason] = (report.rejected[e.detail.reason] ?? 0) + 1
@@ -351,7 +363,7 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
   )
 
   const aborted = new Promise<void>((resolve) => stop.signal.addEventListener('abort', () => resolve(), { once: true }))
-  await Promise.race([peer.whenDone(), aborted])
+  await Promise.race([peer.whenDone(), aborted, stalled])
   report.finished = o.rounds != null && peer.head.round >= o.rounds
   if (report.finished && !stop.signal.aborted) {
     const linger = o.linger ?? Math.min(setup.config.round.graceMs, 3000)
@@ -375,5 +387,11 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
     await mkdir(dirname(o.report), { recursive: true })
     await writeFile(o.report, `${JSON.stringify(report, null, 2)}\n`)
   }
-  return interrupted ? 130 : 0
+  if (interrupted) return 130
+  if (o.rounds != null && !report.finished) {
+    const why = report.stalled != null ? report.stalled.reason : 'the peer stopped before its rounds were certified'
+    log.error({ round: peer.head.round, rounds: o.rounds }, `left the swarm without the certified chain: ${why}`)
+    return 3
+  }
+  return 0
 }

@@ -16,8 +16,10 @@ export const RoundPolicySchema = z.strictObject({
   deadlineMs: z.number().int().min(100).max(7 * 24 * 3600 * 1000),
   /** Extra wait per fallback proposer: proposer k publishes at deadline + k * grace. */
   graceMs: z.number().int().min(50).max(24 * 3600 * 1000),
-  /** Members (self included) a peer waits for before its first round. */
+  /** Members (self included) a peer waits for before its first round; also the founding quorum's floor. */
   minPeers: z.number().int().min(1).max(10_000),
+  /** Votes a round's certificate needs: more than half ('majority') or two thirds ('two-thirds') of the recorded members. */
+  quorum: z.enum(['majority', 'two-thirds']),
 })
 export type RoundPolicy = z.infer<typeof RoundPolicySchema>
 
@@ -48,7 +50,7 @@ export const SwarmConfigSchema = z.strictObject({
 })
 export type SwarmConfig = z.infer<typeof SwarmConfigSchema>
 
-export const DEFAULT_ROUND_POLICY: RoundPolicy = { deadlineMs: 120_000, graceMs: 15_000, minPeers: 2 }
+export const DEFAULT_ROUND_POLICY: RoundPolicy = { deadlineMs: 120_000, graceMs: 15_000, minPeers: 2, quorum: 'majority' }
 
 export interface SwarmConfigInit {
   name?: string

@@ -1,28 +1,26 @@
 /**
- * The round state machine (DESIGN decision 3).
+ * The round engine: drives one round at a time through training, adapter collection and
+ * agreement, and appends every certified round to the chain.
  *
- * Round r on a peer, starting from the agreed state S_{r-1} with hash h_{r-1}:
+ * Round r on a peer, starting from the certified state S_{r-1} with hash h_{r-1} and the
+ * recorded membership M_{r-1}:
  *  1. train: a fresh LoRA of the peer's own rank (or the strategy's warm start) on S_{r-1};
  *  2. announce: store the encoded adapter under its sha256 and gossip a signed
  *     announcement {round r, parent h_{r-1}, author, rank, alpha, samples, hash, size};
  *  3. collect: fetch every announced payload once (author first), decode it strictly,
  *     check it matches its announcement;
- *  4. agree: members are ordered by sha256(r || peerId). The first proposer publishes a
- *     signed manifest as soon as it holds (or has rejected) the adapter of every expected
- *     member, or when the round deadline passes; proposer k > 0 publishes only if no
- *     valid manifest arrived by deadline + k * grace. Members that disconnect drop out of
- *     the order and of the expected set at once, so a crashed proposer costs at most the
- *     grace it takes its successor to act;
- *  5. apply: every peer replays the manifest (fetching what it lacks), stacks the entries
- *     in their canonical order, merges with the deterministic kernel, and commits only if
- *     the result hashes to the manifest's newStateHash.
- * Competing manifests of one round: the one whose proposer sorts first for that round
- * wins. A peer that committed a losing manifest rolls back (it keeps S_{r-1} until round
- * r+1 commits) and replays the winner; once r+1 is committed, round r is final.
+ *  4. agree: the RoundMachine (round-machine.ts) runs views with one proposer each over
+ *     M_{r-1}; members replay the view's proposal, prevote, precommit on a prevote quorum,
+ *     and the round is final on a precommit quorum of M_{r-1} (its certificate);
+ *  5. commit: the certified state becomes the head, the record (manifest, certificate,
+ *     M_r) is appended to the chain, and round r+1 begins.
+ * A peer that cannot gather a quorum (a minority, a peer behind the swarm) never commits:
+ * it waits, says so (`stalled`), and follows a certificate when one reaches it.
  *
- * The engine is transport-agnostic: messages come in through `handleMessage` (after the
- * gossipsub validator accepted them), go out through `RoundNetwork.publish`, and payloads
- * move through the PayloadFetcher / PayloadStore.
+ * This file is the driver: it performs the machine's effects (publish, fetch, replay,
+ * timers, events). It is transport-agnostic: messages come in through `handleMessage`
+ * (after the gossipsub validator checked them), go out through `RoundNetwork.publish`,
+ * and payloads move through the PayloadFetcher / PayloadStore.
  */
 import { TypedEventEmitter, type PrivateKey } from '@libp2p/interface'
 import type { Logger } from 'pino'
@@ -30,15 +28,24 @@ import type { ClientUpdate } from '../aggregation/types.js'
 import { getStrategy } from '../aggregation/index.js'
 import type { RejectReason } from '../gossip/errors.js'
 import type { PayloadFetcher } from '../gossip/fetcher.js'
-import type { GossipMessage, ManifestBody, SignedAnnouncement, SignedManifest } from '../gossip/messages.js'
+import {
+  messageRound,
+  type CommitMessage,
+  type GossipMessage,
+  type ManifestBody,
+  type SignedAnnouncement,
+  type SignedManifest,
+  type SignedVote,
+} from '../gossip/messages.js'
 import type { PayloadStore } from '../gossip/payload.js'
-import { entryFromAnnouncement, signAnnouncement, signManifest } from '../gossip/sign.js'
+import { entryFromAnnouncement, manifestValueHash, signAnnouncement, signManifest, signVote } from '../gossip/sign.js'
 import { decodeAdapter, encodeAdapter } from '../lora/wire.js'
 import { loraScaling } from '../lora/scaling.js'
-import type { AdapterSet, ModuleShape } from '../lora/types.js'
+import type { AdapterSet } from '../lora/types.js'
 import type { SwarmConfig } from './config.js'
-import { proposerBeats, proposerOrder } from './proposer.js'
+import { EMPTY_MEMBERSHIP, memberIds, nextMembership, quorumFor, type Membership } from './membership.js'
 import { RoundLog, type RoundRecord } from './round-log.js'
+import { RoundMachine, type MachineEffect, type MachineEvent, type ProposalInfo } from './round-machine.js'
 import { applyRound, type SwarmState } from './state.js'
 import type { Trainer, TrainResult } from './trainer.js'
 import { createHash } from 'node:crypto'
@@ -65,15 +72,13 @@ export interface RoundCompleteDetail {
   readonly proposer: string
   /** Peer ids merged this round, in canonical order. */
   readonly contributors: readonly string[]
+  /** The view the round was decided in (0: its first proposer). */
+  readonly view: number
+  /** Voters of the precommit certificate. */
+  readonly certifiedBy: readonly string[]
+  /** Members recorded after this round (M_r). */
+  readonly members: readonly string[]
   readonly metrics: RoundMetrics
-}
-
-export interface RoundSupersededDetail {
-  readonly round: number
-  readonly previousStateHash: string
-  readonly stateHash: string
-  readonly proposer: string
-  readonly contributors: readonly string[]
 }
 
 export interface AdapterReceivedDetail {
@@ -93,10 +98,19 @@ export interface PeerRejectedDetail {
   readonly round?: number
 }
 
+export interface RoundStalledDetail {
+  readonly round: number
+  /** Time since the round started on this peer. */
+  readonly waitedMs: number
+  /** True when members report rounds this peer has not committed (restarted or late). */
+  readonly behind: boolean
+  readonly reason: string
+}
+
 export interface RoundEngineEvents {
   'round:start': CustomEvent<{ round: number; parentStateHash: string }>
   'round:complete': CustomEvent<RoundCompleteDetail>
-  'round:superseded': CustomEvent<RoundSupersededDetail>
+  'round:stalled': CustomEvent<RoundStalledDetail>
   'adapter:received': CustomEvent<AdapterReceivedDetail>
   'peer:rejected': CustomEvent<PeerRejectedDetail>
   done: CustomEvent<{ round: number; stateHash: string }>
@@ -109,6 +123,8 @@ export interface RoundNetwork {
   members(): ReadonlySet<string>
   /** True once a member is known to be subscribed to the swarm topic (so it gets our gossip). */
   isReady(peerId: string): boolean
+  /** The head round a member reported in its handshake (undefined: unknown). */
+  reportedHead?(peerId: string): number | undefined
   /** Payload bytes served so far for a payload hash (for metrics). */
   bytesServed(hash: string): number
   /** Payload bytes fetched for a payload hash (0 if we never fetched it, e.g. our own). */
@@ -136,6 +152,10 @@ export interface RoundEngineInit {
   recordsFile?: string
   /** Rounds of payloads kept in the store for others to fetch (default 2). */
   retainRounds?: number
+  /** A round not certified this long after it started is reported as stalled (default deadline + 10 grace). */
+  stallMs?: number
+  /** Committed rounds this peer had before a restart (e.g. from its records file): it must not found a new chain. */
+  priorHead?: number
 }
 
 interface Contribution {
@@ -143,26 +163,37 @@ interface Contribution {
   readonly payloadHash: string
 }
 
-/** Everything about the round in progress; replaced wholesale on commit or rollback. */
+type Effect = MachineEffect<SignedManifest, SignedVote>
+type Event = MachineEvent<SignedManifest, SignedVote>
+
+/** Everything about the round in progress; replaced wholesale on commit. */
 interface RoundContext {
   readonly round: number
   readonly parent: SwarmState
+  readonly members: readonly string[]
   readonly startedAt: number
   readonly ac: AbortController
+  readonly machine: RoundMachine<SignedManifest, SignedVote>
   readonly anns: Map<string, SignedAnnouncement>
   readonly adapters: Map<string, Contribution>
+  /** When each adapter became usable here (censorship check). */
+  readonly heldAt: Map<string, number>
   readonly rejected: Map<string, RejectReason>
-  /** Members whose adapter the first proposer waits for. */
+  /** Members whose adapter a proposer waits for. */
   readonly expected: Set<string>
-  /** Active members at round start (self included) still connected: the proposer order. */
-  readonly participants: Set<string>
+  /** Replayed states by value hash. */
+  readonly states: Map<string, SwarmState>
+  /** When each proposal (by signature) reached us. */
+  readonly receivedAt: Map<string, number>
+  /** Our own signed votes and proposals of the round (re-published while it stays open). */
+  readonly own: GossipMessage[]
+  readonly behind: boolean
   ownDone: boolean
-  proposed: boolean
   trainMs?: number
   trainMetrics?: Readonly<Record<string, number>>
-  timer?: NodeJS.Timeout
-  /** Re-publication of our announcement while the round stays open. */
-  reannounce?: NodeJS.Timeout
+  wake?: NodeJS.Timeout
+  stall?: NodeJS.Timeout
+  repeat?: NodeJS.Timeout
 }
 
 type Status = 'idle' | 'waiting' | 'running' | 'done' | 'stopped'
@@ -172,24 +203,22 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
   readonly #log: Logger
   readonly records: RoundLog
   #head: SwarmState
-  /** S_{head-1}: kept until round head+1 commits, for a one-round rollback. */
-  #prev: SwarmState | undefined
+  #membership: Membership = EMPTY_MEMBERSHIP
   #ctx: RoundContext | undefined
   #status: Status = 'idle'
-  #firstRound = true
   readonly #stop = new AbortController()
-  /** Validated messages for the current and next round, kept for re-evaluation after a rollback. */
+  /** Validated messages for future rounds, replayed when their round begins. */
   readonly #stash = new Map<number, GossipMessage[]>()
   /** Decoded adapters by payload hash (with their round, for pruning). */
   readonly #decoded = new Map<string, { adapter: AdapterSet; round: number }>()
-  readonly #seenManifests = new Set<string>()
   readonly #malformed = new Map<string, string>()
-  /** Authors announced in the last committed round (kept so `expected` can include them). */
-  #announcedLast = new Set<string>()
   readonly #equalRanks: boolean
   readonly #timers = new Set<NodeJS.Timeout>()
   /** Time the merge + state hash of a replayed state took, by its hash (for metrics). */
   readonly #mergeMs = new Map<string, number>()
+  /** Our commit message for the last committed round (repairs peers one round behind). */
+  #lastCommit: CommitMessage | undefined
+  #lastRepairAt = 0
   #wakeWaiting: (() => void) | undefined
   readonly #done: Promise<void>
   #resolveDone!: () => void
@@ -209,6 +238,11 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
   /** The last committed state. */
   get head(): SwarmState {
     return this.#head
+  }
+
+  /** The membership recorded by the last committed round (empty before round 1). */
+  get membership(): Membership {
+    return this.#membership
   }
 
   /** The round in progress (head + 1). */
@@ -269,54 +303,102 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
   membersChanged(): void {
     this.#wakeWaiting?.()
     const ctx = this.#ctx
-    if (ctx == null) return
+    if (ctx == null || ctx.ac.signal.aborted) return
     const active = this.#active()
-    const connected = this.#i.network.members()
-    for (const p of [...ctx.expected]) if (p !== this.#i.self && !active.has(p)) ctx.expected.delete(p)
-    // Only a disconnect (a crash, or leaving) moves the proposer order on; a member that
-    // merely unsubscribed (done with its rounds) may have a manifest in flight.
-    for (const p of [...ctx.participants]) if (p !== this.#i.self && !connected.has(p)) ctx.participants.delete(p)
-    this.#maybePropose(ctx)
+    for (const p of [...ctx.expected]) if (p !== this.#i.self && !active.has(p) && !ctx.anns.has(p)) ctx.expected.delete(p)
+    this.#feed(ctx, { type: 'absent', now: Date.now(), peers: this.#absent(ctx) })
+    this.#feedCollection(ctx)
   }
 
   /**
    * Members that take part in rounds: connected, past the handshake, and subscribed to the
-   * swarm topic with gossip flowing both ways. A peer that finished its rounds unsubscribes,
-   * so it is not expected (nor ordered) in the rounds that start after that.
+   * swarm topic with gossip flowing both ways. A peer that finished its rounds unsubscribes.
    */
   #active(): Set<string> {
     const net = this.#i.network
-    return new Set([...net.members()].filter((p) => net.isReady(p)))
+    return new Set([...net.members()].filter((p) => net.isReady(p) && !this.#reportsBehind(p)))
+  }
+
+  /** A member that said in its handshake that it is behind our head (a restarted peer). */
+  #reportsBehind(peer: string): boolean {
+    const h = this.#i.network.reportedHead?.(peer)
+    return h !== undefined && h < this.#head.round
+  }
+
+  /** The highest head round any connected member reported. */
+  #swarmHead(): number {
+    let max = this.#i.priorHead ?? 0
+    for (const p of this.#i.network.members()) max = Math.max(max, this.#i.network.reportedHead?.(p) ?? 0)
+    return max
+  }
+
+  /** Proposers whose turn is skipped: members not connected and ready (or behind). */
+  #absent(ctx: RoundContext): string[] {
+    const active = this.#active()
+    return ctx.machine.order().filter((p) => p !== this.#i.self && !active.has(p))
   }
 
   /**
-   * Round-context check for the gossip validator: is this message's round in the window
-   * we accept? (current round, the next one, and for manifests the previous one too.)
+   * Round-context check for the gossip validator, before any signature is checked: is this
+   * message's round in the window we accept? Announcements, proposals and votes: the
+   * current round and the next; commits: the current round and the two after it.
    */
   checkContext(msg: GossipMessage): { action: 'ignore'; reason: RejectReason; detail: string } | undefined {
     const cur = this.round
-    const r = msg.body.round
-    const lo = msg.kind === 'manifest' ? cur - 1 : cur
-    if (r < lo || r > cur + 1) {
-      return { action: 'ignore', reason: 'round-window', detail: `${msg.kind} for round ${r}, we accept ${lo}..${cur + 1}` }
+    const r = messageRound(msg)
+    if (r === cur - 1 && msg.kind !== 'commit') this.#repair()
+    const hi = msg.kind === 'commit' ? cur + 2 : cur + 1
+    if (r < cur || r > hi) {
+      return { action: 'ignore', reason: 'round-window', detail: `${msg.kind} for round ${r}, we accept ${cur}..${hi}` }
     }
     return undefined
+  }
+
+  /** A peer is still in the round we committed last: send it our certificate (at most once per grace). */
+  #repair(): void {
+    const commit = this.#lastCommit
+    const now = Date.now()
+    if (commit == null || now - this.#lastRepairAt < this.#i.config.round.graceMs) return
+    this.#lastRepairAt = now
+    void this.#i.network.publish(commit).catch(() => {})
   }
 
   /** A message accepted by the gossip validator. */
   handleMessage(msg: GossipMessage): void {
     if (this.#status === 'stopped') return
-    const r = msg.body.round
-    if (r >= this.round) {
-      let list = this.#stash.get(r)
-      if (list == null) this.#stash.set(r, (list = []))
-      if (list.length < 10_000) list.push(msg)
-    }
+    const r = messageRound(msg)
     const ctx = this.#ctx
-    if (msg.kind === 'announce') {
-      if (ctx != null && r === ctx.round) void this.#onAnnouncement(ctx, msg)
-    } else if (this.#status === 'running' || this.#status === 'done') {
-      if (r <= this.round) void this.#onManifest(msg)
+    if (ctx == null || r !== ctx.round) {
+      if (r >= this.round) {
+        let list = this.#stash.get(r)
+        if (list == null) this.#stash.set(r, (list = []))
+        if (list.length < 10_000) list.push(msg)
+      }
+      return
+    }
+    this.#dispatch(ctx, msg)
+  }
+
+  #dispatch(ctx: RoundContext, msg: GossipMessage): void {
+    const now = Date.now()
+    switch (msg.kind) {
+      case 'announce':
+        void this.#onAnnouncement(ctx, msg)
+        return
+      case 'manifest':
+        if (!ctx.receivedAt.has(msg.sig)) ctx.receivedAt.set(msg.sig, now)
+        this.#feed(ctx, { type: 'proposal', now, proposal: proposalInfo(msg) })
+        return
+      case 'vote':
+        this.#feed(ctx, { type: 'vote', now, vote: { ...msg.body, ref: msg } })
+        return
+      case 'commit': {
+        // Certified elsewhere: count its precommits (member check in the machine) and replay.
+        if (!ctx.receivedAt.has(msg.manifest.sig)) ctx.receivedAt.set(msg.manifest.sig, now)
+        for (const v of msg.certificate) this.#feed(ctx, { type: 'vote', now, vote: { ...v.body, ref: v } })
+        this.#feed(ctx, { type: 'proposal', now, proposal: proposalInfo(msg.manifest), certified: true })
+        return
+      }
     }
   }
 
@@ -326,47 +408,356 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
   #beginRound(): void {
     const round = this.round
     const parent = this.#head
-    const expected = new Set<string>([this.#i.self])
+    const { config, self } = this.#i
+    const members = memberIds(this.#membership)
     const active = this.#active()
-    const last = this.records.last
-    for (const p of active) {
-      // After the first round, expect only peers that took part in the last one: a peer
-      // that is connected but behind (joining late) must not hold every round to its deadline.
-      if (this.#firstRound || last == null || last.contributors.includes(p) || this.#announcedLast.has(p)) expected.add(p)
-    }
-    this.#firstRound = false
+    const swarmHead = this.#swarmHead()
+    // Someone already committed the round we are starting: we are behind (restarted or
+    // late) and must not found or vote on a chain of our own.
+    const behind = swarmHead >= round
+    const expected = new Set<string>([self])
+    for (const p of active) if (members.length === 0 || members.includes(p)) expected.add(p)
+    const now = Date.now()
+    const machine = new RoundMachine<SignedManifest, SignedVote>({
+      round,
+      self,
+      members,
+      quorum: config.round.quorum,
+      minPeers: config.round.minPeers,
+      startedAt: now,
+      deadlineMs: config.round.deadlineMs,
+      graceMs: config.round.graceMs,
+      skewMs: Math.floor(config.round.graceMs / 2),
+      canVote: !behind,
+    })
     const ctx: RoundContext = {
       round,
       parent,
-      startedAt: Date.now(),
+      members,
+      startedAt: now,
       ac: new AbortController(),
+      machine,
       anns: new Map(),
       adapters: new Map(),
+      heldAt: new Map(),
       rejected: new Map(),
       expected,
-      participants: new Set([this.#i.self, ...active]),
-      ownDone: false,
-      proposed: false,
+      states: new Map(),
+      receivedAt: new Map(),
+      own: [],
+      behind,
+      ownDone: behind,
     }
     this.#ctx = ctx
-    this.#log.info({ round, parent: parent.hash.slice(0, 12), expected: expected.size }, 'round start')
+    this.#log.info({ round, parent: parent.hash.slice(0, 12), members: members.length, expected: expected.size, behind }, 'round start')
+    if (behind) {
+      this.#log.warn(
+        { round, swarmHead },
+        `members report round ${swarmHead} committed; this peer is at round ${parent.round} (restarted or late) and cannot catch up until state sync exists: it follows certificates but does not train, propose or vote`,
+      )
+    }
     this.safeDispatchEvent('round:start', { detail: { round, parentStateHash: parent.hash } })
-    void this.#train(ctx)
-    // Messages that arrived early (or before a rollback): best manifest first.
-    const stashed = [...(this.#stash.get(round) ?? [])]
-    for (const m of stashed) if (m.kind === 'announce') void this.#onAnnouncement(ctx, m)
-    const manifests = stashed.filter((m): m is SignedManifest => m.kind === 'manifest')
-    manifests.sort((a, b) => (proposerBeats(round, a.body.proposer, b.body.proposer) ? -1 : 1))
-    for (const m of manifests) void this.#onManifest(m)
-    this.#maybePropose(ctx)
+    const stallMs = this.#i.stallMs ?? config.round.deadlineMs + 10 * config.round.graceMs
+    ctx.stall = setTimeout(() => this.#stalled(ctx), stallMs)
+    ctx.stall.unref()
+    ctx.repeat = setInterval(() => this.#republish(ctx), config.round.graceMs)
+    ctx.repeat.unref()
+    if (!behind) void this.#train(ctx)
+    this.#feed(ctx, { type: 'candidates', now, peers: [...expected] })
+    this.#feed(ctx, { type: 'absent', now, peers: this.#absent(ctx) })
+    const stashed = this.#stash.get(round) ?? []
+    this.#stash.delete(round)
+    for (const m of stashed) this.#dispatch(ctx, m)
+    this.#feedCollection(ctx)
+  }
+
+  #stalled(ctx: RoundContext): void {
+    if (ctx !== this.#ctx || ctx.ac.signal.aborted) return
+    const waitedMs = Date.now() - ctx.startedAt
+    const swarmHead = this.#swarmHead()
+    const behind = ctx.behind || swarmHead >= ctx.round
+    let reason: string
+    if (behind) {
+      reason = `this peer is behind the swarm (members report round ${swarmHead} committed, this peer has ${ctx.parent.round}); state sync is not built yet`
+    } else {
+      const { needed, eligible } = quorumFor(ctx.members, [...ctx.anns.keys()], this.#i.config.round.quorum, this.#i.config.round.minPeers)
+      const reachable = [...eligible].filter((p) => p === this.#i.self || this.#active().has(p)).length
+      reason =
+        ctx.members.length > 0
+          ? `no certificate for round ${ctx.round}: it needs votes of ${needed} of the ${ctx.members.length} recorded members, ${reachable} are connected here`
+          : `no certificate for round ${ctx.round} (founding): it needs votes of ${needed} founding members, ${reachable} are connected here`
+    }
+    this.#log.error({ round: ctx.round, waitedMs }, `stalled: ${reason}`)
+    this.safeDispatchEvent('round:stalled', { detail: { round: ctx.round, waitedMs, behind, reason } })
+  }
+
+  /** gossipsub is best effort: say our round messages again while the round stays open. */
+  #republish(ctx: RoundContext): void {
+    if (ctx !== this.#ctx || ctx.ac.signal.aborted) return
+    const own = ctx.anns.get(this.#i.self)
+    for (const m of [...(own != null ? [own] : []), ...ctx.own.slice(-4)]) void this.#i.network.publish(m).catch(() => {})
   }
 
   #closeCtx(): void {
     const ctx = this.#ctx
     if (ctx == null) return
     ctx.ac.abort(new Error(`round ${ctx.round} closed`))
-    if (ctx.timer != null) clearTimeout(ctx.timer)
-    if (ctx.reannounce != null) clearInterval(ctx.reannounce)
+    if (ctx.wake != null) clearTimeout(ctx.wake)
+    if (ctx.stall != null) clearTimeout(ctx.stall)
+    if (ctx.repeat != null) clearInterval(ctx.repeat)
+  }
+
+  /** Whether we hold (or refused) the adapter of every member we expect: tells the machine. */
+  #feedCollection(ctx: RoundContext): void {
+    let complete = ctx.ownDone
+    for (const p of new Set([...ctx.expected, ...ctx.anns.keys()])) {
+      if (p === this.#i.self) continue
+      if (!ctx.adapters.has(p) && !ctx.rejected.has(p)) complete = false
+    }
+    const now = Date.now()
+    if (ctx.machine.founding) this.#feed(ctx, { type: 'candidates', now, peers: [...ctx.anns.keys()] })
+    this.#feed(ctx, { type: 'collection', now, complete })
+  }
+
+  // ---------------------------------------------------------------------------------
+  // The machine's effects
+
+  #feed(ctx: RoundContext, event: Event): void {
+    if (ctx !== this.#ctx || ctx.ac.signal.aborted || this.#status === 'stopped') return
+    for (const e of ctx.machine.handle(event)) this.#perform(ctx, e)
+  }
+
+  #perform(ctx: RoundContext, e: Effect): void {
+    if (ctx !== this.#ctx || ctx.ac.signal.aborted) return
+    switch (e.type) {
+      case 'wake': {
+        if (ctx.wake != null) clearTimeout(ctx.wake)
+        ctx.wake = setTimeout(() => this.#feed(ctx, { type: 'tick', now: Date.now() }), Math.max(0, e.at - Date.now()))
+        ctx.wake.unref()
+        return
+      }
+      case 'reject':
+        this.#reject(e.peer, e.reason, e.detail, ctx.round)
+        return
+      case 'propose':
+        void this.#propose(ctx, e.view, e.reuse)
+        return
+      case 'verify':
+        void this.#verify(ctx, e.proposal)
+        return
+      case 'vote':
+        void this.#vote(ctx, e.phase, e.view, e.valueHash, e.newStateHash)
+        return
+      case 'commit':
+        this.#commit(ctx, e.proposal, e.certificate, e.view)
+        return
+    }
+  }
+
+  async #vote(ctx: RoundContext, phase: 'prevote' | 'precommit', view: number, valueHash: string, newStateHash: string): Promise<void> {
+    const signed = await signVote(this.#i.privateKey, {
+      swarmId: this.#i.swarmId,
+      round: ctx.round,
+      view,
+      phase,
+      voter: this.#i.self,
+      parentStateHash: ctx.parent.hash,
+      newStateHash,
+      valueHash,
+    })
+    if (ctx !== this.#ctx || ctx.ac.signal.aborted) return
+    this.#log.debug({ round: ctx.round, view, phase, value: valueHash.slice(0, 12) }, 'vote')
+    ctx.own.push(signed)
+    await this.#i.network.publish(signed).catch((err: Error) => {
+      this.#log.warn({ round: ctx.round, err: err.message }, 'publishing a vote failed')
+    })
+    this.#feed(ctx, { type: 'vote', now: Date.now(), vote: { ...signed.body, ref: signed } })
+  }
+
+  async #propose(ctx: RoundContext, view: number, reuse: { proposal: SignedManifest; lockView: number; justify: readonly SignedVote[] } | undefined): Promise<void> {
+    const { self } = this.#i
+    let body: ManifestBody
+    if (reuse != null) {
+      body = { ...reuse.proposal.body, view, proposer: self, lockView: reuse.lockView, justify: [...reuse.justify] }
+      this.#log.info({ round: ctx.round, view, lockView: reuse.lockView }, 're-proposing the locked value')
+    } else {
+      const authors = [...ctx.adapters.keys()].filter((a) => ctx.anns.has(a)).sort()
+      const entries = authors.map((a) => entryFromAnnouncement(ctx.anns.get(a) as SignedAnnouncement))
+      const updates: ClientUpdate[] = authors.map((a) => ({
+        id: a,
+        samples: (ctx.anns.get(a) as SignedAnnouncement).body.samples,
+        adapter: (ctx.adapters.get(a) as Contribution).adapter,
+      }))
+      this.#log.info({ round: ctx.round, view, entries: entries.length, waitedMs: Date.now() - ctx.startedAt }, 'proposing round manifest')
+      let next: SwarmState
+      try {
+        const t0 = performance.now()
+        next = await applyRound(ctx.parent, this.#i.config.strategy, this.#i.config.targets, updates, { workers: this.#i.mergeWorkers })
+        this.#mergeMs.set(next.hash, performance.now() - t0)
+      } catch (err) {
+        this.#log.error({ round: ctx.round, err: (err as Error).message }, 'could not compute our manifest')
+        return
+      }
+      body = {
+        swarmId: this.#i.swarmId,
+        round: ctx.round,
+        view,
+        parentStateHash: ctx.parent.hash,
+        proposer: self,
+        entries,
+        newStateHash: next.hash,
+        lockView: -1,
+        justify: [],
+      }
+      ctx.states.set(manifestValueHash(body), next)
+    }
+    const signed = await signManifest(this.#i.privateKey, body)
+    if (ctx !== this.#ctx || ctx.ac.signal.aborted) return
+    ctx.own.push(signed)
+    ctx.receivedAt.set(signed.sig, Date.now())
+    await this.#i.network.publish(signed).catch((err: Error) => {
+      this.#log.warn({ round: ctx.round, err: err.message }, 'publishing the manifest failed')
+    })
+    this.#feed(ctx, { type: 'proposal', now: Date.now(), proposal: proposalInfo(signed) })
+  }
+
+  /** Replays a proposal on the round's parent: fetch its payloads, merge, compare hashes. */
+  async #verify(ctx: RoundContext, m: SignedManifest): Promise<void> {
+    const b = m.body
+    const value = manifestValueHash(b)
+    const done = (ok: boolean, detail?: string, censored?: string[]): void =>
+      this.#feed(ctx, { type: 'verified', now: Date.now(), id: m.sig, ok, detail, censored })
+    const censoredBy = (): string[] => {
+      if (b.lockView >= 0) return []
+      const received = ctx.receivedAt.get(m.sig) ?? Date.now()
+      const included = new Set(b.entries.map((e) => e.peerId))
+      const grace = this.#i.config.round.graceMs
+      return [...ctx.heldAt].filter(([author, at]) => !included.has(author) && at <= received - grace).map(([author]) => author).sort()
+    }
+    const known = ctx.states.get(value)
+    if (known != null) {
+      done(known.hash === b.newStateHash, undefined, censoredBy())
+      return
+    }
+    if (b.parentStateHash !== ctx.parent.hash) {
+      done(false, `manifest for round ${b.round} builds on ${b.parentStateHash.slice(0, 12)}, agreed parent is ${ctx.parent.hash.slice(0, 12)}`)
+      return
+    }
+    const signal = ctx.ac.signal
+    const results = await Promise.all(
+      b.entries.map(async (e) => {
+        const own = ctx.adapters.get(e.peerId)
+        if (own != null && own.payloadHash === e.payloadHash) return { ok: true as const, adapter: own.adapter }
+        const got = await this.#obtain(ctx, e.payloadHash, e.payloadSize, [e.peerId, b.proposer], signal)
+        if (!got.ok) return got
+        const check = this.#checkDecoded(got.adapter, e)
+        return check.ok ? got : check
+      }),
+    )
+    if (signal.aborted) return
+    const updates: ClientUpdate[] = []
+    for (let i = 0; i < results.length; i++) {
+      const res = results[i]
+      const e = b.entries[i]
+      if (!res.ok) {
+        done(false, `manifest for round ${b.round} includes the ${res.reason === 'payload-unavailable' ? 'unavailable' : 'bad'} payload of ${e.peerId}: ${res.detail}`)
+        return
+      }
+      updates.push({ id: e.peerId, samples: e.samples, adapter: res.adapter })
+    }
+    let next: SwarmState
+    try {
+      const t0 = performance.now()
+      next = await applyRound(ctx.parent, this.#i.config.strategy, this.#i.config.targets, updates, { workers: this.#i.mergeWorkers })
+      this.#mergeMs.set(next.hash, performance.now() - t0)
+    } catch (err) {
+      done(false, `manifest for round ${b.round} cannot be aggregated: ${(err as Error).message}`)
+      return
+    }
+    if (next.hash !== b.newStateHash) {
+      done(false, `manifest for round ${b.round} claims state ${b.newStateHash.slice(0, 12)}, replay gives ${next.hash.slice(0, 12)}`)
+      return
+    }
+    ctx.states.set(value, next)
+    done(true, undefined, censoredBy())
+  }
+
+  #commit(ctx: RoundContext, m: SignedManifest, certificate: readonly SignedVote[], view: number): void {
+    const next = ctx.states.get(manifestValueHash(m.body))
+    if (next == null) throw new Error(`round ${ctx.round}: committing a value that was never replayed`)
+    this.#closeCtx()
+    this.#ctx = undefined
+    this.#head = next
+    const contributors = m.body.entries.map((e) => e.peerId)
+    this.#membership = nextMembership(this.#membership, ctx.round, contributors)
+    const record: RoundRecord = {
+      round: ctx.round,
+      parentStateHash: ctx.parent.hash,
+      stateHash: next.hash,
+      manifest: m,
+      certificate: [...certificate].sort((a, b) => (a.body.voter < b.body.voter ? -1 : 1)),
+      members: this.#membership,
+      contributors,
+      committedAt: Date.now(),
+    }
+    this.records.append(record)
+    this.#lastCommit = { kind: 'commit', manifest: m, certificate: [...record.certificate] }
+    // The value's proposer spreads the certificate for peers that missed votes.
+    if (m.body.proposer === this.#i.self) void this.#i.network.publish(this.#lastCommit).catch(() => {})
+    const mergeMs = this.#mergeMs.get(next.hash)
+    this.#mergeMs.clear()
+    this.#prune(ctx.round)
+    const hashes = new Set([...m.body.entries.map((e) => e.payloadHash), ...[...ctx.anns.values()].map((a) => a.body.payloadHash)])
+    let bytesSent = 0
+    let bytesReceived = 0
+    for (const h of hashes) {
+      bytesSent += this.#i.network.bytesServed(h)
+      bytesReceived += this.#i.network.bytesFetched(h)
+    }
+    const detail: RoundCompleteDetail = {
+      round: ctx.round,
+      stateHash: next.hash,
+      parentStateHash: ctx.parent.hash,
+      proposer: m.body.proposer,
+      contributors,
+      view,
+      certifiedBy: record.certificate.map((v) => v.body.voter),
+      members: memberIds(this.#membership),
+      metrics: {
+        roundMs: Date.now() - ctx.startedAt,
+        trainMs: ctx.trainMs,
+        mergeMs,
+        bytesReceived,
+        bytesSent,
+        train: ctx.trainMetrics,
+      },
+    }
+    this.#log.info(
+      { round: ctx.round, state: next.hash.slice(0, 12), view, proposer: m.body.proposer, contributors: contributors.length, votes: certificate.length, roundMs: detail.metrics.roundMs },
+      'round certified',
+    )
+    this.safeDispatchEvent('round:complete', { detail })
+    this.#advance()
+  }
+
+  #advance(): void {
+    const max = this.#i.maxRounds
+    if (max !== undefined && this.#head.round >= max) {
+      this.#status = 'done'
+      this.#log.info({ round: this.#head.round, state: this.#head.hash.slice(0, 12) }, 'all rounds done')
+      this.safeDispatchEvent('done', { detail: { round: this.#head.round, stateHash: this.#head.hash } })
+      this.#resolveDone()
+      return
+    }
+    if (this.#status === 'running') this.#beginRound()
+  }
+
+  #prune(committed: number): void {
+    const keepFrom = committed - (this.#i.retainRounds ?? 2) + 1
+    this.#i.store.prune(keepFrom)
+    for (const [h, d] of this.#decoded) if (d.round < keepFrom) this.#decoded.delete(h)
+    for (const r of this.#stash.keys()) if (r <= committed) this.#stash.delete(r)
+    if (this.#malformed.size > 10_000) this.#malformed.clear()
   }
 
   async #train(ctx: RoundContext): Promise<void> {
@@ -394,7 +785,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
       if (ctx.ac.signal.aborted) return
       this.#log.error({ round: ctx.round, err: (err as Error).message }, 'local training failed; this round goes on without us')
       ctx.ownDone = true
-      this.#maybePropose(ctx)
+      this.#feedCollection(ctx)
       return
     }
     if (ctx.ac.signal.aborted) return
@@ -424,25 +815,14 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
       ctx.adapters.set(self, { adapter, payloadHash })
       ctx.ownDone = true
       this.#log.info({ round: ctx.round, bytes: bytes.byteLength, trainMs: Math.round(ctx.trainMs) }, 'announcing adapter')
-      this.#maybePropose(ctx)
       await this.#i.network.publish(signed).catch((err: Error) => {
         this.#log.warn({ round: ctx.round, err: err.message }, 'publishing the announcement failed')
       })
-      // gossipsub is best effort: while the round stays open, say it again every grace
-      // period (a few times). Peers that have it drop the copy silently.
-      let repeats = 0
-      ctx.reannounce = setInterval(() => {
-        if (ctx.ac.signal.aborted || ++repeats > 3) {
-          clearInterval(ctx.reannounce)
-          return
-        }
-        void this.#i.network.publish(signed).catch(() => {})
-      }, config.round.graceMs)
-      ctx.reannounce.unref()
+      this.#feedCollection(ctx)
     } catch (err) {
       this.#log.error({ round: ctx.round, err: (err as Error).message }, 'could not encode our adapter; this round goes on without us')
       ctx.ownDone = true
-      this.#maybePropose(ctx)
+      this.#feedCollection(ctx)
     }
   }
 
@@ -464,6 +844,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
   async #onAnnouncement(ctx: RoundContext, signed: SignedAnnouncement): Promise<void> {
     const b = signed.body
     if (b.author === this.#i.self || ctx.ac.signal.aborted) return
+    if (ctx.behind) return
     if (b.parentStateHash !== ctx.parent.hash) {
       this.#reject(b.author, 'wrong-parent', `announcement for round ${b.round} built on ${b.parentStateHash.slice(0, 12)}, agreed parent is ${ctx.parent.hash.slice(0, 12)}`, b.round)
       return
@@ -476,6 +857,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
       return
     }
     ctx.anns.set(b.author, signed)
+    this.#feedCollection(ctx)
     const got = await this.#obtain(ctx, b.payloadHash, b.payloadSize, [b.author], ctx.ac.signal)
     if (ctx.ac.signal.aborted) return
     if (!got.ok) {
@@ -483,21 +865,22 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
         ctx.rejected.set(b.author, got.reason)
         this.#reject(b.author, got.reason, got.detail, b.round)
       }
-      this.#maybePropose(ctx)
+      this.#feedCollection(ctx)
       return
     }
     const check = this.#checkDecoded(got.adapter, b)
     if (!check.ok) {
       ctx.rejected.set(b.author, check.reason)
       this.#reject(b.author, check.reason, check.detail, b.round)
-      this.#maybePropose(ctx)
+      this.#feedCollection(ctx)
       return
     }
     ctx.adapters.set(b.author, { adapter: got.adapter, payloadHash: b.payloadHash })
+    ctx.heldAt.set(b.author, Date.now())
     this.safeDispatchEvent('adapter:received', {
       detail: { round: b.round, peerId: b.author, payloadHash: b.payloadHash, bytes: b.payloadSize, rank: b.rank, alpha: b.alpha, samples: b.samples },
     })
-    this.#maybePropose(ctx)
+    this.#feedCollection(ctx)
   }
 
   #checkDecoded(adapter: AdapterSet, meta: { rank: number; alpha: number }): { ok: true } | { ok: false; reason: RejectReason; detail: string } {
@@ -554,272 +937,21 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     return { ok: true, adapter }
   }
 
-  // ---------------------------------------------------------------------------------
-  // Proposing
+}
 
-  #maybePropose(ctx: RoundContext): void {
-    if (ctx !== this.#ctx || ctx.proposed || ctx.ac.signal.aborted || this.#status !== 'running') return
-    const { self, config } = this.#i
-    const order = proposerOrder(ctx.round, ctx.participants)
-    const k = order.indexOf(self)
-    const waiting = new Set<string>([...ctx.expected, ...ctx.anns.keys()])
-    let complete = ctx.ownDone
-    for (const p of waiting) {
-      if (p === self) continue
-      if (!ctx.adapters.has(p) && !ctx.rejected.has(p)) complete = false
-    }
-    const now = Date.now()
-    const due = ctx.startedAt + config.round.deadlineMs + k * config.round.graceMs
-    if ((k === 0 && complete) || now >= due) {
-      if (ctx.timer != null) clearTimeout(ctx.timer)
-      void this.#propose(ctx, k, complete)
-      return
-    }
-    if (ctx.timer != null) clearTimeout(ctx.timer)
-    ctx.timer = setTimeout(() => this.#maybePropose(ctx), Math.max(0, due - now))
-  }
-
-  async #propose(ctx: RoundContext, position: number, complete: boolean): Promise<void> {
-    ctx.proposed = true
-    const { self } = this.#i
-    const authors = [...ctx.adapters.keys()].filter((a) => ctx.anns.has(a)).sort()
-    const entries = authors.map((a) => entryFromAnnouncement(ctx.anns.get(a) as SignedAnnouncement))
-    const updates: ClientUpdate[] = authors.map((a) => ({
-      id: a,
-      samples: (ctx.anns.get(a) as SignedAnnouncement).body.samples,
-      adapter: (ctx.adapters.get(a) as Contribution).adapter,
-    }))
-    this.#log.info(
-      { round: ctx.round, position, entries: entries.length, complete, waitedMs: Date.now() - ctx.startedAt },
-      position === 0 ? 'proposing round manifest' : 'proposing fallback manifest',
-    )
-    let next: SwarmState
-    try {
-      const t0 = performance.now()
-      next = await applyRound(ctx.parent, this.#i.config.strategy, this.#i.config.targets, updates, { workers: this.#i.mergeWorkers })
-      this.#mergeMs.set(next.hash, performance.now() - t0)
-    } catch (err) {
-      this.#log.error({ round: ctx.round, err: (err as Error).message }, 'could not compute our manifest')
-      return
-    }
-    const body: ManifestBody = {
-      swarmId: this.#i.swarmId,
-      round: ctx.round,
-      parentStateHash: ctx.parent.hash,
-      proposer: self,
-      entries,
-      newStateHash: next.hash,
-    }
-    const signed = await signManifest(this.#i.privateKey, body)
-    this.#seenManifests.add(signed.sig)
-    const outcome = this.#decide(signed, ctx.parent.hash, next)
-    if (outcome === 'lost' || outcome === 'stale') return
-    await this.#i.network.publish(signed).catch((err: Error) => {
-      this.#log.warn({ round: ctx.round, err: err.message }, 'publishing the manifest failed')
-    })
-    // Once more after half a grace period, for a peer whose copy got lost (duplicates are
-    // dropped by signature); still well before any fallback proposer would act.
-    const again = setTimeout(() => {
-      this.#timers.delete(again)
-      if (this.#status !== 'stopped' && this.records.get(ctx.round)?.manifest.sig === signed.sig) {
-        void this.#i.network.publish(signed).catch(() => {})
-      }
-    }, this.#i.config.round.graceMs / 2)
-    again.unref()
-    this.#timers.add(again)
-  }
-
-  // ---------------------------------------------------------------------------------
-  // Manifests
-
-  async #onManifest(m: SignedManifest): Promise<void> {
-    if (this.#seenManifests.has(m.sig)) return
-    const r = m.body.round
-    // Which state does it build on? Our current round's parent, or (rollback) the head's parent.
-    let parent: SwarmState | undefined
-    if (r === this.round && this.#status === 'running') parent = this.#ctx?.parent
-    else if (r === this.#head.round) {
-      const last = this.records.last
-      if (last == null || !proposerBeats(r, m.body.proposer, last.manifest.body.proposer)) {
-        if (last != null && last.manifest.sig !== m.sig && last.manifest.body.proposer !== m.body.proposer) {
-          this.#seenManifests.add(m.sig)
-          this.#log.info(
-            { round: r, proposer: m.body.proposer, winner: last.manifest.body.proposer },
-            'competing manifest loses to the committed one (earlier proposer wins)',
-          )
-        }
-        return
-      }
-      parent = this.#prev
-    } else return
-    this.#seenManifests.add(m.sig)
-    if (parent == null) return
-    if (m.body.parentStateHash !== parent.hash) {
-      this.#reject(m.body.proposer, 'wrong-parent', `manifest for round ${r} builds on ${m.body.parentStateHash.slice(0, 12)}, agreed parent is ${parent.hash.slice(0, 12)}`, r)
-      return
-    }
-    const ctx = this.#ctx
-    const signal = r === ctx?.round ? ctx.ac.signal : this.#stop.signal
-    const updates: ClientUpdate[] = []
-    const results = await Promise.all(
-      m.body.entries.map(async (e) => {
-        const own = ctx != null && ctx.round === r ? ctx.adapters.get(e.peerId) : undefined
-        if (own != null && own.payloadHash === e.payloadHash) return { ok: true as const, adapter: own.adapter }
-        const got = await this.#obtain(r === ctx?.round ? ctx : undefined, e.payloadHash, e.payloadSize, [e.peerId, m.body.proposer], signal)
-        if (!got.ok) return got
-        const check = this.#checkDecoded(got.adapter, e)
-        return check.ok ? got : check
-      }),
-    )
-    for (let i = 0; i < results.length; i++) {
-      const res = results[i]
-      const e = m.body.entries[i]
-      if (!res.ok) {
-        if (res.reason === 'payload-unavailable') {
-          this.#log.warn({ round: r, proposer: m.body.proposer, author: e.peerId }, `manifest not applicable: ${res.detail}`)
-          this.#seenManifests.delete(m.sig)
-          return
-        }
-        this.#reject(m.body.proposer, res.reason, `manifest for round ${r} includes the bad payload of ${e.peerId}: ${res.detail}`, r)
-        return
-      }
-      updates.push({ id: e.peerId, samples: e.samples, adapter: res.adapter })
-    }
-    let next: SwarmState
-    try {
-      const t0 = performance.now()
-      next = await applyRound(parent, this.#i.config.strategy, this.#i.config.targets, updates, { workers: this.#i.mergeWorkers })
-      this.#mergeMs.set(next.hash, performance.now() - t0)
-    } catch (err) {
-      this.#reject(m.body.proposer, 'manifest-invalid', `manifest for round ${r} cannot be aggregated: ${(err as Error).message}`, r)
-      return
-    }
-    if (next.hash !== m.body.newStateHash) {
-      this.#reject(
-        m.body.proposer,
-        'manifest-hash-mismatch',
-        `manifest for round ${r} claims state ${m.body.newStateHash.slice(0, 12)}, replay gives ${next.hash.slice(0, 12)}`,
-        r,
-      )
-      return
-    }
-    this.#decide(m, parent.hash, next)
-  }
-
-  /**
-   * Synchronous decision on a verified manifest (replayed on `parentHash` to `next`):
-   * commit it, roll back to it, or drop it. Being synchronous, no other manifest can
-   * interleave between the check and the state change.
-   */
-  #decide(m: SignedManifest, parentHash: string, next: SwarmState): 'committed' | 'rolled-back' | 'lost' | 'stale' {
-    const r = m.body.round
-    const ctx = this.#ctx
-    if (this.#status === 'running' && ctx != null && r === ctx.round && parentHash === ctx.parent.hash) {
-      this.#commit(ctx, m, next)
-      return 'committed'
-    }
-    const last = this.records.last
-    if (r === this.#head.round && last != null && this.#prev != null && parentHash === this.#prev.hash) {
-      if (last.manifest.sig === m.sig) return 'stale'
-      if (!proposerBeats(r, m.body.proposer, last.manifest.body.proposer)) {
-        this.#log.info({ round: r, proposer: m.body.proposer, winner: last.manifest.body.proposer }, 'competing manifest loses (earlier proposer wins)')
-        return 'lost'
-      }
-      this.#rollback(m, next)
-      return 'rolled-back'
-    }
-    return 'stale'
-  }
-
-  #record(m: SignedManifest, next: SwarmState): RoundRecord {
-    return {
-      round: m.body.round,
-      parentStateHash: m.body.parentStateHash,
-      stateHash: next.hash,
-      manifest: m,
-      contributors: m.body.entries.map((e) => e.peerId),
-      committedAt: Date.now(),
-    }
-  }
-
-  #commit(ctx: RoundContext, m: SignedManifest, next: SwarmState): void {
-    this.#closeCtx()
-    this.#ctx = undefined
-    this.#prev = ctx.parent
-    this.#head = next
-    this.#announcedLast = new Set(ctx.anns.keys())
-    const record = this.#record(m, next)
-    this.records.append(record)
-    const mergeMs = this.#mergeMs.get(next.hash)
-    this.#mergeMs.clear()
-    this.#prune(ctx.round)
-    const hashes = new Set([...m.body.entries.map((e) => e.payloadHash), ...[...ctx.anns.values()].map((a) => a.body.payloadHash)])
-    let bytesSent = 0
-    let bytesReceived = 0
-    for (const h of hashes) {
-      bytesSent += this.#i.network.bytesServed(h)
-      bytesReceived += this.#i.network.bytesFetched(h)
-    }
-    const detail: RoundCompleteDetail = {
-      round: ctx.round,
-      stateHash: next.hash,
-      parentStateHash: ctx.parent.hash,
-      proposer: m.body.proposer,
-      contributors: record.contributors,
-      metrics: {
-        roundMs: Date.now() - ctx.startedAt,
-        trainMs: ctx.trainMs,
-        mergeMs,
-        bytesReceived,
-        bytesSent,
-        train: ctx.trainMetrics,
-      },
-    }
-    this.#log.info(
-      { round: ctx.round, state: next.hash.slice(0, 12), proposer: m.body.proposer, contributors: record.contributors.length, roundMs: detail.metrics.roundMs },
-      'round complete',
-    )
-    this.safeDispatchEvent('round:complete', { detail })
-    this.#advance()
-  }
-
-  #rollback(m: SignedManifest, next: SwarmState): void {
-    const previous = this.#head
-    this.#closeCtx()
-    this.#ctx = undefined
-    this.#head = next
-    const record = this.#record(m, next)
-    this.records.replaceLast(record)
-    this.#log.warn(
-      { round: m.body.round, from: previous.hash.slice(0, 12), to: next.hash.slice(0, 12), proposer: m.body.proposer },
-      'round superseded by an earlier proposer\'s manifest; rolled back and replayed',
-    )
-    this.safeDispatchEvent('round:superseded', {
-      detail: { round: m.body.round, previousStateHash: previous.hash, stateHash: next.hash, proposer: m.body.proposer, contributors: record.contributors },
-    })
-    if (this.#status === 'done') return
-    this.#beginRound()
-  }
-
-  #advance(): void {
-    const max = this.#i.maxRounds
-    if (max !== undefined && this.#head.round >= max) {
-      this.#status = 'done'
-      this.#log.info({ round: this.#head.round, state: this.#head.hash.slice(0, 12) }, 'all rounds done')
-      this.safeDispatchEvent('done', { detail: { round: this.#head.round, stateHash: this.#head.hash } })
-      this.#resolveDone()
-      return
-    }
-    if (this.#status === 'running') this.#beginRound()
-  }
-
-  #prune(committed: number): void {
-    const keepFrom = committed - (this.#i.retainRounds ?? 2) + 1
-    this.#i.store.prune(keepFrom)
-    for (const [h, d] of this.#decoded) if (d.round < keepFrom) this.#decoded.delete(h)
-    for (const r of this.#stash.keys()) if (r <= committed) this.#stash.delete(r)
-    if (this.#seenManifests.size > 10_000) this.#seenManifests.clear()
-    if (this.#malformed.size > 10_000) this.#malformed.clear()
+/** What the round machine needs to know of a (signature-checked) proposal. */
+export function proposalInfo(m: SignedManifest): ProposalInfo<SignedManifest> {
+  const b = m.body
+  return {
+    id: m.sig,
+    view: b.view,
+    proposer: b.proposer,
+    valueHash: manifestValueHash(b),
+    newStateHash: b.newStateHash,
+    authors: b.entries.map((e) => e.peerId),
+    lockView: b.lockView,
+    justifyVoters: b.justify.map((v) => v.body.voter),
+    ref: m,
   }
 }
 

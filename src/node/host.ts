@@ -27,6 +27,8 @@ export interface HostOptions {
   flora: FloraInit
   /** Count raw transport bytes into this object. */
   wireCounter?: WireCounter
+  /** libp2p's connection monitor (pings every 10 s by default; a connection whose peer does not answer is aborted). */
+  connectionMonitor?: NonNullable<Libp2pOptions['connectionMonitor']>
 }
 
 export type FloraLibp2p = Libp2p<{ identify: unknown; pubsub: unknown; flora: FloraService }>
@@ -52,7 +54,15 @@ export async function createHost(options: HostOptions): Promise<FloraLibp2p> {
     peerDiscovery: discovery,
     // A local swarm opens many connections from one host at once; libp2p's per-host
     // inbound rate limit (5/s) would reset most of them. Loopback is exempt (as above).
-    connectionManager: { allow: ['/ip4/127.0.0.0/ipcidr/8', '/ip6/::1/ipcidr/128'] },
+    connectionManager: {
+      allow: ['/ip4/127.0.0.0/ipcidr/8', '/ip6/::1/ipcidr/128'],
+      // Members are tagged keep-alive: a lost connection is redialled for a few minutes
+      // (0.5 s, then backing off by 1.5x up to 30 s between tries).
+      reconnectRetries: 12,
+      reconnectRetryInterval: 500,
+      reconnectBackoffFactor: 1.5,
+    },
+    connectionMonitor: options.connectionMonitor,
     connectionGater: {
       denyDialPeer: (peerId) => service?.isRefused(peerId.toString()) ?? false,
       denyInboundEncryptedConnection: (peerId) => service?.isRefused(peerId.toString()) ?? false,

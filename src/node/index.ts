@@ -20,9 +20,12 @@ export {
   type RoundCompleteDetail,
   type RoundMetrics,
   type RoundNetwork,
-  type RoundSupersededDetail,
+  type RoundStalledDetail,
+  proposalInfo,
 } from './engine.js'
-export { RoundLog, verifyChain, type RoundRecord } from './round-log.js'
+export { RoundLog, lastRecordedRound, verifyChain, type RoundRecord } from './round-log.js'
+export { MEMBER_TTL_ROUNDS, memberIds, nextMembership, quorumFor, quorumSize, type Membership, type QuorumRule } from './membership.js'
+export { RoundMachine, type MachineEffect, type MachineEvent, type MachineInit, type ProposalInfo, type VoteInfo } from './round-machine.js'
 export { applyRound, genesisState, type SwarmState } from './state.js'
 export { computeStateHash } from './state-hash.js'
 export { proposerBeats, proposerOrder, proposerPriority } from './proposer.js'

@@ -12,7 +12,7 @@ import { TypedEventEmitter, type PeerId, type PrivateKey } from '@libp2p/interfa
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
-import { createHost, type FloraLibp2p } from './host.js'
+import { createHost, type FloraLibp2p, type HostOptions } from './host.js'
 import { loadOrCreateIdentity } from './identity.js'
 import type { FloraEvents, FloraInit, FloraService, FloraStats } from './service.js'
 import type { RoundLog } from './round-log.js'
@@ -36,6 +36,8 @@ export interface PeerOptions extends FloraInit {
   wireCounter?: WireCounter
   /** Aborting stops the peer. */
   signal?: AbortSignal
+  /** libp2p connection monitor settings (ping interval and timeout). */
+  connectionMonitor?: HostOptions['connectionMonitor']
 }
 
 export interface FloraPeer {
@@ -68,7 +70,7 @@ export class PeerOptionsError extends Error {
   override readonly name = 'PeerOptionsError'
 }
 
-const FORWARDED = ['round:start', 'round:complete', 'round:superseded', 'adapter:received', 'peer:rejected', 'member:join', 'member:leave', 'done'] as const
+const FORWARDED = ['round:start', 'round:complete', 'round:stalled', 'adapter:received', 'peer:rejected', 'member:join', 'member:leave', 'done'] as const
 
 class Peer extends TypedEventEmitter<FloraEvents> implements FloraPeer {
   readonly libp2p: FloraLibp2p
@@ -175,6 +177,7 @@ export async function createPeer(options: PeerOptions): Promise<FloraPeer> {
     bootstrap: options.bootstrap,
     mdns: options.mdns,
     wireCounter: options.wireCounter,
+    connectionMonitor: options.connectionMonitor,
     flora: options,
   })
   return new Peer(

@@ -1,19 +1,25 @@
 /**
- * The per-round record: the signed manifest that decided the round and the state hash it
- * led to. Records chain by parentStateHash from the swarm's genesis state hash, so the log
- * is a verifiable history of who contributed what, and what a restarted or late peer
- * needs to catch up (a snapshot at some round plus the manifests since, each step checked
- * by hash; see docs/FEDERATION.md, "State sync").
+ * The per-round record: the signed manifest that decided the round, the precommit
+ * certificate that made it final, the state hash it led to and the membership it
+ * recorded. Records chain by parentStateHash from the swarm's genesis state hash, so the
+ * log is a verifiable history of who contributed what and who certified it, and what a
+ * restarted or late peer needs to catch up (see docs/FEDERATION.md, "State sync").
  */
-import { appendFile, mkdir } from 'node:fs/promises'
+import { appendFile, mkdir, readFile } from 'node:fs/promises'
 import { dirname } from 'node:path'
-import type { SignedManifest } from '../gossip/messages.js'
+import type { SignedManifest, SignedVote } from '../gossip/messages.js'
+import { manifestValueHash } from '../gossip/sign.js'
+import { memberIds, quorumFor, type Membership, type QuorumRule } from './membership.js'
 
 export interface RoundRecord {
   readonly round: number
   readonly parentStateHash: string
   readonly stateHash: string
   readonly manifest: SignedManifest
+  /** Precommits of a quorum of the previous record's members for the manifest's value. */
+  readonly certificate: readonly SignedVote[]
+  /** The membership after this round (M_r): round r+1's voters and proposer order. */
+  readonly members: Membership
   /** Peer ids whose adapters the round merged, in canonical (manifest) order. */
   readonly contributors: readonly string[]
   readonly committedAt: number
@@ -53,22 +59,12 @@ export class RoundLog {
     this.#persist('commit', record)
   }
 
-  /** Replaces the last record by a competing manifest of the same round (one-round rollback). */
-  replaceLast(record: RoundRecord): void {
-    const last = this.last
-    if (last == null || last.round !== record.round || last.parentStateHash !== record.parentStateHash) {
-      throw new Error(`round log: record ${record.round} cannot replace the last record`)
-    }
-    this.#records[this.#records.length - 1] = record
-    this.#persist('supersede', record)
-  }
-
   /** Resolves when every record so far is on disk. */
   async flush(): Promise<void> {
     await this.#writes
   }
 
-  #persist(type: 'commit' | 'supersede', record: RoundRecord): void {
+  #persist(type: 'commit', record: RoundRecord): void {
     const file = this.#file
     if (file == null) return
     const line = `${JSON.stringify({ type, ...record })}\n`
@@ -79,13 +75,53 @@ export class RoundLog {
   }
 }
 
-/** Checks that records chain from `genesis` round by round; returns the first broken round or null. */
-export function verifyChain(records: readonly RoundRecord[], genesis: string): number | null {
+/**
+ * The last committed round in a records file (0 when there is none): a restarted peer
+ * that had committed rounds must not found a new chain from genesis.
+ */
+export async function lastRecordedRound(file: string): Promise<number> {
+  let text: string
+  try {
+    text = await readFile(file, 'utf8')
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 0
+    throw err
+  }
+  let last = 0
+  for (const line of text.split('\n')) {
+    if (line.trim() === '') continue
+    try {
+      const r = JSON.parse(line) as { round?: unknown }
+      if (typeof r.round === 'number' && Number.isInteger(r.round)) last = Math.max(last, r.round)
+    } catch {
+      // a torn last line (crash mid-append): the rounds before it stand
+    }
+  }
+  return last
+}
+
+/**
+ * Checks that records chain from `genesis` round by round and that every round is
+ * certified: precommits for the manifest's value from a quorum of the members the previous
+ * record holds (founding round: of the manifest's authors, at least a quorum of minPeers).
+ * Signatures are not checked here (verifyQuorumVotes does). Returns the first broken round or null.
+ */
+export function verifyChain(records: readonly RoundRecord[], genesis: string, policy: { quorum: QuorumRule; minPeers: number } = { quorum: 'majority', minPeers: 1 }): number | null {
   let parent = genesis
   let round = records[0]?.round ?? 1
+  let members: readonly string[] = []
   for (const r of records) {
     if (r.round !== round || r.parentStateHash !== parent || r.manifest.body.newStateHash !== r.stateHash) return r.round
     if (r.manifest.body.parentStateHash !== r.parentStateHash || r.manifest.body.round !== r.round) return r.round
+    const value = manifestValueHash(r.manifest.body)
+    const views = new Set(r.certificate.map((v) => v.body.view))
+    if (views.size !== 1) return r.round
+    const { eligible, needed } = quorumFor(members, r.manifest.body.entries.map((e) => e.peerId), policy.quorum, policy.minPeers)
+    const voters = new Set(
+      r.certificate.filter((v) => v.body.phase === 'precommit' && v.body.valueHash === value && v.body.round === r.round && eligible.has(v.body.voter)).map((v) => v.body.voter),
+    )
+    if (voters.size < needed) return r.round
+    members = memberIds(r.members)
     parent = r.stateHash
     round++
   }

@@ -8,6 +8,7 @@
  * connected), and byte accounting.
  */
 import {
+  KEEP_ALIVE,
   serviceCapabilities,
   serviceDependencies,
   TypedEventEmitter,
@@ -28,7 +29,7 @@ import type { CanonicalValue } from '../gossip/canonical.js'
 import { decodeGossipMessage, encodeGossipMessage } from '../gossip/codec.js'
 import { PayloadFetcher } from '../gossip/fetcher.js'
 import { configDiff, HELLO_PROTOCOL, helloHandler, MAX_HELLO_PEERS, sayHello, type Hello } from '../gossip/hello.js'
-import type { GossipMessage } from '../gossip/messages.js'
+import { messageRound, type GossipMessage } from '../gossip/messages.js'
 import { PAYLOAD_PROTOCOL, payloadHandler, PayloadStore, type StreamOpener } from '../gossip/payload.js'
 import { swarmTopic } from '../gossip/topics.js'
 import { createTopicValidator, type RejectInfo } from '../gossip/validator.js'
@@ -38,7 +39,7 @@ import {
   type AdapterReceivedDetail,
   type PeerRejectedDetail,
   type RoundCompleteDetail,
-  type RoundSupersededDetail,
+  type RoundStalledDetail,
 } from './engine.js'
 import { silentLogger } from './logger.js'
 import type { RoundLog } from './round-log.js'
@@ -50,7 +51,7 @@ export const FLORA_AGENT = 'flora/0.1.0'
 export interface FloraEvents {
   'round:start': CustomEvent<{ round: number; parentStateHash: string }>
   'round:complete': CustomEvent<RoundCompleteDetail>
-  'round:superseded': CustomEvent<RoundSupersededDetail>
+  'round:stalled': CustomEvent<RoundStalledDetail>
   'adapter:received': CustomEvent<AdapterReceivedDetail>
   'peer:rejected': CustomEvent<PeerRejectedDetail>
   'member:join': CustomEvent<{ peerId: string }>
@@ -86,6 +87,10 @@ export interface FloraInit {
   retainRounds?: number
   /** How long a refused (other-swarm) peer stays blocked (default 60 s). */
   refuseMs?: number
+  /** A round not certified this long after it started is reported as `round:stalled` (default deadline + 10 grace). */
+  stallMs?: number
+  /** Rounds this peer had committed before a restart (e.g. from its records file): it must not found a new chain. */
+  priorHead?: number
 }
 
 export interface FloraComponents {
@@ -126,6 +131,8 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
   readonly #members = new Set<string>()
   readonly #helloInFlight = new Set<string>()
   readonly #refused = new Map<string, number>()
+  /** Head rounds members reported in their handshake. */
+  readonly #heads = new Map<string, number>()
   readonly #served = new Map<string, number>()
   readonly #fetched = new Map<string, number>()
   readonly #stats: FloraStats = { payloadBytesReceived: 0, payloadBytesSent: 0, gossipBytesReceived: 0 }
@@ -181,20 +188,28 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
       mergeWorkers: init.mergeWorkers ?? 0,
       recordsFile: init.recordsFile,
       retainRounds: init.retainRounds,
+      stallMs: init.stallMs,
+      priorHead: init.priorHead,
       network: {
         publish: async (msg) => this.#publish(msg),
         members: () => this.#members,
         isReady: (peer) => this.#isSubscribed(peer),
+        reportedHead: (peer) => this.#heads.get(peer),
         bytesServed: (hash) => this.#served.get(hash) ?? 0,
         bytesFetched: (hash) => this.#fetched.get(hash) ?? 0,
       },
     })
-    for (const type of ['round:start', 'round:complete', 'round:superseded', 'adapter:received', 'peer:rejected', 'done'] as const) {
+    for (const type of ['round:start', 'round:complete', 'round:stalled', 'adapter:received', 'peer:rejected', 'done'] as const) {
       this.engine.addEventListener(type, (evt) => {
         this.safeDispatchEvent(type, { detail: (evt as CustomEvent).detail })
       })
     }
-    this.engine.addEventListener('round:complete', () => this.#pruneCounters())
+    this.engine.addEventListener('round:complete', (e) => {
+      this.#pruneCounters()
+      // A member that reported itself behind has now fallen further behind; one that
+      // reported a head we have reached no longer tells us anything.
+      for (const [id, head] of this.#heads) if (head <= e.detail.round) this.#heads.delete(id)
+    })
     // A peer done with its rounds leaves the topic: the others stop expecting its adapters
     // and drop it from the proposer order. It keeps serving payloads until it stops.
     this.engine.addEventListener('done', () => {
@@ -386,7 +401,7 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
 
   #onRefused(info: RejectInfo): void {
     const peerId = info.publisher ?? info.from
-    const round = info.msg?.body.round
+    const round = info.msg != null ? messageRound(info.msg) : undefined
     const fields = { from: shortId(info.from), publisher: info.publisher && shortId(info.publisher), reason: info.reason, round }
     if (info.action === 'reject') this.#log.warn(fields, `gossip rejected: ${info.detail}`)
     else this.#log.info(fields, `gossip ignored: ${info.detail}`)
@@ -410,6 +425,7 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
       config: this.config as unknown as CanonicalValue,
       agent: FLORA_AGENT,
       peers,
+      head: { round: this.engine.head.round, stateHash: this.engine.head.hash },
     }
   }
 
@@ -452,7 +468,11 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
       void this.#c.connectionManager.closeConnections(peer).catch(() => {})
       return
     }
+    if (hello.head != null && hello.head.round !== this.engine.head.round) this.#heads.set(id, hello.head.round)
+    else this.#heads.delete(id)
     if (!this.#members.has(id)) {
+      // Lost connections to members are redialled by libp2p's reconnect queue.
+      void this.#c.peerStore.merge(peer, { tags: { [`${KEEP_ALIVE}-flora`]: { value: 1 } } }).catch(() => {})
       this.#members.add(id)
       this.#log.info({ member: shortId(id), members: this.#members.size }, 'member joined')
       this.safeDispatchEvent('member:join', { detail: { peerId: id } })

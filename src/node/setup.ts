@@ -23,6 +23,11 @@ export interface PeerSetup {
   readonly samples: number
   /** One line for the logs. */
   readonly description: string
+  /**
+   * Releases what the setup holds (setupPeerInWorker: terminates the training worker;
+   * pending and later calls reject). Absent for in-thread setups, which hold nothing.
+   */
+  close?(): Promise<void>
 }
 
 export interface SetupOptions {
@@ -64,8 +69,22 @@ export interface SetupOptions {
   backend?: 'auto' | 'tensorflow-gpu' | 'tensorflow' | 'wasm' | 'cpu'
   /** Only the swarm config is needed (e.g. --print-config): skip loading data. */
   configOnly?: boolean
+  /**
+   * Synthetic backend: busy-block the training thread this many ms per round (a simulated
+   * slow, synchronous training step; see SyntheticTrainerOptions.busyMs).
+   */
+  trainBusyMs?: number
   /** Called after every local training step. */
-  onTrainStep?: (progress: { round: number; step: number; steps: number; loss: number; elapsedMs: number }) => void
+  onTrainStep?: (progress: TrainProgress) => void
+}
+
+/** Progress of local training after one step. */
+export interface TrainProgress {
+  round: number
+  step: number
+  steps: number
+  loss: number
+  elapsedMs: number
 }
 
 export type TrainerBackend = (options: SetupOptions) => Promise<PeerSetup>
@@ -137,7 +156,7 @@ registerTrainerBackend('synthetic', async (o) => {
     config,
     weights: built.weights,
     samples,
-    trainer: syntheticTrainer({ samples, dataSeed, steps: o.localSteps ?? 5 }),
+    trainer: syntheticTrainer({ samples, dataSeed, steps: o.localSteps ?? 5, busyMs: o.trainBusyMs }),
     evaluate: async (weights) => syntheticEvalLoss(weights, config.targets, config.seed),
     description: `synthetic task (share ${dataSeed}, ${samples} samples) on a ${config.targets.length}-module synthetic base`,
   }

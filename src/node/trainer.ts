@@ -47,6 +47,12 @@ export interface SyntheticTrainerOptions {
   lr?: number
   /** Simulated extra training time; resolves early if the signal aborts. */
   delayMs?: number
+  /**
+   * Simulated slow *synchronous* training step: every call busy-blocks its thread (a spin
+   * loop, not a timer) for this many milliseconds, as a real trainer's compute does. The
+   * abort signal is checked before and after the spin, not during it.
+   */
+  busyMs?: number
 }
 
 /**
@@ -67,6 +73,10 @@ export function syntheticTrainer(options: SyntheticTrainerOptions = {}): Trainer
   return async (ctx) => {
     if (options.delayMs !== undefined && options.delayMs > 0) await abortableDelay(options.delayMs, ctx.signal)
     ctx.signal.throwIfAborted()
+    if (options.busyMs !== undefined && options.busyMs > 0) {
+      busyWait(options.busyMs)
+      ctx.signal.throwIfAborted()
+    }
     const base = ctx.init ?? initAdapter({ shapes: ctx.shapes, rank: ctx.rank, alpha: ctx.alpha, seed: ctx.seed, rslora: ctx.rslora })
     const targets = peerTargets(ctx.shapes, ctx.swarmSeed, options.dataSeed ?? 0, options.noise ?? 0.5)
     let loss = 0
@@ -167,6 +177,14 @@ export function syntheticEvalLoss(weights: ReadonlyMap<string, Float32Array>, sh
     n += w.length
   }
   return n > 0 ? sq / n : 0
+}
+
+/** Blocks the calling thread for `ms` milliseconds (on purpose: simulates synchronous compute). */
+function busyWait(ms: number): void {
+  const end = performance.now() + ms
+  while (performance.now() < end) {
+    // spin
+  }
 }
 
 function abortableDelay(ms: number, signal: AbortSignal): Promise<void> {
