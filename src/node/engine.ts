@@ -273,6 +273,8 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
       while (this.#status === 'waiting') {
         if (signal?.aborted === true) throw signal.reason
         if (this.#active().size + 1 >= minPeers) break
+        // Members report rounds we have not committed: we are behind; start (as a follower) at once.
+        if (this.#swarmHead() > this.#head.round) break
         await new Promise<void>((resolve) => {
           this.#wakeWaiting = resolve
         })
@@ -515,7 +517,11 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
       if (!ctx.adapters.has(p) && !ctx.rejected.has(p)) complete = false
     }
     const now = Date.now()
-    if (ctx.machine.founding) this.#feed(ctx, { type: 'candidates', now, peers: [...ctx.anns.keys()] })
+    // Founding round: announcers that passed the swarm handshake take part (not strangers on the topic).
+    if (ctx.machine.founding) {
+      const members = this.#i.network.members()
+      this.#feed(ctx, { type: 'candidates', now, peers: [...ctx.anns.keys()].filter((p) => members.has(p)) })
+    }
     this.#feed(ctx, { type: 'collection', now, complete })
   }
 

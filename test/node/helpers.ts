@@ -1,7 +1,7 @@
 /** Shared helpers for the multi-peer tests: loopback peers, gates, event waits. */
 import type { PrivateKey } from '@libp2p/interface'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
-import { createPeer, type FloraPeer } from '../../src/node/peer.js'
+import { createPeer, type FloraPeer, type PeerOptions } from '../../src/node/peer.js'
 import type { FloraEvents } from '../../src/node/service.js'
 import { identityFromSeed } from '../../src/node/identity.js'
 import { syntheticSwarm, type SyntheticSwarmOptions } from '../../src/node/synthetic.js'
@@ -89,6 +89,8 @@ export interface TestSwarmOptions {
   idSeed?: string
   /** Called for each peer after it is created and before it starts. */
   beforeStart?: (peer: FloraPeer, index: number) => void
+  /** More createPeer options for peer `index` (stall timeout, trainer, connection monitor, ...). */
+  peerOptions?: (index: number) => Partial<PeerOptions>
 }
 
 /** The peer ids startTestSwarm will use for a seed prefix (identities are deterministic). */
@@ -125,6 +127,7 @@ export async function startTestSwarm(options: TestSwarmOptions): Promise<TestSwa
         dataSeed: i,
         hold: options.hold != null ? (ctx) => options.hold?.(i, ctx) : undefined,
       }),
+      ...options.peerOptions?.(i),
     })
     self = peer.peerId
     peers.push(peer)
