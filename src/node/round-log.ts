@@ -5,7 +5,8 @@
  * log is a verifiable history of who contributed what and who certified it, and what a
  * restarted or late peer needs to catch up (see docs/FEDERATION.md, "State sync").
  */
-import { appendFile, mkdir, readFile } from 'node:fs/promises'
+import { closeSync, fsyncSync, mkdirSync, openSync, writeSync } from 'node:fs'
+import { readFile } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import type { SignedManifest, SignedVote } from '../gossip/messages.js'
 import { manifestValueHash } from '../gossip/sign.js'
@@ -28,7 +29,6 @@ export interface RoundRecord {
 export class RoundLog {
   readonly #records: RoundRecord[] = []
   readonly #file: string | undefined
-  #writes: Promise<void> = Promise.resolve()
 
   /** @param file optional JSON-lines file that every commit and supersede is appended to */
   constructor(options: { file?: string } = {}) {
@@ -59,19 +59,25 @@ export class RoundLog {
     this.#persist('commit', record)
   }
 
-  /** Resolves when every record so far is on disk. */
-  async flush(): Promise<void> {
-    await this.#writes
-  }
+  /** Records are written synchronously on commit; kept for callers that await it. */
+  async flush(): Promise<void> {}
 
+  /**
+   * Appends the record and fsyncs it before the commit is announced to anyone (events,
+   * the CLI's output): a peer killed right after a round completes still has it on disk.
+   */
   #persist(type: 'commit', record: RoundRecord): void {
     const file = this.#file
     if (file == null) return
     const line = `${JSON.stringify({ type, ...record })}\n`
-    this.#writes = this.#writes.then(async () => {
-      await mkdir(dirname(file), { recursive: true })
-      await appendFile(file, line)
-    })
+    mkdirSync(dirname(file), { recursive: true })
+    const fd = openSync(file, 'a')
+    try {
+      writeSync(fd, line)
+      fsyncSync(fd)
+    } finally {
+      closeSync(fd)
+    }
   }
 }
 
