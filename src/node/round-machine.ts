@@ -238,7 +238,6 @@ export class RoundMachine<P, V> {
       known.certified ||= certified
       return
     }
-    if (this.founding) this.#addCandidates([info.proposer, ...info.authors])
     if (!certified) {
       // Turn: only the view's proposer (over the recorded membership) may propose in it.
       if (info.proposer !== this.proposerOf(info.view)) {

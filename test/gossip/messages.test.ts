@@ -3,14 +3,17 @@ import { describe, expect, it } from 'vitest'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { canonicalJson } from '../../src/gossip/canonical.js'
 import { decodeGossipMessage, encodeGossipMessage } from '../../src/gossip/codec.js'
-import type { AnnouncementBody, ManifestBody } from '../../src/gossip/messages.js'
+import type { AnnouncementBody, ManifestBody, VoteBody } from '../../src/gossip/messages.js'
 import {
   announcementFromEntry,
   entryFromAnnouncement,
+  manifestValueHash,
   signAnnouncement,
   signManifest,
+  signVote,
   verifyAnnouncement,
   verifyManifest,
+  verifyVote,
 } from '../../src/gossip/sign.js'
 import { validateGossipMessage } from '../../src/gossip/validator.js'
 import { identityFromSeed } from '../../src/node/identity.js'
@@ -78,7 +81,7 @@ describe('manifests', () => {
     const peers = await Promise.all(['m-1', 'm-2', 'm-3'].map(keyAndId))
     const anns = await Promise.all(peers.map((p, i) => signAnnouncement(p.key, body(p.id, { rank: 2 ** (i + 1), payloadHash: `${i}`.repeat(64) }))))
     const entries = anns.map(entryFromAnnouncement).sort((x, y) => (x.peerId < y.peerId ? -1 : 1))
-    const mb: ManifestBody = { swarmId: SWARM, round: 3, parentStateHash: PARENT, proposer: peers[0].id, entries, newStateHash: 'e5'.repeat(32) }
+    const mb: ManifestBody = { swarmId: SWARM, round: 3, view: 0, parentStateHash: PARENT, proposer: peers[0].id, entries, newStateHash: 'e5'.repeat(32), lockView: -1, justify: [] }
     const signed = await signManifest(peers[0].key, mb)
     expect(await verifyManifest(signed)).toEqual({ ok: true })
     // Entries reconstruct the exact signed announcements.
@@ -91,6 +94,29 @@ describe('manifests', () => {
     const dup = await signManifest(peers[0].key, { ...mb, entries: [entries[0], entries[0]] })
     expect(await verifyManifest(dup)).toMatchObject({ ok: false, reason: 'manifest-invalid' })
     expect(await verifyManifest({ ...signed, body: { ...mb, newStateHash: 'f6'.repeat(32) } })).toMatchObject({ ok: false, reason: 'bad-signature' })
+  })
+
+  it('a re-proposal carries a prevote quorum for its value at its lockView, each vote signed by its voter', async () => {
+    const peers = await Promise.all(['j-1', 'j-2', 'j-3'].map(keyAndId))
+    const mb: ManifestBody = { swarmId: SWARM, round: 3, view: 2, parentStateHash: PARENT, proposer: peers[0].id, entries: [], newStateHash: 'e5'.repeat(32), lockView: 1, justify: [] }
+    const vote = (p: (typeof peers)[number], over: Partial<VoteBody> = {}) =>
+      signVote(p.key, { swarmId: SWARM, round: 3, view: 1, phase: 'prevote', voter: p.id, parentStateHash: PARENT, newStateHash: mb.newStateHash, valueHash: manifestValueHash(mb), ...over })
+    const justify = [await vote(peers[1]), await vote(peers[2])]
+    expect(await verifyManifest(await signManifest(peers[0].key, { ...mb, justify }))).toEqual({ ok: true })
+    // lockView without votes, votes without lockView, a lockView not before the view
+    expect(await verifyManifest(await signManifest(peers[0].key, mb))).toMatchObject({ ok: false, reason: 'manifest-invalid' })
+    expect(await verifyManifest(await signManifest(peers[0].key, { ...mb, lockView: -1, justify }))).toMatchObject({ ok: false, reason: 'manifest-invalid' })
+    expect(await verifyManifest(await signManifest(peers[0].key, { ...mb, view: 1, justify }))).toMatchObject({ ok: false, reason: 'manifest-invalid' })
+    // a vote for another value, view or phase; a vote twice; a forged vote
+    for (const bad of [{ valueHash: 'ab'.repeat(32) }, { view: 0 }, { phase: 'precommit' as const }]) {
+      const votes = [await vote(peers[1]), await vote(peers[2], bad)]
+      expect(await verifyManifest(await signManifest(peers[0].key, { ...mb, justify: votes }))).toMatchObject({ ok: false, reason: 'manifest-invalid' })
+    }
+    expect(await verifyManifest(await signManifest(peers[0].key, { ...mb, justify: [justify[0], justify[0]] }))).toMatchObject({ ok: false, reason: 'manifest-invalid' })
+    const forged = { ...justify[1], body: { ...justify[1].body, voter: peers[0].id } }
+    expect(await verifyManifest(await signManifest(peers[0].key, { ...mb, justify: [justify[0], forged] }))).toMatchObject({ ok: false, reason: 'bad-signature' })
+    expect(await verifyVote(justify[0])).toBe(true)
+    expect(await verifyVote(forged)).toBe(false)
   })
 })
 
