@@ -11,6 +11,7 @@ import { swarmIdOf } from './config.js'
 import { createLogger } from './logger.js'
 import { createPeer } from './peer.js'
 import { defaultTrainerBackend, setupPeer, trainerBackends } from './setup.js'
+import { setupPeerInWorker } from './worker-trainer.js'
 import type { RoundCompleteDetail, RoundStalledDetail } from './engine.js'
 import { lastRecordedRound } from './round-log.js'
 import type { WireCounter } from './wire-metrics.js'
@@ -116,6 +117,8 @@ export function buildProgram(): Command {
     .addOption(new Option('--seed <n>', 'swarm seed (swarm-wide)').argParser(int('--seed', 0)).env('FLORA_SEED'))
     .addOption(new Option('--layers <n>', 'synthetic base: layers').argParser(int('--layers', 1)).env('FLORA_SYNTHETIC_LAYERS'))
     .addOption(new Option('--hidden <n>', 'synthetic base: hidden size').argParser(int('--hidden', 1)).env('FLORA_SYNTHETIC_HIDDEN'))
+    .addOption(new Option('--train-busy-ms <ms>', 'synthetic trainer: block the training thread this long per round (simulates a slow, synchronous training step)').argParser(int('--train-busy-ms', 0)).env('FLORA_TRAIN_BUSY_MS'))
+    .addOption(new Option('--in-thread', 'train on the main thread instead of a worker (networking then stalls while a step runs)').env('FLORA_IN_THREAD'))
     .addOption(new Option('--samples <n>', 'synthetic trainer: reported sample count').argParser(int('--samples', 1)).env('FLORA_SAMPLES'))
     .addOption(new Option('-i, --identity <file>', 'key file that keeps this peer\'s id across restarts (created if missing)').default('.flora/peer.key').env('FLORA_IDENTITY'))
     .addOption(new Option('--mdns', 'also discover peers on the local network (mDNS)').env('FLORA_MDNS'))
@@ -191,6 +194,8 @@ interface CliOptions {
   layers?: number
   hidden?: number
   samples?: number
+  trainBusyMs?: number
+  inThread?: boolean
   identity: string
   mdns?: boolean
   records?: string
@@ -213,7 +218,9 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
   }
 
   const alpha = o.alpha ?? 2 * o.rank
-  const setup = await setupPeer({
+  // Training and evaluation run in a worker thread, so the peer keeps answering pings,
+  // gossip, payload requests and votes however long a step takes (--in-thread: not).
+  const setup = await (o.printConfig === true || o.inThread === true ? setupPeer : setupPeerInWorker)({
     trainer: o.trainer,
     configFile: o.config,
     name: o.name,
@@ -243,6 +250,7 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
     targets: o.targets,
     backend: o.backend,
     configOnly: o.printConfig === true,
+    trainBusyMs: o.trainBusyMs,
     onTrainStep: (p) => {
       // JSON: every step (the swarm script shows them); human: about five lines a round.
       const every = Math.max(1, Math.round(p.steps / 5))
@@ -373,6 +381,7 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
   // Stop first: an interrupted peer's training is aborted rather than waited for.
   await peer.stop()
   await Promise.all(pending)
+  await setup.close?.()
   const stats = peer.stats()
   report.stats = { ...stats, wireBytesIn: wire.bytesIn, wireBytesOut: wire.bytesOut }
   const last = report.rounds.at(-1)

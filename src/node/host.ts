@@ -62,7 +62,9 @@ export async function createHost(options: HostOptions): Promise<FloraLibp2p> {
       reconnectRetryInterval: 500,
       reconnectBackoffFactor: 1.5,
     },
-    connectionMonitor: options.connectionMonitor,
+    // A busy peer (training, merging, a loaded machine) answers pings late: give it 20 s
+    // at least before its connection is taken for dead (libp2p's default is 5 s).
+    connectionMonitor: options.connectionMonitor ?? { pingTimeout: { minTimeout: 20_000, maxTimeout: 60_000 } },
     connectionGater: {
       denyDialPeer: (peerId) => service?.isRefused(peerId.toString()) ?? false,
       denyInboundEncryptedConnection: (peerId) => service?.isRefused(peerId.toString()) ?? false,

@@ -403,6 +403,11 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
     const peerId = info.publisher ?? info.from
     const round = info.msg != null ? messageRound(info.msg) : undefined
     const fields = { from: shortId(info.from), publisher: info.publisher && shortId(info.publisher), reason: info.reason, round }
+    // Votes and certificates of the round we just committed keep arriving for a moment: normal, not a fault.
+    if (info.reason === 'round-window' && round !== undefined && round >= this.engine.head.round - 1 && round <= this.engine.head.round) {
+      this.#log.debug(fields, `gossip ignored: ${info.detail}`)
+      return
+    }
     if (info.action === 'reject') this.#log.warn(fields, `gossip rejected: ${info.detail}`)
     else this.#log.info(fields, `gossip ignored: ${info.detail}`)
     this.safeDispatchEvent('peer:rejected', { detail: { peerId, reason: info.reason, detail: info.detail, round } })
