@@ -434,6 +434,11 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
     }
   }
 
+  /**
+   * Runs the hello handshake on a new connection. A failed attempt (a slow or busy peer,
+   * a stream reset) is not a refusal: it is retried while the connection lasts, backing
+   * off from 1 s (5 tries), so a loaded machine does not leave a member half-joined.
+   */
   async #greet(peer: PeerId): Promise<void> {
     const id = peer.toString()
     if (this.#members.has(id) || this.#helloInFlight.has(id) || !this.#started) return
@@ -443,19 +448,44 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
     }
     this.#helloInFlight.add(id)
     try {
-      const signal = AbortSignal.any([AbortSignal.timeout(15_000), this.#stopController.signal])
-      const theirs = await sayHello(
-        (p, protocol, options) => this.#c.connectionManager.openStream(p, protocol, { signal: options.signal }),
-        peer,
-        await this.#hello(),
-        signal,
-      )
-      this.#onHello(peer, theirs)
-    } catch (err) {
-      if (!this.#stopController.signal.aborted) this.#log.debug({ peer: shortId(id), err: (err as Error).message }, 'hello failed')
+      for (let attempt = 0; attempt < 5; attempt++) {
+        if (attempt > 0 && !(await this.#pause(1000 * 2 ** (attempt - 1)))) return
+        if (this.#members.has(id) || this.#c.connectionManager.getConnections(peer).length === 0) return
+        try {
+          const signal = AbortSignal.any([AbortSignal.timeout(15_000), this.#stopController.signal])
+          const theirs = await sayHello(
+            (p, protocol, options) => this.#c.connectionManager.openStream(p, protocol, { signal: options.signal }),
+            peer,
+            await this.#hello(),
+            signal,
+          )
+          this.#onHello(peer, theirs)
+          return
+        } catch (err) {
+          if (this.#stopController.signal.aborted) return
+          this.#log.debug({ peer: shortId(id), attempt, err: (err as Error).message }, 'hello failed')
+        }
+      }
     } finally {
       this.#helloInFlight.delete(id)
     }
+  }
+
+  /** Waits `ms` (false if the service stops first). */
+  async #pause(ms: number): Promise<boolean> {
+    const signal = this.#stopController.signal
+    if (signal.aborted) return false
+    await new Promise<void>((resolve) => {
+      const t = setTimeout(done, ms)
+      t.unref()
+      function done(): void {
+        clearTimeout(t)
+        signal.removeEventListener('abort', done)
+        resolve()
+      }
+      signal.addEventListener('abort', done, { once: true })
+    })
+    return !signal.aborted
   }
 
   #onHello(peer: PeerId, hello: Hello | null): void {
@@ -490,10 +520,11 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
     }
   }
 
+  /** Connects to a member we were told about; retried (1 s, 2 s, 4 s, 8 s) while it is not connected. */
   async #meet(id: string, addrs: readonly string[]): Promise<void> {
+    let peer: PeerId
     try {
-      const peer = peerIdFromString(id)
-      if (this.#c.connectionManager.getConnections(peer).length > 0) return
+      peer = peerIdFromString(id)
       const mas = addrs.flatMap((a) => {
         try {
           return [multiaddr(a)]
@@ -502,9 +533,20 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
         }
       })
       await this.#c.peerStore.merge(peer, { multiaddrs: mas })
-      await this.#c.connectionManager.openConnection(peer, { signal: AbortSignal.any([AbortSignal.timeout(15_000), this.#stopController.signal]) })
     } catch (err) {
-      this.#log.debug({ peer: shortId(id), err: (err as Error).message }, 'could not connect to a member we were told about')
+      this.#log.debug({ peer: shortId(id), err: (err as Error).message }, 'a member we were told about has no usable address')
+      return
+    }
+    for (let attempt = 0; attempt < 5; attempt++) {
+      if (attempt > 0 && !(await this.#pause(1000 * 2 ** (attempt - 1)))) return
+      if (this.#c.connectionManager.getConnections(peer).length > 0 || this.isRefused(id)) return
+      try {
+        await this.#c.connectionManager.openConnection(peer, { signal: AbortSignal.any([AbortSignal.timeout(15_000), this.#stopController.signal]) })
+        return
+      } catch (err) {
+        if (this.#stopController.signal.aborted) return
+        this.#log.debug({ peer: shortId(id), attempt, err: (err as Error).message }, 'could not connect to a member we were told about')
+      }
     }
   }
 
