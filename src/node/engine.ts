@@ -459,9 +459,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
       )
     }
     this.safeDispatchEvent('round:start', { detail: { round, parentStateHash: parent.hash } })
-    const stallMs = this.#i.stallMs ?? config.round.deadlineMs + 10 * config.round.graceMs
-    ctx.stall = setTimeout(() => this.#stalled(ctx), stallMs)
-    ctx.stall.unref()
+    this.#armStall(ctx)
     ctx.repeat = setInterval(() => this.#republish(ctx), config.round.graceMs)
     ctx.repeat.unref()
     if (!behind) void this.#train(ctx)
@@ -471,6 +469,18 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     this.#stash.delete(round)
     for (const m of stashed) this.#dispatch(ctx, m)
     this.#feedCollection(ctx)
+  }
+
+  /**
+   * (Re)starts the round's stall clock. The founding round restarts it whenever another
+   * founder turns up: peers of a large swarm start over minutes, and round 1 can only be
+   * certified once enough of them are there.
+   */
+  #armStall(ctx: RoundContext): void {
+    const { config } = this.#i
+    if (ctx.stall != null) clearTimeout(ctx.stall)
+    ctx.stall = setTimeout(() => this.#stalled(ctx), this.#i.stallMs ?? config.round.deadlineMs + 10 * config.round.graceMs)
+    ctx.stall.unref()
   }
 
   #stalled(ctx: RoundContext): void {
@@ -520,7 +530,9 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     // Founding round: announcers that passed the swarm handshake take part (not strangers on the topic).
     if (ctx.machine.founding) {
       const members = this.#i.network.members()
-      this.#feed(ctx, { type: 'candidates', now, peers: [...ctx.anns.keys()].filter((p) => members.has(p)) })
+      const before = ctx.machine.order().length
+      this.#feed(ctx, { type: 'candidates', now, peers: [...this.#active(), ...[...ctx.anns.keys()].filter((p) => members.has(p))] })
+      if (ctx.machine.order().length > before) this.#armStall(ctx)
     }
     this.#feed(ctx, { type: 'collection', now, complete })
   }
