@@ -188,6 +188,8 @@ interface RoundContext {
   /** Our own signed votes and proposals of the round (re-published while it stays open). */
   readonly own: GossipMessage[]
   readonly behind: boolean
+  /** Founding round: announcements counted so far (new ones restart the stall clock). */
+  foundersSeen: number
   ownDone: boolean
   trainMs?: number
   trainMetrics?: Readonly<Record<string, number>>
@@ -448,6 +450,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
       receivedAt: new Map(),
       own: [],
       behind,
+      foundersSeen: 0,
       ownDone: behind,
     }
     this.#ctx = ctx
@@ -532,7 +535,9 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
       const members = this.#i.network.members()
       const before = ctx.machine.order().length
       this.#feed(ctx, { type: 'candidates', now, peers: [...this.#active(), ...[...ctx.anns.keys()].filter((p) => members.has(p))] })
-      if (ctx.machine.order().length > before) this.#armStall(ctx)
+      // Founders turn up (and announce) over minutes in a large swarm: that is progress.
+      if (ctx.machine.order().length > before || ctx.anns.size > ctx.foundersSeen) this.#armStall(ctx)
+      ctx.foundersSeen = ctx.anns.size
     }
     this.#feed(ctx, { type: 'collection', now, complete })
   }

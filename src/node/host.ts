@@ -61,6 +61,9 @@ export async function createHost(options: HostOptions): Promise<FloraLibp2p> {
       reconnectRetries: 12,
       reconnectRetryInterval: 500,
       reconnectBackoffFactor: 1.5,
+      // A swarm's members dial each other at once when it forms; libp2p's default (10
+      // inbound connections mid-handshake) refuses most of them on a busy machine.
+      maxIncomingPendingConnections: 128,
     },
     // A busy peer (training, merging, a loaded machine) answers pings late: give it 20 s
     // at least before its connection is taken for dead (libp2p's default is 5 s).

@@ -130,6 +130,10 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
   readonly #self: string
   readonly #members = new Set<string>()
   readonly #helloInFlight = new Set<string>()
+  /** Members we were told about (id -> listen addresses): dialled until connected. */
+  readonly #known = new Map<string, readonly string[]>()
+  readonly #dialing = new Set<string>()
+  #sweep: NodeJS.Timeout | undefined
   readonly #refused = new Map<string, number>()
   /** Head rounds members reported in their handshake. */
   readonly #heads = new Map<string, number>()
@@ -287,6 +291,11 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
       },
     })
     this.#started = true
+    // Every few seconds, dial the members we were told about and are not connected to: on a
+    // loaded machine (or a busy peer) dials fail and time out, and a swarm must still end
+    // up fully connected.
+    this.#sweep = setInterval(() => this.#meetKnown(), 3000)
+    this.#sweep.unref()
   }
 
   async afterStart(): Promise<void> {
@@ -321,6 +330,7 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
 
   async beforeStop(): Promise<void> {
     this.#stopController.abort(new Error('flora stopping'))
+    if (this.#sweep != null) clearInterval(this.#sweep)
     this.engine.stop()
     await this.engine.records.flush()
     const pubsub = this.#pubsub
@@ -516,15 +526,27 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
     // Meet the members it knows that we do not.
     for (const p of hello.peers) {
       if (p.id === this.#self || this.#members.has(p.id) || this.isRefused(p.id)) continue
+      this.#known.set(p.id, p.addrs)
       void this.#meet(p.id, p.addrs)
     }
   }
 
-  /** Connects to a member we were told about; retried (1 s, 2 s, 4 s, 8 s) while it is not connected. */
+  /** Dials members we know of and are not connected to (a few at a time). */
+  #meetKnown(): void {
+    for (const [id, addrs] of this.#known) {
+      if (this.#dialing.size >= 8) return
+      if (this.#members.has(id) && this.#c.connectionManager.getConnections(peerIdFromString(id)).length > 0) continue
+      void this.#meet(id, addrs)
+    }
+  }
+
+  /** Connects to a member we were told about (once at a time; the sweep tries again later). */
   async #meet(id: string, addrs: readonly string[]): Promise<void> {
-    let peer: PeerId
+    if (this.#dialing.has(id) || this.isRefused(id) || this.#stopController.signal.aborted) return
+    this.#dialing.add(id)
     try {
-      peer = peerIdFromString(id)
+      const peer = peerIdFromString(id)
+      if (this.#c.connectionManager.getConnections(peer).length > 0) return
       const mas = addrs.flatMap((a) => {
         try {
           return [multiaddr(a)]
@@ -533,20 +555,11 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
         }
       })
       await this.#c.peerStore.merge(peer, { multiaddrs: mas })
+      await this.#c.connectionManager.openConnection(peer, { signal: AbortSignal.any([AbortSignal.timeout(15_000), this.#stopController.signal]) })
     } catch (err) {
-      this.#log.debug({ peer: shortId(id), err: (err as Error).message }, 'a member we were told about has no usable address')
-      return
-    }
-    for (let attempt = 0; attempt < 5; attempt++) {
-      if (attempt > 0 && !(await this.#pause(1000 * 2 ** (attempt - 1)))) return
-      if (this.#c.connectionManager.getConnections(peer).length > 0 || this.isRefused(id)) return
-      try {
-        await this.#c.connectionManager.openConnection(peer, { signal: AbortSignal.any([AbortSignal.timeout(15_000), this.#stopController.signal]) })
-        return
-      } catch (err) {
-        if (this.#stopController.signal.aborted) return
-        this.#log.debug({ peer: shortId(id), attempt, err: (err as Error).message }, 'could not connect to a member we were told about')
-      }
+      if (!this.#stopController.signal.aborted) this.#log.debug({ peer: shortId(id), err: (err as Error).message }, 'could not connect to a member we were told about')
+    } finally {
+      this.#dialing.delete(id)
     }
   }
 
