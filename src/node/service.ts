@@ -133,6 +133,8 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
   /** Members we were told about (id -> listen addresses): dialled until connected. */
   readonly #known = new Map<string, readonly string[]>()
   readonly #dialing = new Set<string>()
+  /** Failed handshakes per connected peer (a peer that is not a flora peer is left alone after 10). */
+  readonly #helloFailures = new Map<string, number>()
   #sweep: NodeJS.Timeout | undefined
   readonly #refused = new Map<string, number>()
   /** Head rounds members reported in their handshake. */
@@ -402,6 +404,7 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
 
   readonly #onDisconnect = (evt: CustomEvent<PeerId>): void => {
     const id = evt.detail.toString()
+    this.#helloFailures.delete(id)
     if (this.#members.delete(id)) {
       this.#log.info({ member: shortId(id), members: this.#members.size }, 'member left')
       this.safeDispatchEvent('member:leave', { detail: { peerId: id } })
@@ -445,9 +448,9 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
   }
 
   /**
-   * Runs the hello handshake on a new connection. A failed attempt (a slow or busy peer,
-   * a stream reset) is not a refusal: it is retried while the connection lasts, backing
-   * off from 1 s (5 tries), so a loaded machine does not leave a member half-joined.
+   * Runs the hello handshake on a connection. A failed attempt (a slow or busy peer, a
+   * stream reset, an identify that timed out so the topology never fired) is not a
+   * refusal: the sweep (#meetKnown) greets connected non-members again every few seconds.
    */
   async #greet(peer: PeerId): Promise<void> {
     const id = peer.toString()
@@ -458,44 +461,20 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
     }
     this.#helloInFlight.add(id)
     try {
-      for (let attempt = 0; attempt < 5; attempt++) {
-        if (attempt > 0 && !(await this.#pause(1000 * 2 ** (attempt - 1)))) return
-        if (this.#members.has(id) || this.#c.connectionManager.getConnections(peer).length === 0) return
-        try {
-          const signal = AbortSignal.any([AbortSignal.timeout(15_000), this.#stopController.signal])
-          const theirs = await sayHello(
-            (p, protocol, options) => this.#c.connectionManager.openStream(p, protocol, { signal: options.signal }),
-            peer,
-            await this.#hello(),
-            signal,
-          )
-          this.#onHello(peer, theirs)
-          return
-        } catch (err) {
-          if (this.#stopController.signal.aborted) return
-          this.#log.debug({ peer: shortId(id), attempt, err: (err as Error).message }, 'hello failed')
-        }
-      }
+      const signal = AbortSignal.any([AbortSignal.timeout(15_000), this.#stopController.signal])
+      const theirs = await sayHello(
+        (p, protocol, options) => this.#c.connectionManager.openStream(p, protocol, { signal: options.signal }),
+        peer,
+        await this.#hello(),
+        signal,
+      )
+      this.#onHello(peer, theirs)
+    } catch (err) {
+      if (!this.#stopController.signal.aborted) this.#log.debug({ peer: shortId(id), err: (err as Error).message }, 'hello failed')
+      this.#helloFailures.set(id, (this.#helloFailures.get(id) ?? 0) + 1)
     } finally {
       this.#helloInFlight.delete(id)
     }
-  }
-
-  /** Waits `ms` (false if the service stops first). */
-  async #pause(ms: number): Promise<boolean> {
-    const signal = this.#stopController.signal
-    if (signal.aborted) return false
-    await new Promise<void>((resolve) => {
-      const t = setTimeout(done, ms)
-      t.unref()
-      function done(): void {
-        clearTimeout(t)
-        signal.removeEventListener('abort', done)
-        resolve()
-      }
-      signal.addEventListener('abort', done, { once: true })
-    })
-    return !signal.aborted
   }
 
   #onHello(peer: PeerId, hello: Hello | null): void {
@@ -531,11 +510,17 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
     }
   }
 
-  /** Dials members we know of and are not connected to (a few at a time). */
+  /** Greets connected peers that are not members yet; dials members we know of and are not connected to (a few at a time). */
   #meetKnown(): void {
+    if (!this.#started || this.#stopController.signal.aborted) return
+    for (const conn of this.#c.connectionManager.getConnections()) {
+      const id = conn.remotePeer.toString()
+      if (this.#members.has(id) || this.#helloInFlight.has(id) || this.isRefused(id) || (this.#helloFailures.get(id) ?? 0) >= 10) continue
+      void this.#greet(conn.remotePeer)
+    }
     for (const [id, addrs] of this.#known) {
       if (this.#dialing.size >= 8) return
-      if (this.#members.has(id) && this.#c.connectionManager.getConnections(peerIdFromString(id)).length > 0) continue
+      if (this.#members.has(id) || this.#c.connectionManager.getConnections(peerIdFromString(id)).length > 0) continue
       void this.#meet(id, addrs)
     }
   }
