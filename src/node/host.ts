@@ -65,9 +65,10 @@ export async function createHost(options: HostOptions): Promise<FloraLibp2p> {
       // inbound connections mid-handshake) refuses most of them on a busy machine.
       maxIncomingPendingConnections: 128,
     },
-    // A busy peer (training, merging, a loaded machine) answers pings late: give it 20 s
-    // at least before its connection is taken for dead (libp2p's default is 5 s).
-    connectionMonitor: options.connectionMonitor ?? { pingTimeout: { minTimeout: 20_000, maxTimeout: 60_000 } },
+    // A busy peer (training, merging, a loaded machine) answers pings late: give it a
+    // minute before its connection is taken for dead (libp2p's default is 5 s, which on a
+    // CPU-starved host aborts healthy connections: 48 peers on 2 cores fell apart with it).
+    connectionMonitor: options.connectionMonitor ?? { pingTimeout: { minTimeout: 60_000, maxTimeout: 120_000 } },
     connectionGater: {
       denyDialPeer: (peerId) => service?.isRefused(peerId.toString()) ?? false,
       denyInboundEncryptedConnection: (peerId) => service?.isRefused(peerId.toString()) ?? false,
