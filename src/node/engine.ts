@@ -274,7 +274,12 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
       // Woken by membersChanged() (handshakes, subscriptions, heartbeats) and by aborts.
       while (this.#status === 'waiting') {
         if (signal?.aborted === true) throw signal.reason
-        if (this.#active().size + 1 >= minPeers) break
+        const ready = this.#active().size + 1
+        if (ready >= minPeers) break
+        // In a large swarm some pairs' direct gossip streams come up late (or only through
+        // the mesh): start once minPeers members passed the handshake and all but a tenth
+        // of them are ready; gossip reaches the others through the mesh and is repeated.
+        if (this.#handshaken().length + 1 >= minPeers && ready >= minPeers - Math.floor(minPeers / 10)) break
         // Members report rounds we have not committed: we are behind; start (as a follower) at once.
         if (this.#swarmHead() > this.#head.round) break
         await new Promise<void>((resolve) => {
@@ -321,6 +326,11 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
   #active(): Set<string> {
     const net = this.#i.network
     return new Set([...net.members()].filter((p) => net.isReady(p) && !this.#reportsBehind(p)))
+  }
+
+  /** Peers that passed the swarm handshake and are not behind (founding candidates). */
+  #handshaken(): string[] {
+    return [...this.#i.network.members()].filter((p) => !this.#reportsBehind(p))
   }
 
   /** A member that said in its handshake that it is behind our head (a restarted peer). */
@@ -466,7 +476,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     ctx.repeat = setInterval(() => this.#republish(ctx), config.round.graceMs)
     ctx.repeat.unref()
     if (!behind) void this.#train(ctx)
-    this.#feed(ctx, { type: 'candidates', now, peers: [...expected] })
+    this.#feed(ctx, { type: 'candidates', now, peers: [...expected, ...(members.length === 0 ? this.#handshaken() : [])] })
     this.#feed(ctx, { type: 'absent', now, peers: this.#absent(ctx) })
     const stashed = this.#stash.get(round) ?? []
     this.#stash.delete(round)
@@ -534,7 +544,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     if (ctx.machine.founding) {
       const members = this.#i.network.members()
       const before = ctx.machine.order().length
-      this.#feed(ctx, { type: 'candidates', now, peers: [...this.#active(), ...[...ctx.anns.keys()].filter((p) => members.has(p))] })
+      this.#feed(ctx, { type: 'candidates', now, peers: [...this.#handshaken(), ...[...ctx.anns.keys()].filter((p) => members.has(p))] })
       // Founders turn up (and announce) over minutes in a large swarm: that is progress.
       if (ctx.machine.order().length > before || ctx.anns.size > ctx.foundersSeen) this.#armStall(ctx)
       ctx.foundersSeen = ctx.anns.size
@@ -836,6 +846,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
       if (ctx.ac.signal.aborted) return
       ctx.anns.set(self, signed)
       ctx.adapters.set(self, { adapter, payloadHash })
+      ctx.heldAt.set(self, Date.now())
       ctx.ownDone = true
       this.#log.info({ round: ctx.round, bytes: bytes.byteLength, trainMs: Math.round(ctx.trainMs) }, 'announcing adapter')
       await this.#i.network.publish(signed).catch((err: Error) => {
@@ -860,7 +871,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
   }
 
   #reject(peerId: string, reason: RejectReason, detail: string, round?: number): void {
-    this.#log.warn({ peer: peerId, reason, round }, `rejected: ${detail}`)
+    this.#log.warn({ offender: peerId, reason, round }, `rejected: ${detail}`)
     this.safeDispatchEvent('peer:rejected', { detail: { peerId, reason, detail, round } })
   }
 
