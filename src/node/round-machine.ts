@@ -14,8 +14,8 @@
  *   open by the receiver's clock (minus `skewMs`); earlier ones wait for their view.
  * - prevote: a member that replays the view's proposal to its state hash prevotes its
  *   value, unless it is locked on another value (and the proposal carries no prevote
- *   quorum from a view at or after the lock) or, for a fresh proposal, the proposal omits
- *   an adapter the member held well before it (censorship).
+ *   quorum from a view at or after the lock) or, for a fresh view-0 proposal, the proposal
+ *   omits an adapter the member held well before it (censorship).
  * - precommit: on a prevote quorum for the value of the current view's proposal, a member
  *   locks on it and precommits.
  * - commit: a precommit quorum (of any view) for a value it has replayed decides the round.
@@ -296,7 +296,9 @@ export class RoundMachine<P, V> {
     const { info } = h
     const key = `prevote:${info.view}`
     if (!this.init.canVote || this.#myVotes.has(key) || info.view !== this.#view) return
-    if (info.lockView < 0 && h.censored.length > 0) {
+    // Censorship is judged in view 0 only, whose proposer had the whole deadline to collect:
+    // later views take what their proposer holds, so a slow network cannot stall a round.
+    if (info.lockView < 0 && info.view === 0 && h.censored.length > 0) {
       this.#myVotes.set(key, '')
       out.push({
         type: 'reject',

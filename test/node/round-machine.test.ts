@@ -589,6 +589,14 @@ describe('round machine: 11. censorship', () => {
       ),
     },
     {
+      name: 'from view 1 on, a fresh proposal is taken as its proposer holds it (a slow network cannot stall the round)',
+      steps: steps(
+        [tick(1100), []],
+        [proposal(1110, { id: 'pY1', view: 1, proposer: P1, value: 'Y' }), [verify('pY1')]],
+        [verified(1120, 'pY1', true, ['B']), [voteFx('prevote', 1, 'Y')]],
+      ),
+    },
+    {
       name: 'a re-proposal (lockView >= 0) is not checked for censorship',
       steps: steps(
         [tick(1100), []],
