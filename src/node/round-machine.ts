@@ -121,6 +121,8 @@ export class RoundMachine<P, V> {
   readonly #votes = new Map<string, Map<string, VoteInfo<V>>>()
   readonly #myVotes = new Map<string, string>()
   readonly #proposed = new Set<number>()
+  /** Highest view each voter has voted in (view synchronisation). */
+  readonly #highest = new Map<string, number>()
   #locked: { valueHash: string; view: number } | undefined
   /** Highest prevote quorum seen for a value we replayed: what we re-propose. */
   #valid: { valueHash: string; view: number } | undefined
@@ -337,6 +339,30 @@ export class RoundMachine<P, V> {
       return
     }
     byVoter.set(vote.voter, vote)
+    this.#catchUp(vote.voter, vote.view, out)
+  }
+
+  /**
+   * View synchronisation (Tendermint's round skip): peers whose rounds started at different
+   * times (a large swarm founding over minutes) are in different views, and votes spread
+   * over views make no quorum. When more voters than could be faulty (n - quorum + 1 of
+   * the n voters) have voted in views at or above v > ours, enter v at once. Views only
+   * affect liveness; locks keep safety whatever view a peer is in.
+   */
+  #catchUp(voter: string, view: number, out: MachineEffect<P, V>[]): void {
+    if (view <= this.#view) return
+    const voters = this.founding ? this.#candidates : new Set(this.init.members)
+    if (!voters.has(voter)) return
+    if (view > (this.#highest.get(voter) ?? -1)) this.#highest.set(voter, view)
+    const n = voters.size
+    const need = n - quorumFor(this.init.members, [...voters], this.init.quorum, this.init.minPeers).needed + 1
+    const ahead = [...this.#highest].filter(([p]) => voters.has(p)).map(([, v]) => v).sort((a, b) => b - a)
+    if (need < 1 || ahead.length < need) return
+    const target = ahead[need - 1]
+    if (target > this.#view) {
+      this.#view = target
+      this.#onViewEntered(out)
+    }
   }
 
   /** The authors of a value we hold a proposal for (founding quorum), or undefined. */

@@ -821,3 +821,21 @@ describe('membership', () => {
     expect(quorumFor([], ['A'], 'two-thirds', 5).needed).toBe(4)
   })
 })
+
+describe('round machine: 16. view synchronisation', () => {
+  it('votes of more voters than could be faulty in a higher view pull a late peer into that view; one voter does not', () => {
+    // 5 members, majority quorum 3: 5 - 3 + 1 = 3 voters ahead make the jump.
+    const self = MEMBERS5[0]
+    const others = MEMBERS5.filter((p) => p !== self)
+    const one = feed({ self, members: MEMBERS5 }, [prevote(10, 7, others[0], 'X'), prevote(11, 7, others[0], 'X')])
+    expect(one.m.view).toBe(0)
+    const two = feed({ self, members: MEMBERS5 }, [prevote(10, 7, others[0], 'X'), prevote(11, 6, others[1], 'X')])
+    expect(two.m.view).toBe(0)
+    const three = feed({ self, members: MEMBERS5 }, [prevote(10, 7, others[0], 'X'), prevote(11, 6, others[1], 'X'), prevote(12, 9, others[2], 'X')])
+    // the third-highest view among the voters ahead
+    expect(three.m.view).toBe(6)
+    // non-members never pull
+    const strangers = feed({ self, members: MEMBERS5 }, [prevote(10, 7, 'X1', 'X'), prevote(11, 7, 'X2', 'X'), prevote(12, 7, 'X3', 'X')])
+    expect(strangers.m.view).toBe(0)
+  })
+})
