@@ -624,9 +624,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
       this.#log.info({ round: ctx.round, view, entries: entries.length, waitedMs: Date.now() - ctx.startedAt }, 'proposing round manifest')
       let next: SwarmState
       try {
-        const t0 = performance.now()
-        next = await applyRound(ctx.parent, this.#i.config.strategy, this.#i.config.targets, updates, { workers: this.#i.mergeWorkers })
-        this.#mergeMs.set(next.hash, performance.now() - t0)
+        next = await this.#merge(ctx.parent, updates)
       } catch (err) {
         this.#log.error({ round: ctx.round, err: (err as Error).message }, 'could not compute our manifest')
         return
@@ -652,6 +650,14 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
       this.#log.warn({ round: ctx.round, err: err.message }, 'publishing the manifest failed')
     })
     this.#feed(ctx, { type: 'proposal', now: Date.now(), proposal: proposalInfo(signed) })
+  }
+
+  /** The round's merge on `parent` (timed, for the round's metrics). */
+  async #merge(parent: SwarmState, updates: readonly ClientUpdate[]): Promise<SwarmState> {
+    const t0 = performance.now()
+    const next = await applyRound(parent, this.#i.config.strategy, this.#i.config.targets, updates, { workers: this.#i.mergeWorkers })
+    this.#mergeMs.set(next.hash, performance.now() - t0)
+    return next
   }
 
   /** Replays a proposal on the round's parent: fetch its payloads, merge, compare hashes. */
@@ -700,9 +706,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     }
     let next: SwarmState
     try {
-      const t0 = performance.now()
-      next = await applyRound(ctx.parent, this.#i.config.strategy, this.#i.config.targets, updates, { workers: this.#i.mergeWorkers })
-      this.#mergeMs.set(next.hash, performance.now() - t0)
+      next = await this.#merge(ctx.parent, updates)
     } catch (err) {
       done(false, `manifest for round ${b.round} cannot be aggregated: ${(err as Error).message}`)
       return
