@@ -71,7 +71,7 @@ describe('P4: liveness under crashes', () => {
     const ids = await testPeerIds('p4-mute', 3)
     const order = proposerOrder(1, ids)
     const mute = order[0]
-    const completions: Promise<{ stateHash: string; proposer: string; contributors: readonly string[]; metrics: { roundMs: number } }>[] = []
+    const completions: Promise<{ stateHash: string; proposer: string; view: number; contributors: readonly string[]; metrics: { roundMs: number } }>[] = []
     swarm = await startTestSwarm({
       ranks: [2, 4, 8],
       rounds: 1,
@@ -89,7 +89,9 @@ describe('P4: liveness under crashes', () => {
     })
     const done = await Promise.all(completions)
     for (const d of done) {
-      expect(d.proposer).toBe(order[1])
+      // A fallback proposer (a later view) closed it; which one depends on when each peer's views opened.
+      expect(d.proposer).not.toBe(mute)
+      expect(d.view).toBeGreaterThanOrEqual(1)
       expect(d.contributors).not.toContain(mute)
       expect(d.contributors).toHaveLength(2)
       expect(d.metrics.roundMs).toBeLessThanOrEqual(DEADLINE + GRACE + SLACK)
