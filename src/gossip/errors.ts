@@ -25,6 +25,7 @@ export type RejectReason =
   | 'censorship' // a fresh proposal omits an adapter we held well before it (voters refuse it)
   | 'bad-certificate' // a commit's votes are not a quorum of the round's members
   | 'locked' // a proposal conflicts with the value this peer is locked on
+  | 'bad-sync' // state sync data (commits, certificates, payloads, snapshot) that does not verify
 
 export type PayloadTransferErrorCode =
   | 'NOT_FOUND' // the remote does not hold the payload

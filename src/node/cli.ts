@@ -14,6 +14,7 @@ import { defaultTrainerBackend, setupPeer, trainerBackends } from './setup.js'
 import { setupPeerInWorker } from './worker-trainer.js'
 import type { RoundCompleteDetail, RoundStalledDetail } from './engine.js'
 import { lastRecordedRound } from './round-log.js'
+import { exportFederatedModel } from './export.js'
 import type { WireCounter } from './wire-metrics.js'
 import { listStrategies } from '../aggregation/index.js'
 import { MODEL_TRAINER_DEFAULTS } from './model-defaults.js'
@@ -122,6 +123,9 @@ export function buildProgram(): Command {
     .addOption(new Option('--samples <n>', 'synthetic trainer: reported sample count').argParser(int('--samples', 1)).env('FLORA_SAMPLES'))
     .addOption(new Option('-i, --identity <file>', 'key file that keeps this peer\'s id across restarts (created if missing)').default('.flora/peer.key').env('FLORA_IDENTITY'))
     .addOption(new Option('--mdns', 'also discover peers on the local network (mDNS)').env('FLORA_MDNS'))
+    .addOption(new Option('--state-dir <dir>', 'persistent peer state (head snapshots, certified records, recent payloads); a restarted peer resumes from it (default: next to the identity file, <identity>.state)').env('FLORA_STATE_DIR'))
+    .addOption(new Option('--no-state', 'keep no state on disk (a restarted peer catches up from the swarm from round 0)'))
+    .addOption(new Option('-o, --out <dir>', 'after every committed round, write the agreed model there: model/ (Hugging Face model dir, or the target weights) and adapter/ (the cumulative update since genesis as a PEFT adapter)').env('FLORA_OUT'))
     .addOption(new Option('--records <file>', 'append every committed round record (manifest chain) to this JSON-lines file').env('FLORA_RECORDS'))
     .addOption(new Option('--report <file>', 'write a JSON summary of this peer\'s run here on exit').env('FLORA_REPORT'))
     .addOption(new Option('--linger <ms>', 'after the last round, keep serving payloads this long for slower peers (default: min(grace, 3000))').argParser(int('--linger', 0)).env('FLORA_LINGER_MS'))
@@ -199,6 +203,9 @@ interface CliOptions {
   identity: string
   mdns?: boolean
   records?: string
+  stateDir?: string
+  state: boolean
+  out?: string
   report?: string
   linger?: number
   mergeWorkers: number
@@ -220,7 +227,10 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
   const alpha = o.alpha ?? 2 * o.rank
   // Training and evaluation run in a worker thread, so the peer keeps answering pings,
   // gossip, payload requests and votes however long a step takes (--in-thread: not).
-  const setup = await (o.printConfig === true || o.inThread === true ? setupPeer : setupPeerInWorker)({
+  // The synthetic trainer's steps take microseconds: it runs in-thread unless it is told to
+  // block (--train-busy-ms), which spares large local swarms a second module graph per peer.
+  const inThread = o.inThread === true || (o.trainer === 'synthetic' && (o.trainBusyMs ?? 0) === 0)
+  const setup = await (o.printConfig === true || inThread ? setupPeer : setupPeerInWorker)({
     trainer: o.trainer,
     configFile: o.config,
     name: o.name,
@@ -290,6 +300,7 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
     })
 
   const wire: WireCounter = { bytesIn: 0, bytesOut: 0 }
+  const stateDir = o.state === false ? undefined : (o.stateDir ?? defaultStateDir(o.identity))
   const peer = await createPeer({
     config: setup.config,
     weights: setup.weights,
@@ -304,7 +315,9 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
     bootstrap: o.bootstrap,
     mdns: o.mdns,
     recordsFile: o.records,
-    priorHead: o.records != null ? await lastRecordedRound(o.records) : undefined,
+    stateDir,
+    // Without a state dir, a records file still tells a restarted peer not to found a new chain.
+    priorHead: stateDir == null && o.records != null ? await lastRecordedRound(o.records) : undefined,
     stallMs: o.stallTimeout,
     mergeWorkers: o.mergeWorkers,
     wireCounter: wire,
@@ -326,11 +339,15 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
     finished: false,
   }
   const pending: Promise<void>[] = []
+  const exporter = o.out != null ? new ModelExporter(peer, o.out, setup.baseModelDir, log) : undefined
   peer.addEventListener('round:complete', (e) => {
     const d = e.detail
     const weights = peer.head.weights
+    // Rounds caught up in a batch: evaluate (and export) the newest only.
+    const latest = d.round === peer.head.round
+    if (latest) exporter?.schedule()
     pending.push(
-      evaluate(weights).then((evalLoss) => {
+      (latest ? evaluate(weights) : Promise.resolve(null)).then((evalLoss) => {
         report.rounds.push({ ...d, evalLoss })
         const train = d.metrics.train?.loss
         emit(
@@ -381,6 +398,7 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
   // Stop first: an interrupted peer's training is aborted rather than waited for.
   await peer.stop()
   await Promise.all(pending)
+  await exporter?.idle()
   await setup.close?.()
   const stats = peer.stats()
   report.stats = { ...stats, wireBytesIn: wire.bytesIn, wireBytesOut: wire.bytesOut }
@@ -403,4 +421,65 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
     return 3
   }
   return 0
+}
+
+/** The default state dir: next to the identity file (`.flora/peer.key` -> `.flora/peer.state`). */
+export function defaultStateDir(identity: string): string {
+  return identity.replace(/\.key$/, '') + '.state'
+}
+
+/**
+ * Writes the agreed model after committed rounds, one export at a time; rounds that
+ * commit while one is written are folded into the next (the newest head wins).
+ */
+class ModelExporter {
+  #running: Promise<void> | undefined
+  #again = false
+
+  constructor(
+    private readonly peer: Awaited<ReturnType<typeof createPeer>>,
+    private readonly out: string,
+    private readonly baseModelDir: string | undefined,
+    private readonly log: ReturnType<typeof createLogger>,
+  ) {}
+
+  schedule(): void {
+    if (this.#running != null) {
+      this.#again = true
+      return
+    }
+    this.#running = this.#run().finally(() => {
+      this.#running = undefined
+      if (this.#again) {
+        this.#again = false
+        this.schedule()
+      }
+    })
+  }
+
+  async idle(): Promise<void> {
+    while (this.#running != null) await this.#running
+  }
+
+  async #run(): Promise<void> {
+    const head = this.peer.head
+    const update = this.peer.service.engine.cumulativeUpdate
+    try {
+      const t0 = performance.now()
+      await exportFederatedModel(this.out, {
+        round: head.round,
+        stateHash: head.hash,
+        swarmId: this.peer.swarmId,
+        strategy: this.peer.service.config.strategy,
+        weights: head.weights,
+        shapes: this.peer.service.config.targets,
+        update: update != null && update.round === head.round ? update : undefined,
+        global: head.global,
+        baseModelDir: this.baseModelDir,
+      })
+      this.log.info({ round: head.round, out: this.out, ms: Math.round(performance.now() - t0) }, 'exported the agreed model')
+    } catch (err) {
+      this.log.error({ round: head.round, out: this.out, err: (err as Error).message }, 'export failed')
+    }
+  }
 }

@@ -47,6 +47,11 @@ import { EMPTY_MEMBERSHIP, memberIds, nextMembership, quorumFor, type Membership
 import { RoundLog, type RoundRecord } from './round-log.js'
 import { RoundMachine, type MachineEffect, type MachineEvent, type ProposalInfo } from './round-machine.js'
 import { applyRound, type SwarmState } from './state.js'
+import { parseSnapshot } from './snapshot.js'
+import type { StateDir } from './state-dir.js'
+import { verifyCertifiedCommit, type ChainTip } from './state-sync.js'
+import { CumulativeUpdate } from './export.js'
+import type { SyncHead } from '../gossip/sync.js'
 import type { Trainer, TrainResult } from './trainer.js'
 import { createHash } from 'node:crypto'
 
@@ -78,6 +83,8 @@ export interface RoundCompleteDetail {
   readonly certifiedBy: readonly string[]
   /** Members recorded after this round (M_r). */
   readonly members: readonly string[]
+  /** Set when this peer did not take part but caught up: by replaying the round, or from a head snapshot. */
+  readonly synced?: 'replay' | 'snapshot'
   readonly metrics: RoundMetrics
 }
 
@@ -125,10 +132,27 @@ export interface RoundNetwork {
   isReady(peerId: string): boolean
   /** The head round a member reported in its handshake (undefined: unknown). */
   reportedHead?(peerId: string): number | undefined
+  /** The member showed it is no longer behind (it caught up). */
+  forgetReportedHead?(peerId: string): void
   /** Payload bytes served so far for a payload hash (for metrics). */
   bytesServed(hash: string): number
   /** Payload bytes fetched for a payload hash (0 if we never fetched it, e.g. our own). */
   bytesFetched(hash: string): number
+  /** State sync (src/gossip/sync.ts): a member's head, its certified commits, its head snapshot in chunks. */
+  syncHead?(peer: string, signal: AbortSignal): Promise<SyncHead>
+  syncCommits?(peer: string, from: number, limit: number, signal: AbortSignal): Promise<CommitMessage[]>
+  syncSnapshotChunk?(peer: string, req: { round: number; offset: number; length: number }, signal: AbortSignal): Promise<{ total: number; bytes: Uint8Array } | undefined>
+}
+
+/** What a restarted peer brings back from its state dir. */
+export interface RestoredState {
+  readonly head: SwarmState
+  /** Records up to the head's round. */
+  readonly records: readonly RoundRecord[]
+  /** Certified commits recorded past the head, replayed (or synced) first. */
+  readonly pending: readonly CommitMessage[]
+  /** The cumulative update since genesis at the head's round, if kept. */
+  readonly update?: CumulativeUpdate
 }
 
 export interface RoundEngineInit {
@@ -148,9 +172,15 @@ export interface RoundEngineInit {
   maxRounds?: number
   /** Merge worker threads (0: the event loop thread). */
   mergeWorkers?: number
-  /** Records file (JSON lines) for the round log. */
+  /** Records file (JSON lines) the round log mirrors every round into (`--records`). */
   recordsFile?: string
-  /** Rounds of payloads kept in the store for others to fetch (default 2). */
+  /** Persistent state (head snapshots, records, payloads) written after every commit. */
+  stateDir?: StateDir
+  /** The chain a restarted peer had (from its state dir). */
+  restored?: RestoredState
+  /** Keep the cumulative update since genesis (for export; costs memory linear in rounds). */
+  trackUpdate?: boolean
+  /** Rounds of payloads kept in the store for others to fetch and to sync from (default 8). */
   retainRounds?: number
   /** A round not certified this long after it started is reported as stalled (default deadline + 10 grace). */
   stallMs?: number
@@ -224,13 +254,28 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
   #wakeWaiting: (() => void) | undefined
   readonly #done: Promise<void>
   #resolveDone!: () => void
+  /** Certified commits from the state dir past its head snapshot (replayed first). */
+  #pending: CommitMessage[] = []
+  #syncing: Promise<void> | undefined
+  #lastSyncAt = 0
+  /** Members whose sync data did not verify: never asked again. */
+  readonly #syncBad = new Set<string>()
+  /** The cumulative update since genesis (undefined: not tracked, or unknown after a snapshot). */
+  #update: CumulativeUpdate | undefined
 
   constructor(init: RoundEngineInit) {
     super()
     this.#i = init
     this.#log = init.log
-    this.#head = init.genesis
-    this.records = new RoundLog({ file: init.recordsFile })
+    this.#head = init.restored?.head ?? init.genesis
+    this.records = new RoundLog({ file: init.stateDir?.recordsFile, records: init.restored?.records, mirror: init.recordsFile })
+    const lastRecord = this.records.last
+    if (lastRecord != null) {
+      if (lastRecord.round !== this.#head.round || lastRecord.stateHash !== this.#head.hash) throw new Error(`restored head (round ${this.#head.round}) does not match the last record (round ${lastRecord.round})`)
+      this.#membership = lastRecord.members
+    }
+    this.#pending = [...(init.restored?.pending ?? [])]
+    if (init.trackUpdate === true) this.#update = init.restored != null && init.restored.head.round > 0 ? init.restored.update : new CumulativeUpdate()
     this.#equalRanks = getStrategy(init.config.strategy).requiresEqualRanks
     this.#done = new Promise((resolve) => {
       this.#resolveDone = resolve
@@ -315,6 +360,8 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     if (ctx == null || ctx.ac.signal.aborted) return
     const active = this.#active()
     for (const p of [...ctx.expected]) if (p !== this.#i.self && !active.has(p) && !ctx.anns.has(p)) ctx.expected.delete(p)
+    // A recorded member that (re)connected mid-round takes part in it.
+    for (const p of active) if (ctx.members.includes(p)) ctx.expected.add(p)
     this.#feed(ctx, { type: 'absent', now: Date.now(), peers: this.#absent(ctx) })
     this.#feedCollection(ctx)
   }
@@ -341,7 +388,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
 
   /** The highest head round any connected member reported. */
   #swarmHead(): number {
-    let max = this.#i.priorHead ?? 0
+    let max = Math.max(this.#i.priorHead ?? 0, this.#pending.at(-1)?.manifest.body.round ?? 0)
     for (const p of this.#i.network.members()) max = Math.max(max, this.#i.network.reportedHead?.(p) ?? 0)
     return max
   }
@@ -362,6 +409,9 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     const r = messageRound(msg)
     if (r === cur - 1 && msg.kind !== 'commit') this.#repair()
     const hi = msg.kind === 'commit' ? cur + 2 : cur + 1
+    // A commit past our round, or anything two rounds ahead: the swarm went on without us
+    // (we were partitioned, paused or slow). Catch up (what we fetch is verified).
+    if ((msg.kind === 'commit' && r > cur) || r > cur + 1) this.#requestSync(`a ${msg.kind} for round ${r} arrived while this peer is in round ${cur}`)
     if (r < cur || r > hi) {
       return { action: 'ignore', reason: 'round-window', detail: `${msg.kind} for round ${r}, we accept ${cur}..${hi}` }
     }
@@ -466,10 +516,8 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     this.#ctx = ctx
     this.#log.info({ round, parent: parent.hash.slice(0, 12), members: members.length, expected: expected.size, behind }, 'round start')
     if (behind) {
-      this.#log.warn(
-        { round, swarmHead },
-        `members report round ${swarmHead} committed; this peer is at round ${parent.round} (restarted or late) and cannot catch up until state sync exists: it follows certificates but does not train, propose or vote`,
-      )
+      this.#log.warn({ round, swarmHead }, `members report round ${swarmHead} committed; this peer is at round ${parent.round} (restarted or late): catching up by state sync before it trains, proposes or votes`)
+      this.#requestSync(`members report round ${swarmHead}`)
     }
     this.safeDispatchEvent('round:start', { detail: { round, parentStateHash: parent.hash } })
     this.#armStall(ctx)
@@ -503,7 +551,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     const behind = ctx.behind || swarmHead >= ctx.round
     let reason: string
     if (behind) {
-      reason = `this peer is behind the swarm (members report round ${swarmHead} committed, this peer has ${ctx.parent.round}); state sync is not built yet`
+      reason = `this peer is behind the swarm (members report round ${swarmHead} committed, this peer has ${ctx.parent.round}) and could not catch up from any member`
     } else {
       const { needed, eligible } = quorumFor(ctx.members, [...ctx.anns.keys()], this.#i.config.round.quorum, this.#i.config.round.minPeers)
       const reachable = [...eligible].filter((p) => p === this.#i.self || this.#active().has(p)).length
@@ -519,6 +567,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
   /** gossipsub is best effort: say our round messages again while the round stays open. */
   #republish(ctx: RoundContext): void {
     if (ctx !== this.#ctx || ctx.ac.signal.aborted) return
+    if (ctx.behind) this.#requestSync('still behind the swarm')
     const own = ctx.anns.get(this.#i.self)
     for (const m of [...(own != null ? [own] : []), ...ctx.own.slice(-4)]) void this.#i.network.publish(m).catch(() => {})
   }
@@ -724,26 +773,9 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     if (next == null) throw new Error(`round ${ctx.round}: committing a value that was never replayed`)
     this.#closeCtx()
     this.#ctx = undefined
-    this.#head = next
-    const contributors = m.body.entries.map((e) => e.peerId)
-    this.#membership = nextMembership(this.#membership, ctx.round, contributors)
-    const record: RoundRecord = {
-      round: ctx.round,
-      parentStateHash: ctx.parent.hash,
-      stateHash: next.hash,
-      manifest: m,
-      certificate: [...certificate].sort((a, b) => (a.body.voter < b.body.voter ? -1 : 1)),
-      members: this.#membership,
-      contributors,
-      committedAt: Date.now(),
-    }
-    this.records.append(record)
-    this.#lastCommit = { kind: 'commit', manifest: m, certificate: [...record.certificate] }
+    const record = this.#adopt(next, m, certificate, nextMembership(this.#membership, ctx.round, m.body.entries.map((e) => e.peerId)))
     // The value's proposer spreads the certificate for peers that missed votes.
-    if (m.body.proposer === this.#i.self) void this.#i.network.publish(this.#lastCommit).catch(() => {})
-    const mergeMs = this.#mergeMs.get(next.hash)
-    this.#mergeMs.clear()
-    this.#prune(ctx.round)
+    if (m.body.proposer === this.#i.self) void this.#i.network.publish(this.#lastCommit as CommitMessage).catch(() => {})
     const hashes = new Set([...m.body.entries.map((e) => e.payloadHash), ...[...ctx.anns.values()].map((a) => a.body.payloadHash)])
     let bytesSent = 0
     let bytesReceived = 0
@@ -751,30 +783,374 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
       bytesSent += this.#i.network.bytesServed(h)
       bytesReceived += this.#i.network.bytesFetched(h)
     }
+    this.#announceCommit(record, view, undefined, {
+      roundMs: Date.now() - ctx.startedAt,
+      trainMs: ctx.trainMs,
+      mergeMs: this.#takeMergeMs(next.hash),
+      bytesReceived,
+      bytesSent,
+      train: ctx.trainMetrics,
+    })
+    this.#advance()
+  }
+
+  #takeMergeMs(hash: string): number | undefined {
+    const ms = this.#mergeMs.get(hash)
+    this.#mergeMs.clear()
+    return ms
+  }
+
+  /**
+   * Makes a certified state the head: keeps its payloads, appends its record (the commit
+   * point, fsynced), writes the head snapshot, extends the cumulative update. Nothing is
+   * reported before this returns.
+   */
+  #adopt(next: SwarmState, m: SignedManifest, certificate: readonly SignedVote[], members: Membership, synced?: 'snapshot'): RoundRecord {
+    const round = m.body.round
+    const parent = this.#head
+    const sd = this.#i.stateDir
+    if (sd != null) {
+      for (const e of m.body.entries) {
+        const bytes = this.#i.store.get(e.payloadHash)
+        if (bytes != null) sd.savePayload(round, e.payloadHash, bytes)
+      }
+    }
+    if (synced === 'snapshot') this.#update = undefined
+    else if (this.#update != null) {
+      try {
+        this.#update.add(round, next.aggregate?.merge ?? new Map())
+      } catch (err) {
+        this.#log.warn({ round, err: (err as Error).message }, 'cumulative update dropped (export will write the model only)')
+        this.#update = undefined
+      }
+    }
+    this.#head = next
+    this.#membership = members
+    const record: RoundRecord = {
+      round,
+      parentStateHash: m.body.parentStateHash,
+      stateHash: m.body.newStateHash,
+      manifest: m,
+      certificate: [...certificate].sort((a, b) => (a.body.voter < b.body.voter ? -1 : 1)),
+      members,
+      contributors: m.body.entries.map((e) => e.peerId),
+      committedAt: Date.now(),
+    }
+    if (record.parentStateHash !== parent.hash || record.stateHash !== next.hash) throw new Error(`round ${round}: adopting a state that does not extend the head`)
+    this.records.append(record)
+    if (sd != null) {
+      try {
+        sd.saveHead(next)
+        if (this.#update != null) sd.saveUpdate(this.#update.serialize())
+      } catch (err) {
+        // The record is on disk: a restart replays the round from the kept payloads, or syncs it.
+        this.#log.error({ round, err: (err as Error).message }, 'could not write the head snapshot to the state dir')
+      }
+    }
+    this.#lastCommit = { kind: 'commit', manifest: m, certificate: [...record.certificate] }
+    this.#prune(round)
+    return record
+  }
+
+  #announceCommit(record: RoundRecord, view: number, synced: 'replay' | 'snapshot' | undefined, metrics: RoundMetrics): void {
+    const m = record.manifest
     const detail: RoundCompleteDetail = {
-      round: ctx.round,
-      stateHash: next.hash,
-      parentStateHash: ctx.parent.hash,
+      round: record.round,
+      stateHash: record.stateHash,
+      parentStateHash: record.parentStateHash,
       proposer: m.body.proposer,
-      contributors,
+      contributors: record.contributors,
       view,
       certifiedBy: record.certificate.map((v) => v.body.voter),
-      members: memberIds(this.#membership),
-      metrics: {
-        roundMs: Date.now() - ctx.startedAt,
-        trainMs: ctx.trainMs,
-        mergeMs,
-        bytesReceived,
-        bytesSent,
-        train: ctx.trainMetrics,
-      },
+      members: memberIds(record.members),
+      ...(synced != null ? { synced } : {}),
+      metrics,
     }
     this.#log.info(
-      { round: ctx.round, state: next.hash.slice(0, 12), view, proposer: m.body.proposer, contributors: contributors.length, votes: certificate.length, roundMs: detail.metrics.roundMs },
-      'round certified',
+      { round: record.round, state: record.stateHash.slice(0, 12), view, proposer: m.body.proposer, contributors: record.contributors.length, votes: record.certificate.length, roundMs: metrics.roundMs, ...(synced != null ? { synced } : {}) },
+      synced != null ? 'round caught up (certified)' : 'round certified',
     )
     this.safeDispatchEvent('round:complete', { detail })
-    this.#advance()
+  }
+
+  /** The cumulative update since genesis at the head (undefined: not tracked, or unknown after a snapshot sync). */
+  get cumulativeUpdate(): CumulativeUpdate | undefined {
+    return this.#update
+  }
+
+  // ---------------------------------------------------------------------------------
+  // State sync: a peer behind the swarm catches up from any member, verifying every step
+
+  /** Starts a catch-up unless one runs (or ran within the last grace period). */
+  #requestSync(why: string): void {
+    if (this.#syncing != null || this.#status !== 'running') return
+    const now = Date.now()
+    if (now - this.#lastSyncAt < Math.min(this.#i.config.round.graceMs, 2000)) return
+    this.#lastSyncAt = now
+    this.#syncing = this.#catchUp(why)
+      .catch((err: Error) => {
+        if (!this.#stop.signal.aborted) this.#log.error({ err: err.message }, 'state sync failed')
+      })
+      .finally(() => {
+        this.#syncing = undefined
+        this.#lastSyncAt = Date.now()
+      })
+  }
+
+  /** Members to ask, those that said they are ahead first; bad ones never. */
+  #syncPeers(): string[] {
+    const net = this.#i.network
+    const all = [...net.members()].filter((p) => !this.#syncBad.has(p))
+    const head = (p: string): number => net.reportedHead?.(p) ?? 0
+    return all.sort((a, b) => head(b) - head(a) || (a < b ? -1 : 1))
+  }
+
+  #tip(): ChainTip {
+    return { round: this.#head.round, stateHash: this.#head.hash, members: this.#membership }
+  }
+
+  #policy(): { swarmId: string; quorum: SwarmConfig['round']['quorum']; minPeers: number } {
+    return { swarmId: this.#i.swarmId, quorum: this.#i.config.round.quorum, minPeers: this.#i.config.round.minPeers }
+  }
+
+  #syncReject(peer: string, detail: string): void {
+    this.#syncBad.add(peer)
+    this.#reject(peer, 'bad-sync', detail)
+  }
+
+  async #catchUp(why: string): Promise<void> {
+    const start = this.#head.round
+    this.#log.info({ round: this.round, why }, 'catching up with the swarm')
+    let adopted = 0
+    // Our own state dir's certified commits first (a crash between record and snapshot).
+    while (this.#pending.length > 0 && this.#status === 'running') {
+      const c = this.#pending.shift() as CommitMessage
+      if (c.manifest.body.round !== this.round) continue
+      const res = await this.#syncCommit(c, undefined)
+      if (res === 'adopted') adopted++
+      else {
+        this.#log.warn({ round: c.manifest.body.round, res }, 'could not replay a round from the state dir; asking members')
+        this.#pending = []
+      }
+    }
+    const net = this.#i.network
+    if (net.syncCommits != null) {
+      outer: while (this.#status === 'running') {
+        for (const peer of this.#syncPeers()) {
+          let commits: CommitMessage[]
+          try {
+            commits = await net.syncCommits(peer, this.round, 64, AbortSignal.any([this.#stop.signal, AbortSignal.timeout(30_000)]))
+          } catch (err) {
+            this.#log.debug({ peer, err: (err as Error).message }, 'sync: commits request failed')
+            continue
+          }
+          let progressed = false
+          for (const c of commits) {
+            if (this.#status !== 'running') break outer
+            if (c.manifest.body.round < this.round) continue
+            const res = await this.#syncCommit(c, peer)
+            if (res === 'adopted') {
+              adopted++
+              progressed = true
+              continue
+            }
+            if (res === 'no-payload') {
+              const got = await this.#syncSnapshot(peer)
+              if (got > 0) {
+                adopted += got
+                progressed = true
+              }
+            }
+            break
+          }
+          if (progressed) continue outer
+        }
+        break
+      }
+    }
+    if (this.#head.round > start) this.#log.info({ from: start, to: this.#head.round, rounds: adopted }, 'caught up')
+    if (adopted > 0 && this.#status === 'running' && this.#ctx == null) this.#beginRound()
+  }
+
+  /**
+   * Verifies one certified commit for our next round and replays it (payloads by hash,
+   * merge, hash check). 'stale': the round was committed meanwhile by the normal path.
+   */
+  async #syncCommit(c: CommitMessage, peer: string | undefined): Promise<'adopted' | 'bad' | 'no-payload' | 'stale'> {
+    const round = this.round
+    const tip = this.#tip()
+    const check = await verifyCertifiedCommit(c, tip, this.#policy())
+    if (this.#head.round !== tip.round) return 'stale'
+    if (!check.ok) {
+      if (peer != null) this.#syncReject(peer, `sync: ${check.detail}`)
+      return 'bad'
+    }
+    const b = c.manifest.body
+    const signal = this.#stop.signal
+    const updates: ClientUpdate[] = []
+    for (const e of b.entries) {
+      const got = await this.#obtain(undefined, e.payloadHash, e.payloadSize, [...(peer != null ? [peer] : []), e.peerId, b.proposer], signal)
+      if (!got.ok) {
+        if (got.reason === 'payload-unavailable') return 'no-payload'
+        if (peer != null) this.#syncReject(peer, `sync: round ${round} payload of ${e.peerId}: ${got.detail}`)
+        return 'bad'
+      }
+      const ok = this.#checkDecoded(got.adapter, e)
+      if (!ok.ok) {
+        if (peer != null) this.#syncReject(peer, `sync: round ${round}: ${ok.detail}`)
+        return 'bad'
+      }
+      updates.push({ id: e.peerId, samples: e.samples, adapter: got.adapter })
+    }
+    if (this.#head.round !== tip.round) return 'stale'
+    const t0 = performance.now()
+    const next = await applyRound(this.#head, this.#i.config.strategy, this.#i.config.targets, updates, { workers: this.#i.mergeWorkers })
+    const mergeMs = performance.now() - t0
+    if (this.#head.round !== tip.round) return 'stale'
+    if (next.hash !== b.newStateHash) {
+      if (peer != null) this.#syncReject(peer, `sync: round ${round} replays to ${next.hash.slice(0, 12)}, its certificate says ${b.newStateHash.slice(0, 12)}`)
+      return 'bad'
+    }
+    const ctx = this.#ctx
+    if (ctx != null) {
+      this.#closeCtx()
+      this.#ctx = undefined
+    }
+    const record = this.#adopt(next, c.manifest, c.certificate, check.members)
+    this.#announceCommit(record, check.view, 'replay', { roundMs: 0, mergeMs, bytesReceived: 0, bytesSent: 0 })
+    this.#finishIfDone()
+    return 'adopted'
+  }
+
+  /**
+   * Past the kept payloads: verify the peer's commits up to a round it holds a head
+   * snapshot of, fetch that snapshot in chunks (to the state dir when there is one, so a
+   * broken transfer resumes), check it hashes to the certified state, adopt. Returns the
+   * rounds adopted (0: nothing usable from this peer).
+   */
+  async #syncSnapshot(peer: string): Promise<number> {
+    const net = this.#i.network
+    if (net.syncHead == null || net.syncCommits == null || net.syncSnapshotChunk == null) return 0
+    const signal = AbortSignal.any([this.#stop.signal, AbortSignal.timeout(600_000)])
+    let head: SyncHead
+    try {
+      head = await net.syncHead(peer, signal)
+    } catch {
+      return 0
+    }
+    const target = Math.max(...head.snapshots.filter((r) => r > this.#head.round), -1)
+    if (target < 0) return 0
+    // The certificates up to the snapshot's round, each checked against the chain before it.
+    const verified: { c: CommitMessage; members: Membership; view: number }[] = []
+    let tip = this.#tip()
+    while (tip.round < target) {
+      let commits: CommitMessage[]
+      try {
+        commits = await net.syncCommits(peer, tip.round + 1, 64, signal)
+      } catch {
+        return 0
+      }
+      if (commits.length === 0) return 0
+      for (const c of commits) {
+        if (tip.round >= target) break
+        const check = await verifyCertifiedCommit(c, tip, this.#policy())
+        if (!check.ok) {
+          this.#syncReject(peer, `sync: ${check.detail}`)
+          return 0
+        }
+        verified.push({ c, members: check.members, view: check.view })
+        tip = { round: c.manifest.body.round, stateHash: c.manifest.body.newStateHash, members: check.members }
+      }
+    }
+    const bytes = await this.#fetchSnapshot(peer, target, signal)
+    if (bytes == null) return 0
+    let state: SwarmState
+    try {
+      state = parseSnapshot(bytes, this.#i.config.targets, { swarmId: this.#i.swarmId, round: target, stateHash: tip.stateHash })
+    } catch (err) {
+      this.#syncReject(peer, `sync: snapshot of round ${target}: ${(err as Error).message}`)
+      return 0
+    }
+    if (this.#head.round >= target) return 0
+    if (this.#head.round !== verified[0]?.c.manifest.body.round - 1) return 0 // the head moved meanwhile
+    if (this.#ctx != null) {
+      this.#closeCtx()
+      this.#ctx = undefined
+    }
+    this.#log.info({ from: this.#head.round, to: target, bytes: bytes.byteLength, peer }, 'adopting a verified head snapshot')
+    // Adopt every round first, report them after: listeners then see the snapshot's weights.
+    const records = verified.map((v) => {
+      const b = v.c.manifest.body
+      const s: SwarmState = b.round === target ? state : { round: b.round, weights: this.#head.weights, global: this.#head.global, hash: b.newStateHash }
+      return { record: this.#adoptRecordOnly(s, v.c, v.members, b.round === target), view: v.view }
+    })
+    for (const { record, view } of records) {
+      this.#announceCommit(record, view, 'snapshot', { roundMs: 0, bytesReceived: record.round === target ? bytes.byteLength : 0, bytesSent: 0 })
+    }
+    this.#finishIfDone()
+    return verified.length
+  }
+
+  /** Adopts a snapshot-synced round: the record always, the head state only at the snapshot's round. */
+  #adoptRecordOnly(s: SwarmState, c: CommitMessage, members: Membership, isHead: boolean): RoundRecord {
+    if (isHead) return this.#adopt(s, c.manifest, c.certificate, members, 'snapshot')
+    const b = c.manifest.body
+    this.#update = undefined
+    const record: RoundRecord = {
+      round: b.round,
+      parentStateHash: b.parentStateHash,
+      stateHash: b.newStateHash,
+      manifest: c.manifest,
+      certificate: [...c.certificate].sort((x, y) => (x.body.voter < y.body.voter ? -1 : 1)),
+      members,
+      contributors: b.entries.map((e) => e.peerId),
+      committedAt: Date.now(),
+    }
+    this.records.append(record)
+    // The head's weights are not known for this round; only its hash. The snapshot's round follows at once.
+    this.#head = { round: b.round, weights: s.weights, global: s.global, hash: b.newStateHash }
+    this.#membership = members
+    return record
+  }
+
+  async #fetchSnapshot(peer: string, round: number, signal: AbortSignal): Promise<Uint8Array | undefined> {
+    const net = this.#i.network
+    const max = snapshotCap(this.#i.config)
+    const CHUNK = 4 << 20
+    const parts: Uint8Array[] = []
+    let got = 0
+    let total = -1
+    while (total < 0 || got < total) {
+      let res: { total: number; bytes: Uint8Array } | undefined
+      try {
+        res = await (net.syncSnapshotChunk as NonNullable<RoundNetwork['syncSnapshotChunk']>)(peer, { round, offset: got, length: CHUNK }, signal)
+      } catch (err) {
+        this.#log.warn({ peer, round, err: (err as Error).message }, 'sync: snapshot transfer failed')
+        return undefined
+      }
+      if (res == null) return undefined
+      if (total < 0) {
+        if (res.total > max) {
+          this.#syncReject(peer, `sync: snapshot of ${res.total} bytes, this swarm's states are at most ${max}`)
+          return undefined
+        }
+        total = res.total
+      } else if (res.total !== total) return undefined
+      parts.push(res.bytes)
+      got += res.bytes.byteLength
+      this.#log.debug({ round, got, total }, 'sync: snapshot progress')
+    }
+    return Buffer.concat(parts)
+  }
+
+  #finishIfDone(): void {
+    const max = this.#i.maxRounds
+    if (max !== undefined && this.#head.round >= max && this.#status === 'running') {
+      this.#status = 'done'
+      this.#log.info({ round: this.#head.round, state: this.#head.hash.slice(0, 12) }, 'all rounds done')
+      this.safeDispatchEvent('done', { detail: { round: this.#head.round, stateHash: this.#head.hash } })
+      this.#resolveDone()
+    }
   }
 
   #advance(): void {
@@ -790,7 +1166,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
   }
 
   #prune(committed: number): void {
-    const keepFrom = committed - (this.#i.retainRounds ?? 2) + 1
+    const keepFrom = committed - (this.#i.retainRounds ?? 8) + 1
     this.#i.store.prune(keepFrom)
     for (const [h, d] of this.#decoded) if (d.round < keepFrom) this.#decoded.delete(h)
     for (const r of this.#stash.keys()) if (r <= committed) this.#stash.delete(r)
@@ -887,6 +1263,8 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
       this.#reject(b.author, 'wrong-parent', `announcement for round ${b.round} built on ${b.parentStateHash.slice(0, 12)}, agreed parent is ${ctx.parent.hash.slice(0, 12)}`, b.round)
       return
     }
+    // An adapter built on our parent: whatever its author said in its handshake, it is not behind (any more).
+    if (this.#reportsBehind(b.author)) this.#i.network.forgetReportedHead?.(b.author)
     const known = ctx.anns.get(b.author)
     if (known != null) {
       if (known.body.payloadHash !== b.payloadHash) {
@@ -994,6 +1372,13 @@ export function proposalInfo(m: SignedManifest): ProposalInfo<SignedManifest> {
 }
 
 /** Per peer and round training seed: u32 from sha256(swarm seed, peer id, round). */
+/** The largest head snapshot a member may send: the target weights and a global adapter of maxRank per module, with room for the header. */
+function snapshotCap(config: SwarmConfig): number {
+  let floats = 0
+  for (const t of config.targets) floats += t.outFeatures * t.inFeatures + 4 * config.maxRank * (t.outFeatures + t.inFeatures)
+  return floats * 4 + (16 << 20)
+}
+
 export function trainingSeed(swarmSeed: number, peerId: string, round: number): number {
   return createHash('sha256').update(`flora-train:${swarmSeed}:${peerId}:${round}`).digest().readUInt32BE(0)
 }

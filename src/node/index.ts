@@ -27,6 +27,7 @@ export { RoundLog, lastRecordedRound, verifyChain, type RoundRecord } from './ro
 export { MEMBER_TTL_ROUNDS, memberIds, nextMembership, quorumFor, quorumSize, type Membership, type QuorumRule } from './membership.js'
 export { RoundMachine, type MachineEffect, type MachineEvent, type MachineInit, type ProposalInfo, type VoteInfo } from './round-machine.js'
 export { applyRound, genesisState, type SwarmState } from './state.js'
+export { CUMULATIVE_UPDATE_FORMAT, CumulativeUpdate, exportFederatedModel, type ExportedFile, type ExportManifest, type ExportOptions } from './export.js'
 export { computeStateHash } from './state-hash.js'
 export { proposerBeats, proposerOrder, proposerPriority } from './proposer.js'
 export { identityFromSeed, IdentityError, loadOrCreateIdentity } from './identity.js'

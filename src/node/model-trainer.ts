@@ -385,7 +385,7 @@ export async function setupModelPeer(o: SetupOptions): Promise<PeerSetup> {
     throw new Error('model trainer: set up with configOnly (no data loaded)')
   }
   if (o.configOnly === true) {
-    return { config, weights: rt.genesis, trainer: notLoaded, evaluate: notLoaded, samples: 0, description: modelLine }
+    return { config, weights: rt.genesis, trainer: notLoaded, evaluate: notLoaded, samples: 0, description: modelLine, baseModelDir: path.resolve(dir) }
   }
 
   const data = await loadPeerData(spec, { evalData, evalExamples, trainExamples: o.trainExamples, swarmSeed: config.seed })
@@ -452,6 +452,7 @@ export async function setupModelPeer(o: SetupOptions): Promise<PeerSetup> {
     trainer,
     evaluate: evaluateWeights,
     samples,
+    baseModelDir: path.resolve(dir),
     description:
       `model ${modelLine}; data: ${samples} examples, ${data.trainSource}${topCategories(data.train)}; ` +
       `eval: ${held.length} examples, ${data.evalSource}; ${steps} local steps/round, batch ${batchSize}, seq ${seqLen}, lr ${lr}`,

@@ -5,7 +5,7 @@
  * log is a verifiable history of who contributed what and who certified it, and what a
  * restarted or late peer needs to catch up (see docs/FEDERATION.md, "State sync").
  */
-import { closeSync, fsyncSync, mkdirSync, openSync, writeSync } from 'node:fs'
+import { closeSync, fsyncSync, mkdirSync, openSync, readFileSync, writeSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import type { SignedManifest, SignedVote } from '../gossip/messages.js'
@@ -29,10 +29,23 @@ export interface RoundRecord {
 export class RoundLog {
   readonly #records: RoundRecord[] = []
   readonly #file: string | undefined
+  readonly #mirror: string | undefined
+  #mirrorLast = 0
 
-  /** @param file optional JSON-lines file that every commit and supersede is appended to */
-  constructor(options: { file?: string } = {}) {
+  /**
+   * @param options.file JSON-lines file every commit is appended to (the state dir's)
+   * @param options.records records already on disk (a restarted peer's chain), in order
+   * @param options.mirror a second JSON-lines file (`--records`) that gets each round once
+   */
+  constructor(options: { file?: string; records?: readonly RoundRecord[]; mirror?: string } = {}) {
     this.#file = options.file
+    this.#mirror = options.mirror
+    if (options.mirror != null) this.#mirrorLast = lastRecordedRoundSync(options.mirror)
+    for (const r of options.records ?? []) {
+      const last = this.last
+      if (last != null && (r.round !== last.round + 1 || r.parentStateHash !== last.stateHash)) throw new Error(`round log: record ${r.round} does not extend ${last.round}`)
+      this.#records.push(r)
+    }
   }
 
   get last(): RoundRecord | undefined {
@@ -67,17 +80,23 @@ export class RoundLog {
    * the CLI's output): a peer killed right after a round completes still has it on disk.
    */
   #persist(type: 'commit', record: RoundRecord): void {
-    const file = this.#file
-    if (file == null) return
     const line = `${JSON.stringify({ type, ...record })}\n`
-    mkdirSync(dirname(file), { recursive: true })
-    const fd = openSync(file, 'a')
-    try {
-      writeSync(fd, line)
-      fsyncSync(fd)
-    } finally {
-      closeSync(fd)
+    if (this.#file != null) appendSynced(this.#file, line)
+    if (this.#mirror != null && record.round > this.#mirrorLast) {
+      appendSynced(this.#mirror, line)
+      this.#mirrorLast = record.round
     }
+  }
+}
+
+function appendSynced(file: string, line: string): void {
+  mkdirSync(dirname(file), { recursive: true })
+  const fd = openSync(file, 'a')
+  try {
+    writeSync(fd, line)
+    fsyncSync(fd)
+  } finally {
+    closeSync(fd)
   }
 }
 
@@ -93,6 +112,19 @@ export async function lastRecordedRound(file: string): Promise<number> {
     if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 0
     throw err
   }
+  return lastRoundIn(text)
+}
+
+function lastRecordedRoundSync(file: string): number {
+  try {
+    return lastRoundIn(readFileSync(file, 'utf8'))
+  } catch (err) {
+    if ((err as NodeJS.ErrnoException).code === 'ENOENT') return 0
+    throw err
+  }
+}
+
+function lastRoundIn(text: string): number {
   let last = 0
   for (const line of text.split('\n')) {
     if (line.trim() === '') continue

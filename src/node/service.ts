@@ -32,6 +32,7 @@ import { configDiff, HELLO_PROTOCOL, helloHandler, MAX_HELLO_PEERS, sayHello, ty
 import { messageRound, type GossipMessage } from '../gossip/messages.js'
 import { PAYLOAD_PROTOCOL, payloadHandler, PayloadStore, type StreamOpener } from '../gossip/payload.js'
 import { swarmTopic } from '../gossip/topics.js'
+import { requestCommits, requestHead, requestSnapshotChunk, SYNC_PROTOCOL, syncHandler, type SnapshotReader, type SyncSource } from '../gossip/sync.js'
 import { createTopicValidator, type RejectInfo } from '../gossip/validator.js'
 import { SwarmConfigError, swarmIdOf, type SwarmConfig } from './config.js'
 import {
@@ -44,6 +45,10 @@ import {
 import { silentLogger } from './logger.js'
 import type { RoundLog } from './round-log.js'
 import { genesisState, type SwarmState } from './state.js'
+import { StateDir } from './state-dir.js'
+import { serializeSnapshot } from './snapshot.js'
+import { CumulativeUpdate } from './export.js'
+import { open as openFile } from 'node:fs/promises'
 import type { Trainer } from './trainer.js'
 
 export const FLORA_AGENT = 'flora/0.1.0'
@@ -91,6 +96,14 @@ export interface FloraInit {
   stallMs?: number
   /** Rounds this peer had committed before a restart (e.g. from its records file): it must not found a new chain. */
   priorHead?: number
+  /**
+   * Persistent state directory: head snapshots, the certified records and recent payloads,
+   * written after every commit. A peer restarted on the same directory resumes from its
+   * last committed round (and catches up with the swarm by state sync).
+   */
+  stateDir?: string
+  /** Rounds of payloads the state dir keeps (default 8). */
+  keepRounds?: number
 }
 
 export interface FloraComponents {
@@ -123,6 +136,10 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
   readonly topic: string
   readonly engine: RoundEngine
   readonly store = new PayloadStore()
+  /** The persistent state directory, when the peer has one. */
+  readonly stateDir: StateDir | undefined
+  /** The last head serialized for a sync client (round -> bytes), when there is no state dir. */
+  #snapshotCache: { round: number; bytes: Uint8Array } | undefined
   readonly #c: FloraComponents & Record<string, unknown>
   readonly #init: FloraInit
   readonly #log: Logger
@@ -164,6 +181,27 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
     }
     const open: StreamOpener = (peer, protocol, options) =>
       this.#c.connectionManager.openStream(peer, protocol, { signal: options.signal })
+    let restored: ConstructorParameters<typeof RoundEngine>[0]['restored']
+    if (init.stateDir != null) {
+      this.stateDir = StateDir.open(init.stateDir, { swarmId: this.swarmId, genesisStateHash: genesis.hash, peerId: this.#self }, { keepRounds: init.keepRounds })
+      const loaded = this.stateDir.load(init.config.targets)
+      for (const [hash, p] of loaded.payloads) this.store.putVerified(hash, p.bytes, p.round)
+      const head = loaded.head ?? genesis
+      let update: CumulativeUpdate | undefined
+      const bytes = this.stateDir.loadUpdate()
+      if (bytes != null) {
+        try {
+          const u = CumulativeUpdate.deserialize(bytes, init.config.targets)
+          if (u.round === head.round) update = u
+        } catch (err) {
+          this.#log.warn({ err: (err as Error).message }, 'the state dir\'s cumulative update does not load; export will write the model only')
+        }
+      }
+      restored = { head, records: loaded.records, pending: loaded.pending, update }
+      if (head.round > 0 || loaded.pending.length > 0) {
+        this.#log.info({ dir: init.stateDir, round: head.round, pending: loaded.pending.length }, 'resuming from the state dir')
+      }
+    }
     this.#fetcher = new PayloadFetcher({
       open,
       store: this.store,
@@ -193,6 +231,9 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
       maxRounds: init.rounds,
       mergeWorkers: init.mergeWorkers ?? 0,
       recordsFile: init.recordsFile,
+      stateDir: this.stateDir,
+      restored,
+      trackUpdate: this.stateDir != null,
       retainRounds: init.retainRounds,
       stallMs: init.stallMs,
       priorHead: init.priorHead,
@@ -201,8 +242,12 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
         members: () => this.#members,
         isReady: (peer) => this.#isSubscribed(peer),
         reportedHead: (peer) => this.#heads.get(peer),
+        forgetReportedHead: (peer) => void this.#heads.delete(peer),
         bytesServed: (hash) => this.#served.get(hash) ?? 0,
         bytesFetched: (hash) => this.#fetched.get(hash) ?? 0,
+        syncHead: (peer, signal) => requestHead(open, peerIdFromString(peer), signal),
+        syncCommits: (peer, from, limit, signal) => requestCommits(open, peerIdFromString(peer), from, limit, signal),
+        syncSnapshotChunk: (peer, req, signal) => requestSnapshotChunk(open, peerIdFromString(peer), req, signal),
       },
     })
     for (const type of ['round:start', 'round:complete', 'round:stalled', 'adapter:received', 'peer:rejected', 'done'] as const) {
@@ -279,6 +324,7 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
       }),
       { maxInboundStreams: 1024, maxOutboundStreams: 1024 },
     )
+    await reg.handle(SYNC_PROTOCOL, syncHandler(this.#syncSource()), { maxInboundStreams: 32, maxOutboundStreams: 32 })
     await reg.handle(
       HELLO_PROTOCOL,
       helloHandler(
@@ -356,9 +402,54 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
     if (this.#topologyId != null) this.#c.registrar.unregister(this.#topologyId)
     await this.#c.registrar.unhandle(PAYLOAD_PROTOCOL).catch(() => {})
     await this.#c.registrar.unhandle(HELLO_PROTOCOL).catch(() => {})
+    await this.#c.registrar.unhandle(SYNC_PROTOCOL).catch(() => {})
+    this.stateDir?.close()
   }
 
   // ---------------------------------------------------------------------------------
+
+  /** What this peer serves to members that sync: its certified chain and head snapshots. */
+  #syncSource(): SyncSource {
+    return {
+      head: () => {
+        const head = this.engine.head
+        const snapshots = this.stateDir != null ? this.stateDir.headRounds() : [head.round]
+        return { round: head.round, stateHash: head.hash, snapshots: snapshots.filter((r) => r > 0).slice(-16) }
+      },
+      commits: (from, limit) => {
+        const out = []
+        for (let r = from; r < from + limit; r++) {
+          const rec = this.engine.records.get(r)
+          if (rec == null) break
+          out.push({ kind: 'commit' as const, manifest: rec.manifest, certificate: [...rec.certificate] })
+        }
+        return out
+      },
+      snapshot: async (round): Promise<SnapshotReader | undefined> => {
+        const file = this.stateDir?.headFile(round)
+        if (file != null) {
+          return {
+            total: file.size,
+            read: async (offset, length) => {
+              const fh = await openFile(file.path, 'r')
+              try {
+                const buf = Buffer.alloc(length)
+                const { bytesRead } = await fh.read(buf, 0, length, offset)
+                return new Uint8Array(buf.buffer, buf.byteOffset, bytesRead)
+              } finally {
+                await fh.close()
+              }
+            },
+          }
+        }
+        const head = this.engine.head
+        if (this.stateDir != null || round !== head.round || round === 0) return undefined
+        if (this.#snapshotCache?.round !== round) this.#snapshotCache = { round, bytes: serializeSnapshot(head, this.swarmId) }
+        const bytes = this.#snapshotCache.bytes
+        return { total: bytes.byteLength, read: async (offset, length) => bytes.subarray(offset, offset + length) }
+      },
+    }
+  }
 
   async #publish(msg: GossipMessage): Promise<void> {
     const pubsub = this.#pubsub

@@ -23,6 +23,8 @@ export interface PeerSetup {
   readonly samples: number
   /** One line for the logs. */
   readonly description: string
+  /** The base model checkpoint directory (model trainer), for exporting the agreed model. */
+  readonly baseModelDir?: string
   /**
    * Releases what the setup holds (setupPeerInWorker: terminates the training worker;
    * pending and later calls reject). Absent for in-thread setups, which hold nothing.

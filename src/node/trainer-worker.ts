@@ -42,7 +42,7 @@ async function handle(msg: Exclude<ToWorker, { type: 'abort' }>, signal: AbortSi
       // Copies: the backend keeps using its own arrays (the model's loaded weights).
       const weights = compactCopies(setup.weights, transfer)
       post(
-        { type: 'result', id: msg.id, value: { config: setup.config, weights, samples: setup.samples, description: setup.description } },
+        { type: 'result', id: msg.id, value: { config: setup.config, weights, samples: setup.samples, description: setup.description, baseModelDir: setup.baseModelDir } },
         transfer,
       )
       return

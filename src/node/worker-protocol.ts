@@ -25,6 +25,7 @@ export interface SetupReply {
   readonly weights: Map<string, Float32Array>
   readonly samples: number
   readonly description: string
+  readonly baseModelDir?: string
 }
 
 export interface SerializedError {

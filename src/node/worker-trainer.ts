@@ -62,6 +62,7 @@ export async function setupPeerInWorker(options: SetupOptions, workerOptions: In
     weights: reply.weights,
     samples: reply.samples,
     description: reply.description,
+    baseModelDir: reply.baseModelDir,
     trainer: (ctx) => worker.train(ctx),
     evaluate: (weights, signal) => worker.evaluate(weights, signal),
     close: () => worker.close(),
