@@ -29,6 +29,8 @@ export interface FetchRequest {
   size: number
   round: number
   signal: AbortSignal
+  /** Passes over the known sources before giving up (default: until the signal aborts). */
+  passes?: number
 }
 
 export class PayloadFetcher {
@@ -78,7 +80,8 @@ export class PayloadFetcher {
   async #run(hash: string, req: FetchRequest): Promise<Uint8Array> {
     const bad = new Set<string>()
     let lastErr: PayloadTransferError | undefined
-    while (!req.signal.aborted) {
+    let passes = 0
+    while (!req.signal.aborted && passes++ < (req.passes ?? Number.POSITIVE_INFINITY)) {
       const candidates = (this.#sources.get(hash) ?? []).filter((p) => !bad.has(p))
       for (const source of candidates) {
         if (req.signal.aborted) break
@@ -106,7 +109,7 @@ export class PayloadFetcher {
       await this.#waitForSources(hash, req.signal)
     }
     throw new PayloadTransferError(
-      'ABORTED',
+      req.signal.aborted ? 'ABORTED' : 'NOT_FOUND',
       `payload ${hash.slice(0, 12)} not fetched${lastErr ? ` (last error: ${lastErr.message})` : ''}`,
       { cause: lastErr },
     )

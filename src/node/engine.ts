@@ -38,7 +38,7 @@ import {
   type SignedVote,
 } from '../gossip/messages.js'
 import type { PayloadStore } from '../gossip/payload.js'
-import { entryFromAnnouncement, manifestValueHash, signAnnouncement, signManifest, signVote } from '../gossip/sign.js'
+import { entryFromAnnouncement, manifestValueHash, signAnnouncement, signManifest, signVote, verifyAnnouncement, verifyVote } from '../gossip/sign.js'
 import { decodeAdapter, encodeAdapter } from '../lora/wire.js'
 import { loraScaling } from '../lora/scaling.js'
 import type { AdapterSet } from '../lora/types.js'
@@ -254,6 +254,8 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
   #wakeWaiting: (() => void) | undefined
   readonly #done: Promise<void>
   #resolveDone!: () => void
+  /** Peers that announced or voted, by round (in time or late): they are waited for next round. */
+  readonly #participants = new Map<number, Set<string>>()
   /** Certified commits from the state dir past its head snapshot (replayed first). */
   #pending: CommitMessage[] = []
   #syncing: Promise<void> | undefined
@@ -412,6 +414,15 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     // A commit past our round, or anything two rounds ahead: the swarm went on without us
     // (we were partitioned, paused or slow). Catch up (what we fetch is verified).
     if ((msg.kind === 'commit' && r > cur) || r > cur + 1) this.#requestSync(`a ${msg.kind} for round ${r} arrived while this peer is in round ${cur}`)
+    // A late announcement or vote for the round we just committed: its author takes part (checked before it counts).
+    if (r === cur - 1 && (msg.kind === 'announce' || msg.kind === 'vote')) {
+      const who = msg.kind === 'announce' ? msg.body.author : msg.body.voter
+      if (who !== this.#i.self && !(this.#participants.get(r)?.has(who) ?? false)) {
+        void (msg.kind === 'announce' ? verifyAnnouncement(msg) : verifyVote(msg)).then((ok) => {
+          if (ok) this.#noteParticipant(r, who)
+        })
+      }
+    }
     if (r < cur || r > hi) {
       return { action: 'ignore', reason: 'round-window', detail: `${msg.kind} for round ${r}, we accept ${cur}..${hi}` }
     }
@@ -454,6 +465,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
         this.#feed(ctx, { type: 'proposal', now, proposal: proposalInfo(msg) })
         return
       case 'vote':
+        this.#noteParticipant(msg.body.round, msg.body.voter)
         this.#feed(ctx, { type: 'vote', now, vote: { ...msg.body, ref: msg } })
         return
       case 'commit': {
@@ -480,7 +492,12 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     // late) and must not found or vote on a chain of our own.
     const behind = swarmHead >= round
     const expected = new Set<string>([self])
-    for (const p of active) if (members.length === 0 || members.includes(p)) expected.add(p)
+    // Recorded members, and peers that took part in the previous round (announced or voted,
+    // in time or late): a restarted or new peer trains along but starts each round a little
+    // after the others, and must be waited for once to get in.
+    const trainedAlong = this.#participants.get(round - 1) ?? new Set<string>()
+    for (const p of active) if (members.length === 0 || members.includes(p) || trainedAlong.has(p)) expected.add(p)
+    for (const r of this.#participants.keys()) if (r < round - 1) this.#participants.delete(r)
     const now = Date.now()
     const machine = new RoundMachine<SignedManifest, SignedVote>({
       round,
@@ -989,7 +1006,8 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     const signal = this.#stop.signal
     const updates: ClientUpdate[] = []
     for (const e of b.entries) {
-      const got = await this.#obtain(undefined, e.payloadHash, e.payloadSize, [...(peer != null ? [peer] : []), e.peerId, b.proposer], signal)
+      // Two passes over the members: a payload past everyone's kept rounds is not waited for (snapshot instead).
+      const got = await this.#obtain(undefined, e.payloadHash, e.payloadSize, [...(peer != null ? [peer] : []), e.peerId, b.proposer], signal, 2)
       if (!got.ok) {
         if (got.reason === 'payload-unavailable') return 'no-payload'
         if (peer != null) this.#syncReject(peer, `sync: round ${round} payload of ${e.peerId}: ${got.detail}`)
@@ -1273,6 +1291,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
       return
     }
     ctx.anns.set(b.author, signed)
+    this.#noteParticipant(b.round, b.author)
     this.#feedCollection(ctx)
     const got = await this.#obtain(ctx, b.payloadHash, b.payloadSize, [b.author], ctx.ac.signal)
     if (ctx.ac.signal.aborted) return
@@ -1297,6 +1316,13 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
       detail: { round: b.round, peerId: b.author, payloadHash: b.payloadHash, bytes: b.payloadSize, rank: b.rank, alpha: b.alpha, samples: b.samples },
     })
     this.#feedCollection(ctx)
+  }
+
+  #noteParticipant(round: number, author: string): void {
+    if (round < this.round - 1) return
+    let set = this.#participants.get(round)
+    if (set == null) this.#participants.set(round, (set = new Set()))
+    if (set.size < 10_000) set.add(author)
   }
 
   #checkDecoded(adapter: AdapterSet, meta: { rank: number; alpha: number }): { ok: true } | { ok: false; reason: RejectReason; detail: string } {
@@ -1324,6 +1350,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     size: number,
     sources: readonly string[],
     signal: AbortSignal,
+    passes?: number,
   ): Promise<{ ok: true; adapter: AdapterSet } | { ok: false; reason: RejectReason; detail: string }> {
     const cached = this.#decoded.get(hash)
     if (cached != null) return { ok: true, adapter: cached.adapter }
@@ -1335,7 +1362,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     fetcher.addSources(hash, [...this.#i.network.members()].sort())
     let bytes: Uint8Array
     try {
-      bytes = await fetcher.fetch(hash, { size, round, signal })
+      bytes = await fetcher.fetch(hash, { size, round, signal, passes })
     } catch (err) {
       return { ok: false, reason: 'payload-unavailable', detail: (err as Error).message }
     }

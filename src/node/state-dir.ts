@@ -18,7 +18,7 @@
  */
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs'
 import { createHash } from 'node:crypto'
-import { join } from 'node:path'
+import { join, resolve } from 'node:path'
 import { z } from 'zod'
 import { CommitMessageSchema, type CommitMessage } from '../gossip/messages.js'
 import type { ModuleShape } from '../lora/types.js'
@@ -111,6 +111,9 @@ function pidAlive(pid: number): boolean {
   }
 }
 
+/** State dirs this process holds (the LOCK's pid cannot tell two holders in one process apart). */
+const HELD = new Set<string>()
+
 export class StateDir {
   readonly dir: string
   readonly #id: StateDirIdentity
@@ -162,11 +165,14 @@ export class StateDir {
   }
 
   #lock(): void {
+    const key = resolve(this.dir)
+    if (HELD.has(key)) throw new StateDirError(this.dir, `is in use by process ${process.pid} (this one: another peer here holds it); each peer needs its own --state-dir`)
     const path = join(this.dir, 'LOCK')
     for (let attempt = 0; attempt < 2; attempt++) {
       try {
         writeFileSync(path, `${process.pid}\n`, { flag: 'wx' })
         this.#locked = true
+        HELD.add(key)
         return
       } catch (err) {
         if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
@@ -184,6 +190,7 @@ export class StateDir {
   close(): void {
     if (!this.#locked) return
     this.#locked = false
+    HELD.delete(resolve(this.dir))
     rmSync(join(this.dir, 'LOCK'), { force: true })
   }
 

@@ -1,9 +1,10 @@
 /**
  * P11 honest exit and P7 under `kill -9`, with real flora-peer processes: a peer killed
- * with SIGKILL after round 1 and restarted with its key and records file knows it is
- * behind (its records end at round 1, the members report more), does not found a chain of
- * its own from genesis, appends nothing to its records, and exits 3 saying why; the
- * others finish every round on one chain and exit 0.
+ * with SIGKILL mid-round and restarted with its key and state dir resumes from its last
+ * committed round (nothing lost), does not found a chain of its own, catches up with the
+ * members by verified state sync and contributes again; every peer's records hold one
+ * chain and every peer exits 0. (A peer that cannot get the certified chain exits 3: see
+ * one-chain.test.ts, the minority case.)
  */
 import { describe, expect, it } from 'vitest'
 import { spawn, type ChildProcess } from 'node:child_process'
@@ -71,17 +72,19 @@ function peer(args: string[]): Proc {
 }
 
 describe('P11: honest exit, with flora-peer processes and kill -9', () => {
-  it('a peer killed after round 1 and restarted follows instead of forking, exits 3 and says why; the others finish on one chain', async () => {
+  it('a peer killed with SIGKILL mid-round and restarted on its state dir resumes, catches up by state sync and contributes again; all exit 0 on one chain', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'flora-exit-'))
     const procs: Proc[] = []
     try {
-      const swarm = ['--rounds', '4', '--min-peers', '3', '--deadline', '3000', '--grace', '1000', '--stall-timeout', '6000', '--linger', '500']
+      // Each round's training blocks (in the worker) 1.2 s, so the swarm is still running when the killed peer is back.
+      const swarm = ['--rounds', '10', '--min-peers', '3', '--deadline', '4000', '--grace', '1000', '--stall-timeout', '30000', '--linger', '500', '--train-busy-ms', '1200']
       const start = (i: number, bootstrap?: string): Proc => {
         const p = peer([
           ...swarm,
           '--data', `synthetic:${i}`,
           '--rank', String(2 + i),
           '--identity', join(dir, `peer-${i}.key`),
+          '--state-dir', join(dir, `peer-${i}.state`),
           '--records', join(dir, `records-${i}.jsonl`),
           '--report', join(dir, `report-${i}.json`),
           '--listen', '/ip4/127.0.0.1/tcp/0',
@@ -95,6 +98,7 @@ describe('P11: honest exit, with flora-peer processes and kill -9', () => {
       const b = start(1, addr)
       let c = start(2, addr)
       await Promise.all([a, b, c].map((p) => p.until((e) => e.event === 'round:complete' && e.round === 1)))
+      // Killed while it trains round 2.
       c.child.kill('SIGKILL')
       expect(await c.exit).toBeNull()
       const r1 = (await readFile(join(dir, 'records-2.jsonl'), 'utf8')).trim().split('\n')
@@ -104,26 +108,26 @@ describe('P11: honest exit, with flora-peer processes and kill -9', () => {
       const [codeA, codeB, codeC] = await Promise.all([a.exit, b.exit, c.exit])
       expect(codeA, a.stderr.slice(-2000)).toBe(0)
       expect(codeB, b.stderr.slice(-2000)).toBe(0)
-      expect(codeC).toBe(3)
-      expect(c.stderr).toMatch(/behind the swarm/)
-      expect(c.stderr).toMatch(/left the swarm without the certified chain/)
-      // The restarted peer committed nothing: its records still hold one chain, round 1 once.
-      const after = (await readFile(join(dir, 'records-2.jsonl'), 'utf8')).trim().split('\n')
-      expect(after.map((l) => (JSON.parse(l) as { round: number }).round)).toEqual([1])
-      const report = JSON.parse(await readFile(join(dir, 'report-2.json'), 'utf8')) as { finished: boolean; stalled: { behind: boolean } | null; rounds: unknown[] }
-      expect(report.finished).toBe(false)
-      expect(report.stalled?.behind).toBe(true)
-      expect(report.rounds).toEqual([])
-      // A and B: one chain, the same hashes, round 1 with 3 contributors, rounds 2..4 with 2.
+      expect(codeC, c.stderr.slice(-3000)).toBe(0)
+      expect(c.stderr).toMatch(/resuming from the state dir/)
+      // The restarted peer resumed at round 1 (nothing lost), caught up (verified replay), then took part again.
+      const rounds = c.events.filter((e) => e.event === 'round:complete') as Array<{ round: number; synced?: string; contributors: string[] }>
+      expect(rounds[0].round).toBe(2)
+      expect(rounds.map((r) => r.round)).toEqual(Array.from({ length: rounds.length }, (_, k) => k + 2))
       const chain = async (i: number) =>
         (await readFile(join(dir, `records-${i}.jsonl`), 'utf8'))
           .trim()
           .split('\n')
           .map((l) => JSON.parse(l) as { round: number; stateHash: string; contributors: string[] })
-      const [ca, cb] = await Promise.all([chain(0), chain(1)])
-      expect(ca.map((r) => r.round)).toEqual([1, 2, 3, 4])
+      const [ca, cb, cc] = await Promise.all([chain(0), chain(1), chain(2)])
+      // --records holds one chain on every peer, each round once, the same hashes.
+      expect(ca.map((r) => r.round)).toEqual([1, 2, 3, 4, 5, 6, 7, 8, 9, 10])
       expect(cb.map((r) => r.stateHash)).toEqual(ca.map((r) => r.stateHash))
-      expect(ca.map((r) => r.contributors.length)).toEqual([3, 2, 2, 2])
+      expect(cc.map((r) => r.stateHash)).toEqual(ca.map((r) => r.stateHash))
+      const idC = (JSON.parse(await readFile(join(dir, 'report-2.json'), 'utf8')) as { peerId: string }).peerId
+      const back = ca.filter((r) => r.round > 2 && r.contributors.includes(idC))
+      expect(back.length, JSON.stringify(ca.map((r) => r.contributors.length)) + c.stderr + "\n=====A\n" + a.stderr).toBeGreaterThan(0)
+      expect(rounds.some((r) => r.synced == null)).toBe(true)
     } finally {
       for (const p of procs) if (p.child.exitCode == null && p.child.signalCode == null) p.child.kill('SIGKILL')
       await rm(dir, { recursive: true, force: true })
