@@ -45,7 +45,7 @@ export const SOAK_DEFAULTS = {
  */
 export const CONTRIBUTE_WITHIN = 2
 /** No kill or partition when the swarm will probably finish within this long: the victim could not come back in time. */
-export const QUIET_END_MS = 20_000
+export const QUIET_END_MS = 12_000
 
 export interface SoakOptions {
   peers: number
@@ -403,9 +403,15 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
       record('late-join', slot, `fresh identity and empty state dir, pid ${inc.pid}`)
       say(`${stamp()} late join: peer ${slot} (fresh identity, empty state dir) starts at swarm round ${swarmRound}`)
     }
-    const quiet = down == null && paused == null && liveSlots().every((s) => active.has(s))
+    // One fault at a time: nothing while a peer is down or frozen, and, for up to 3 x K
+    // rounds after the last fault, nothing until every live peer contributes again. Only
+    // contributing peers are victims, and only while the others still make a majority.
+    const live = liveSlots()
+    const contributing = live.filter((s) => active.has(s))
+    const settled = live.every((s) => active.has(s)) || swarmRound >= lastKillRound + 3 * Math.max(1, options.killEvery)
+    const quiet = down == null && paused == null && settled && contributing.length - 1 > live.length / 2
     if (options.pauseAt > 0 && !pauseDone && swarmRound >= options.pauseAt && swarmRound < quietFrom && !endsSoon && quiet) {
-      const victims = liveSlots()
+      const victims = contributing
       if (victims.length > 0) {
         pauseDone = true
         const slot = pick(victims)
@@ -422,6 +428,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
             // Counted from the resume: the peer must contribute again within CONTRIBUTE_WITHIN rounds.
             active.delete(slot)
             activeAfter.set(slot, swarmRound)
+            lastKillRound = swarmRound
             paused = null
             say(`${stamp()} partition over: peer ${slot} resumed with SIGCONT at swarm round ${swarmRound}`)
           }),
@@ -430,7 +437,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
       }
     }
     if (options.killEvery > 0 && quiet && swarmRound >= lastKillRound + options.killEvery && swarmRound < quietFrom && !endsSoon) {
-      const victims = liveSlots()
+      const victims = contributing
       if (victims.length === 0) return
       const slot = pick(victims)
       const inc = current[slot] as Incarnation

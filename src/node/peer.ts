@@ -136,6 +136,8 @@ class Peer extends TypedEventEmitter<FloraEvents> implements FloraPeer {
     this.#stopping ??= (async () => {
       if (this.#timer != null) clearInterval(this.#timer)
       await this.libp2p.stop()
+      // (also when the node never started: the state dir is released either way)
+      this.service.stateDir?.close()
     })()
     await this.#stopping
   }

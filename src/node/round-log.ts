@@ -30,6 +30,8 @@ export class RoundLog {
   readonly #records: RoundRecord[] = []
   readonly #file: string | undefined
   readonly #mirror: string | undefined
+  /** Last round already in each file (a restarted peer's files may hold rounds it replays again). */
+  #fileLast = 0
   #mirrorLast = 0
 
   /**
@@ -40,6 +42,7 @@ export class RoundLog {
   constructor(options: { file?: string; records?: readonly RoundRecord[]; mirror?: string } = {}) {
     this.#file = options.file
     this.#mirror = options.mirror
+    if (options.file != null) this.#fileLast = lastRecordedRoundSync(options.file)
     if (options.mirror != null) this.#mirrorLast = lastRecordedRoundSync(options.mirror)
     for (const r of options.records ?? []) {
       const last = this.last
@@ -81,7 +84,10 @@ export class RoundLog {
    */
   #persist(type: 'commit', record: RoundRecord): void {
     const line = `${JSON.stringify({ type, ...record })}\n`
-    if (this.#file != null) appendSynced(this.#file, line)
+    if (this.#file != null && record.round > this.#fileLast) {
+      appendSynced(this.#file, line)
+      this.#fileLast = record.round
+    }
     if (this.#mirror != null && record.round > this.#mirrorLast) {
       appendSynced(this.#mirror, line)
       this.#mirrorLast = record.round

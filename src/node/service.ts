@@ -184,7 +184,13 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
     let restored: ConstructorParameters<typeof RoundEngine>[0]['restored']
     if (init.stateDir != null) {
       this.stateDir = StateDir.open(init.stateDir, { swarmId: this.swarmId, genesisStateHash: genesis.hash, peerId: this.#self }, { keepRounds: init.keepRounds })
-      const loaded = this.stateDir.load(init.config.targets)
+      let loaded
+      try {
+        loaded = this.stateDir.load(init.config.targets)
+      } catch (err) {
+        this.stateDir.close()
+        throw err
+      }
       for (const [hash, p] of loaded.payloads) this.store.putVerified(hash, p.bytes, p.round)
       const head = loaded.head ?? genesis
       let update: CumulativeUpdate | undefined
@@ -397,13 +403,13 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
   }
 
   async stop(): Promise<void> {
+    this.stateDir?.close()
     if (!this.#started) return
     this.#started = false
     if (this.#topologyId != null) this.#c.registrar.unregister(this.#topologyId)
     await this.#c.registrar.unhandle(PAYLOAD_PROTOCOL).catch(() => {})
     await this.#c.registrar.unhandle(HELLO_PROTOCOL).catch(() => {})
     await this.#c.registrar.unhandle(SYNC_PROTOCOL).catch(() => {})
-    this.stateDir?.close()
   }
 
   // ---------------------------------------------------------------------------------

@@ -13,7 +13,8 @@
  * temporary name, fsynced and renamed, so a reader sees the old file or the new one;
  * records.jsonl is appended and fsynced, and a torn last line is dropped on open. On
  * open, the newest head that verifies is loaded, records past it come back as `pending`
- * (the engine replays them from the kept payloads or syncs them), and anything that does
+ * (the engine replays them from the kept payloads or syncs them; they stay in the file,
+ * which the round log then does not append twice), and anything that does
  * not verify is refused with a message that says what and where, never loaded.
  */
 import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs'
@@ -226,8 +227,8 @@ export class StateDir {
     }
     const h = head?.round ?? 0
     const kept = records.slice(0, h)
+    // Records past the head stay on disk (the round log does not write them twice).
     const pending = records.slice(h).map((r): CommitMessage => ({ kind: 'commit', manifest: r.manifest, certificate: [...r.certificate] }))
-    if (pending.length > 0) writeAtomic(this.recordsFile, kept.map((r) => `${JSON.stringify({ type: 'commit', ...r })}\n`).join(''))
     return { head, records: kept, pending, payloads: this.#readPayloads() }
   }
 
@@ -241,7 +242,7 @@ export class StateDir {
     }
     const lines = text.split('\n')
     const records: RoundRecord[] = []
-    let good = 0
+    let torn = false
     for (let i = 0; i < lines.length; i++) {
       const line = lines[i]
       if (line.trim() === '') continue
@@ -253,7 +254,10 @@ export class StateDir {
         rec = r as RoundRecord
       } catch (err) {
         // A torn last line is a crash mid-append: the rounds before it stand.
-        if (lines.slice(i + 1).every((l) => l.trim() === '')) break
+        if (lines.slice(i + 1).every((l) => l.trim() === '')) {
+          torn = true
+          break
+        }
         throw new StateDirError(this.dir, `records.jsonl line ${i + 1} is corrupt (${(err as Error).message}); refusing to load it`)
       }
       const prev = records.at(-1)
@@ -262,9 +266,8 @@ export class StateDir {
         throw new StateDirError(this.dir, `records.jsonl line ${i + 1} (round ${rec.round}) does not extend the chain before it; refusing to load it`)
       }
       records.push(rec)
-      good = i + 1
     }
-    if (good < lines.length - 1) {
+    if (torn) {
       // Drop the torn tail so the next append starts on a fresh line.
       writeAtomic(this.recordsFile, records.map((r) => `${JSON.stringify({ type: 'commit', ...r })}\n`).join(''))
     }
