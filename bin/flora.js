@@ -3,4 +3,5 @@
 import './check-node.js'
 
 const { runCli } = await import('./run-cli.js')
-await runCli('flora', 'model/cli')
+// `flora export` reads a peer's state dir (node layer); the other commands are the model layer's.
+await runCli('flora', process.argv[2] === 'export' ? 'node/export-command' : 'model/cli')

@@ -162,7 +162,7 @@ export interface SoakReport {
   recoveries: Recovery[]
   chaos: ChaosEvent[]
   /** Processes that exited non-zero (or by a signal) other than by our SIGKILL. */
-  badExits: Array<{ slot: number; incarnation: number; code: number | null; signal: string | null; log: string }>
+  badExits: Array<{ slot: number; incarnation: number; code: number | null; signal: string | null; log: string; logTail: string[] }>
   stalls: Array<{ slot: number; incarnation: number; round: number; behind: boolean | null; reason: string }>
   rejections: Record<string, number>
   rejectionSamples: Array<{ slot: number; incarnation: number; reason: string; detail: string; round: number | null }>
@@ -233,7 +233,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
   let lateJoined = false
   /** A kill whose restart has not happened yet. */
   let down: number | null = null
-  let lastKillRound = 0
+  let lastFaultRound = 0
   /** When the swarm reached each new round (ms since start). */
   const roundTimes: number[] = []
   const pending = new Set<Promise<unknown>>()
@@ -408,7 +408,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
     // contributing peers are victims, and only while the others still make a majority.
     const live = liveSlots()
     const contributing = live.filter((s) => active.has(s))
-    const settled = live.every((s) => active.has(s)) || swarmRound >= lastKillRound + 3 * Math.max(1, options.killEvery)
+    const settled = live.every((s) => active.has(s)) || swarmRound >= lastFaultRound + 3 * Math.max(1, options.killEvery)
     const quiet = down == null && paused == null && settled && contributing.length - 1 > live.length / 2
     if (options.pauseAt > 0 && !pauseDone && swarmRound >= options.pauseAt && swarmRound < quietFrom && !endsSoon && quiet) {
       const victims = contributing
@@ -428,7 +428,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
             // Counted from the resume: the peer must contribute again within CONTRIBUTE_WITHIN rounds.
             active.delete(slot)
             activeAfter.set(slot, swarmRound)
-            lastKillRound = swarmRound
+            lastFaultRound = swarmRound
             paused = null
             say(`${stamp()} partition over: peer ${slot} resumed with SIGCONT at swarm round ${swarmRound}`)
           }),
@@ -436,14 +436,14 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
         return
       }
     }
-    if (options.killEvery > 0 && quiet && swarmRound >= lastKillRound + options.killEvery && swarmRound < quietFrom && !endsSoon) {
+    if (options.killEvery > 0 && quiet && swarmRound >= lastFaultRound + options.killEvery && swarmRound < quietFrom && !endsSoon) {
       const victims = contributing
       if (victims.length === 0) return
       const slot = pick(victims)
       const inc = current[slot] as Incarnation
       const child = children.get(inc) as ChildProcess
       down = slot
-      lastKillRound = swarmRound
+      lastFaultRound = swarmRound
       inc.killedByUs = true
       active.delete(slot)
       child.kill('SIGKILL')
@@ -463,7 +463,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
           }
           const next = launch(slot, 'restart', pick(addrs))
           down = null
-          lastKillRound = swarmRound
+          lastFaultRound = swarmRound
           record('restart', slot, `same identity and state dir, pid ${next.pid}`)
           say(`${stamp()} restart: peer ${slot} (restart ${next.n}, pid ${next.pid}) at swarm round ${swarmRound}`)
         })(),
@@ -748,7 +748,18 @@ export function analyseSoak(input: SoakInput): SoakReport {
 
   const badExits = incarnations
     .filter((inc) => !inc.killedByUs && (inc.exitCode !== 0 || inc.exitSignal != null) && !(input.interrupted || input.timedOut ? inc.exitSignal === 'SIGKILL' : false))
-    .map((inc) => ({ slot: inc.slot, incarnation: inc.n, code: inc.exitCode, signal: inc.exitSignal, log: inc.files.log }))
+    .map((inc) => ({
+      slot: inc.slot,
+      incarnation: inc.n,
+      code: inc.exitCode,
+      signal: inc.exitSignal,
+      log: inc.files.log,
+      logTail: (input.logs.find((l) => l.slot === inc.slot && l.incarnation === inc.n)?.text ?? '')
+        .split('\n')
+        .filter((l) => l.trim() !== '')
+        .slice(-4)
+        .map((l) => (l.length > 600 ? `${l.slice(0, 600)}...` : l)),
+    }))
   const stalls: SoakReport['stalls'] = []
   const rejections: Record<string, number> = {}
   const rejectionSamples: SoakReport['rejectionSamples'] = []
@@ -864,6 +875,7 @@ export function formatSummary(r: SoakReport, out: string): string {
     lines.push(`  peer ${rec.slot}.${rec.incarnation} ${what}${up}: ${contributed}${sync}${rec.downMs != null ? `, down ${(rec.downMs / 1000).toFixed(1)} s` : ''}${rec.ok ? '' : '  <-- too slow'}`)
   }
   lines.push(`bad exits:          ${r.badExits.length === 0 ? 'none' : r.badExits.map((b) => `peer ${b.slot}.${b.incarnation} (${b.signal ?? b.code}, ${b.log})`).join('; ')}`)
+  for (const b of r.badExits.slice(0, 5)) for (const l of b.logTail.slice(-2)) lines.push(`  peer ${b.slot}.${b.incarnation}: ${l.length > 300 ? `${l.slice(0, 300)}...` : l}`)
   lines.push(`stalls:             ${r.stalls.length === 0 ? 'none' : r.stalls.map((s) => `peer ${s.slot}.${s.incarnation} round ${s.round}`).join('; ')}`)
   const rej = Object.entries(r.rejections)
   lines.push(`rejections:         ${rej.length === 0 ? 'none' : rej.map(([k, v]) => `${k} x${v}`).join(', ')}`)

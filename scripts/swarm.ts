@@ -11,6 +11,7 @@
  *   npm run swarm -- --trainer synthetic --peers 8   # the synthetic task (no tfjs)
  */
 import { spawn, type ChildProcess } from 'node:child_process'
+import { existsSync } from 'node:fs'
 import { mkdir, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { createWriteStream } from 'node:fs'
 import { join, resolve } from 'node:path'
@@ -105,9 +106,10 @@ export async function runSwarm(options: SwarmOptions): Promise<SwarmReport> {
   const trainer = options.trainer ?? 'model'
   const out = resolve(options.out)
   await mkdir(out, { recursive: true })
-  // A reused output directory: drop the previous run's per-peer files (keys stay, so peer ids do too).
+  // A reused output directory: drop the previous run's per-peer files and state dirs (a swarm
+  // run is a fresh federation from genesis; keys stay, so peer ids do too).
   for (const f of await readdir(out)) {
-    if (/^peer-\d+\.(json|log|events\.jsonl|records\.jsonl)$/.test(f) || f === 'report.json') await rm(join(out, f), { force: true })
+    if (/^peer-\d+\.(json|log|events\.jsonl|records\.jsonl|state)$/.test(f) || f === 'report.json') await rm(join(out, f), { recursive: true, force: true })
   }
   const t0 = Date.now()
   const children: ChildProcess[] = []
@@ -162,6 +164,9 @@ export async function runSwarm(options: SwarmOptions): Promise<SwarmReport> {
       '--identity', join(out, `peer-${i}.key`),
       '--report', join(out, `peer-${i}.json`),
       '--records', join(out, `peer-${i}.records.jsonl`),
+      '--state-dir', join(out, `peer-${i}.state`),
+      // Every peer ends on the same weights: one of them writes the federated model.
+      ...(i === 0 ? ['--out', join(out, 'federated')] : []),
       ...(bootstrap != null ? ['--bootstrap', bootstrap] : []),
     ]
     const child = spawn(process.execPath, args, { env, stdio: ['ignore', 'pipe', 'pipe'] })
@@ -404,6 +409,9 @@ async function cli(): Promise<void> {
     )
   }
   process.stdout.write(`report: ${join(resolve(out), 'report.json')} (${(report.durationMs / 1000).toFixed(1)} s)\n`)
+  if (existsSync(join(resolve(out), 'federated', 'flora.json'))) {
+    process.stdout.write(`federated model: ${join(resolve(out), 'federated')} (model/: the agreed weights; adapter/: the cumulative update as a PEFT adapter)\n`)
+  }
   const failed = report.peers.filter((p) => p.exitCode !== 0)
   if (!report.agreement || failed.length > 0 || !report.allFinished) {
     process.stderr.write(

@@ -115,6 +115,7 @@ export function buildProgram(run: { code: number }, io: CliIo = {}): Command {
     .exitOverride()
     .configureOutput({ writeOut: (s) => void stdout.write(s), writeErr: (s) => void stderr.write(s) })
     .showHelpAfterError('(add --help for usage)')
+    .addHelpText('after', "\nAlso: flora export --state-dir DIR --out DIR  writes the model a swarm peer agreed on (see flora export --help).")
 
   program
     .command('train')

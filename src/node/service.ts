@@ -183,7 +183,7 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
       this.#c.connectionManager.openStream(peer, protocol, { signal: options.signal })
     let restored: ConstructorParameters<typeof RoundEngine>[0]['restored']
     if (init.stateDir != null) {
-      this.stateDir = StateDir.open(init.stateDir, { swarmId: this.swarmId, genesisStateHash: genesis.hash, peerId: this.#self }, { keepRounds: init.keepRounds })
+      this.stateDir = StateDir.open(init.stateDir, { swarmId: this.swarmId, genesisStateHash: genesis.hash, peerId: this.#self }, { keepRounds: init.keepRounds, swarm: { strategy: init.config.strategy, targets: init.config.targets } })
       let loaded
       try {
         loaded = this.stateDir.load(init.config.targets)

@@ -46,8 +46,12 @@ const MetaSchema = z.strictObject({
   swarmId: z.string(),
   genesisStateHash: z.string(),
   peerId: z.string(),
+  /** What `flora export` needs to read the state without the swarm config. */
+  strategy: z.string(),
+  targets: z.array(z.strictObject({ name: z.string(), inFeatures: z.number().int().positive(), outFeatures: z.number().int().positive() })),
   createdAt: z.string(),
 })
+export type StateDirMeta = z.infer<typeof MetaSchema>
 
 const RecordSchema = z.object({
   type: z.literal('commit'),
@@ -65,6 +69,23 @@ export interface StateDirIdentity {
   swarmId: string
   genesisStateHash: string
   peerId: string
+}
+
+/** What a new state dir records about its swarm (for `flora export`). */
+export interface StateDirSwarm {
+  strategy: string
+  targets: readonly ModuleShape[]
+}
+
+/** Reads a state dir's flora-state.json (throws StateDirError when it is not one). */
+export function readStateDirMeta(dir: string): StateDirMeta {
+  try {
+    const parsed = MetaSchema.safeParse(JSON.parse(readFileSync(join(dir, 'flora-state.json'), 'utf8')))
+    if (!parsed.success) throw new Error(parsed.error.issues[0]?.message ?? 'bad fields')
+    return parsed.data
+  } catch (err) {
+    throw new StateDirError(dir, `flora-state.json is missing or not a flora state file (${(err as Error).message})`)
+  }
 }
 
 export interface LoadedState {
@@ -131,19 +152,12 @@ export class StateDir {
    * Opens (or creates) a state dir for this swarm and peer and takes its lock. Refuses a
    * directory of another swarm, genesis or peer id, or one another live process holds.
    */
-  static open(dir: string, id: StateDirIdentity, options: { keepRounds?: number } = {}): StateDir {
+  static open(dir: string, id: StateDirIdentity, options: { keepRounds?: number; swarm?: StateDirSwarm } = {}): StateDir {
     const sd = new StateDir(dir, id, Math.max(1, options.keepRounds ?? 8))
     mkdirSync(dir, { recursive: true })
     const metaPath = join(dir, 'flora-state.json')
     if (existsSync(metaPath)) {
-      let meta: z.infer<typeof MetaSchema>
-      try {
-        const parsed = MetaSchema.safeParse(JSON.parse(readFileSync(metaPath, 'utf8')))
-        if (!parsed.success) throw new Error(parsed.error.issues[0]?.message ?? 'bad fields')
-        meta = parsed.data
-      } catch (err) {
-        throw new StateDirError(dir, `flora-state.json is not a flora state file (${(err as Error).message}); refusing to use this directory`)
-      }
+      const meta = readStateDirMeta(dir)
       if (meta.swarmId !== id.swarmId || meta.genesisStateHash !== id.genesisStateHash) {
         throw new StateDirError(dir, `belongs to swarm ${meta.swarmId.slice(0, 12)}, this peer is configured for swarm ${id.swarmId.slice(0, 12)}: use another --state-dir, or remove this one to start over`)
       }
@@ -154,7 +168,16 @@ export class StateDir {
       if (readdirSync(dir).some((f) => !f.startsWith('.'))) {
         throw new StateDirError(dir, 'is not empty and has no flora-state.json: refusing to write flora state into it')
       }
-      writeAtomic(metaPath, `${JSON.stringify({ format: STATE_DIR_FORMAT, version: STATE_DIR_VERSION, ...id, createdAt: new Date().toISOString() }, null, 2)}\n`)
+      const swarm = options.swarm ?? { strategy: 'flora', targets: [] }
+      const meta: StateDirMeta = {
+        format: STATE_DIR_FORMAT,
+        version: STATE_DIR_VERSION,
+        ...id,
+        strategy: swarm.strategy,
+        targets: swarm.targets.map((t) => ({ name: t.name, inFeatures: t.inFeatures, outFeatures: t.outFeatures })),
+        createdAt: new Date().toISOString(),
+      }
+      writeAtomic(metaPath, `${JSON.stringify(meta, null, 2)}\n`)
     }
     sd.#lock()
     mkdirSync(join(dir, 'heads'), { recursive: true })

@@ -12,6 +12,9 @@ import { StateDir, StateDirError } from '../../src/node/state-dir.js'
 import { swarmIdOf } from '../../src/node/config.js'
 import { syntheticTrainer } from '../../src/node/trainer.js'
 import { cp } from 'node:fs/promises'
+import { main as exportMain } from '../../src/node/export-command.js'
+import { readSafetensorsFile } from '../../src/model/safetensors.js'
+import { loadPeftAdapter } from '../../src/model/checkpoint.js'
 import { startTestSwarm, waitForEvent, type TestSwarm } from './helpers.js'
 
 describe('P6: the state dir survives crashes and refuses corruption', () => {
@@ -114,6 +117,37 @@ describe('P6: the state dir survives crashes and refuses corruption', () => {
     expect(() => sd2.load(swarm.config.targets)).toThrow(StateDirError)
     expect(() => sd2.load(swarm.config.targets)).toThrow(/no head snapshot verifies/)
     sd2.close()
+  })
+
+  it('flora export writes the agreed weights bit for bit, and an adapter that reproduces them on the base', async () => {
+    const dir = await copy()
+    const out = join(base, 'export')
+    const code = await exportMain(['node', 'flora', 'export', '--state-dir', dir, '--out', out])
+    expect(code).toBe(0)
+    const manifest = JSON.parse(await readFile(join(out, 'flora.json'), 'utf8')) as { round: number; stateHash: string }
+    expect(manifest).toMatchObject({ round: 3, stateHash: hashes[2] })
+    const weights = await readSafetensorsFile(join(out, 'model', 'weights.safetensors'))
+    const head = swarm.peers[0].head
+    for (const [name, w] of head.weights) expect(weights.tensors.get(`${name}.weight`)?.data).toEqual(w)
+    // The adapter on the base (genesis) weights, in float64: the agreed weights within float32 rounding.
+    const adapter = await loadPeftAdapter(join(out, 'adapter'), swarm.config.targets)
+    for (const m of adapter.modules) {
+      const w0 = swarm.weights.get(m.name) as Float32Array
+      const w = head.weights.get(m.name) as Float32Array
+      let maxErr = 0
+      let maxDelta = 0
+      for (let o = 0; o < m.outFeatures; o++) {
+        for (let i = 0; i < m.inFeatures; i++) {
+          let acc = 0
+          for (let k = 0; k < m.rank; k++) acc += m.loraB[o * m.rank + k] * m.loraA[k * m.inFeatures + i]
+          const idx = o * m.inFeatures + i
+          maxErr = Math.max(maxErr, Math.abs(w0[idx] + m.scaling * acc - w[idx]))
+          maxDelta = Math.max(maxDelta, Math.abs(w[idx] - w0[idx]))
+        }
+      }
+      expect(maxDelta).toBeGreaterThan(1e-4)
+      expect(maxErr).toBeLessThan(1e-6)
+    }
   })
 
   it('refuses a non-empty directory that is not a state dir', async () => {
