@@ -310,8 +310,12 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
     child.stderr?.pipe(log)
     const events = createWriteStream(inc.files.events)
     const closed = Promise.all([
-      new Promise<void>((res) => child.on('exit', () => res())),
-      new Promise<void>((res) => child.stdout?.on('close', () => res()) ?? res()),
+      new Promise<void>((res) => {
+        child.on('exit', () => res())
+        child.on('error', () => res())
+      }),
+      new Promise<void>((res) => (child.stdout != null ? child.stdout.on('close', () => res()) : res())),
+      new Promise<void>((res) => log.on('close', () => res())),
     ])
     exitWaiters.set(
       inc,
@@ -322,6 +326,12 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
           }),
       ),
     )
+    child.on('error', (err) => {
+      // Could not spawn (or signal) the process: counts as an exit with no code.
+      if (inc.exitMs == null) inc.exitMs = now()
+      say(`${stamp()} peer ${slot} (process ${name}): ${err.message}`)
+      log.end()
+    })
     child.on('exit', (code, signal) => {
       inc.exitMs = now()
       inc.exitCode = code
@@ -405,11 +415,12 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
     }
     // One fault at a time: nothing while a peer is down or frozen, and, for up to 3 x K
     // rounds after the last fault, nothing until every live peer contributes again. Only
-    // contributing peers are victims, and only while the others still make a majority.
+    // contributing peers are victims, and only while at least two others still contribute
+    // (the recorded membership that votes is, in practice, the recent contributors).
     const live = liveSlots()
     const contributing = live.filter((s) => active.has(s))
     const settled = live.every((s) => active.has(s)) || swarmRound >= lastFaultRound + 3 * Math.max(1, options.killEvery)
-    const quiet = down == null && paused == null && settled && contributing.length - 1 > live.length / 2
+    const quiet = down == null && paused == null && settled && contributing.length >= 3
     if (options.pauseAt > 0 && !pauseDone && swarmRound >= options.pauseAt && swarmRound < quietFrom && !endsSoon && quiet) {
       const victims = contributing
       if (victims.length > 0) {
