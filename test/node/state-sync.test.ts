@@ -14,6 +14,7 @@ import { verifyChain } from '../../src/node/round-log.js'
 import { syntheticTrainer, type Trainer } from '../../src/node/trainer.js'
 import type { RoundCompleteDetail } from '../../src/node/engine.js'
 import { gate, startTestSwarm, waitForEvent, type TestSwarm } from './helpers.js'
+import { SYNC_PROTOCOL, syncHandler } from '../../src/gossip/sync.js'
 import { syntheticSwarm } from '../../src/node/synthetic.js'
 
 const POLICY = { deadlineMs: 6000, graceMs: 1000, minPeers: 3 }
@@ -186,6 +187,86 @@ describe('P6: state sync', () => {
     ])
     expect(new Set([...ends.map((e) => e.stateHash), back.head.hash]).size).toBe(1)
     expect(s.peers[0].records.get(5)?.contributors).toContain(back.peerId)
+  })
+
+  it('a member whose sync answers do not verify (certificates without a quorum) is reported and not asked again; the joiner syncs from the others', async () => {
+    const joinerTrained = gate()
+    const s = await startTestSwarm({
+      ranks: [2, 4, 8],
+      rounds: 5,
+      idSeed: 'hostile-sync',
+      swarm: { round: POLICY },
+      hold: (_i, ctx) => (ctx.round === 4 ? joinerTrained.wait : undefined),
+    })
+    swarm = s
+    await Promise.all(s.peers.map((p) => waitForEvent(p, 'round:start', (d) => d.round === 4, 30_000)))
+    // Peer 0 takes part in rounds honestly, but its sync server lies: every certificate it
+    // serves is cut to one precommit, and its snapshot bytes are flipped.
+    const hostile = s.peers[0]
+    let commitRequests = 0
+    await hostile.libp2p.unhandle(SYNC_PROTOCOL)
+    await hostile.libp2p.handle(
+      SYNC_PROTOCOL,
+      syncHandler({
+        head: () => ({ round: hostile.head.round, stateHash: hostile.head.hash, snapshots: [hostile.head.round] }),
+        commits: (from, limit) => {
+          commitRequests++
+          const out = []
+          for (let r = from; r < from + limit && hostile.records.get(r) != null; r++) {
+            const rec = hostile.records.get(r)!
+            out.push({ kind: 'commit' as const, manifest: rec.manifest, certificate: rec.certificate.slice(0, 1) })
+          }
+          return out
+        },
+        snapshot: async () => ({ total: 16, read: async (_o, n) => new Uint8Array(n).fill(7) }),
+      }),
+    )
+    // The honest members serve no sync until the hostile one was asked (and caught).
+    for (const p of s.peers.slice(1)) await p.libp2p.unhandle(SYNC_PROTOCOL)
+    const joiner = await createPeer({
+      config: s.config,
+      weights: s.weights,
+      privateKey: await identityFromSeed('hostile-sync-joiner'),
+      rank: 4,
+      rounds: 5,
+      listen: ['/ip4/127.0.0.1/tcp/0'],
+      bootstrap: s.peers.map((p) => p.multiaddrs()[0]),
+      trainer: signallingTrainer(3, 4, joinerTrained),
+    })
+    extra.push(joiner)
+    const rejected = waitForEvent(joiner, 'peer:rejected', (d) => d.reason === 'bad-sync', 30_000)
+    const commits: RoundCompleteDetail[] = []
+    joiner.addEventListener('round:complete', (e) => commits.push(e.detail))
+    const done = waitForEvent(joiner, 'done', () => true, 60_000)
+    await joiner.start()
+    const r = await rejected
+    expect(r.peerId).toBe(hostile.peerId)
+    expect(r.detail).toMatch(/1 precommits of members, a quorum is 2/)
+    for (const p of s.peers.slice(1)) {
+      await p.libp2p.handle(
+        SYNC_PROTOCOL,
+        syncHandler({
+          head: () => ({ round: p.head.round, stateHash: p.head.hash, snapshots: [] }),
+          commits: (from, limit) => {
+            const out = []
+            for (let k = from; k < from + limit && p.records.get(k) != null; k++) {
+              const rec = p.records.get(k)!
+              out.push({ kind: 'commit' as const, manifest: rec.manifest, certificate: [...rec.certificate] })
+            }
+            return out
+          },
+          snapshot: async () => undefined,
+        }),
+      )
+    }
+    await done
+    expect(commits.slice(0, 3).map((c) => [c.round, c.synced])).toEqual([
+      [1, 'replay'],
+      [2, 'replay'],
+      [3, 'replay'],
+    ])
+    expect(joiner.head.hash).toBe(s.peers[1].records.get(5)?.stateHash ?? (await waitForEvent(s.peers[1], 'done', () => true, 30_000)).stateHash)
+    expect(commitRequests).toBe(1)
   })
 
   it('a state dir of another swarm, or one another peer holds, is refused with a clear message', async () => {
