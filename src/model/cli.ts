@@ -47,6 +47,7 @@ interface TrainFlags {
   data: string
   evalData?: string
   rank: number
+  initAdapter?: string
   alpha?: number
   targets: string[]
   steps: number
@@ -140,6 +141,7 @@ export function buildProgram(run: { code: number }, io: CliIo = {}): Command {
     .addOption(new Option('--max-eval <n>', `cap on held-out examples (wordnet default: ${TRAIN_DEFAULTS.wordnetMaxEval})`).argParser(int('--max-eval', 1)))
     .addOption(new Option('-o, --out <dir>', 'save the PEFT adapter here (replaced if it holds an earlier adapter)').default('runs/train'))
     .addOption(new Option('--no-save', 'do not save the adapter'))
+    .addOption(new Option('--init-adapter <dir>', 'start from this PEFT adapter (e.g. a federation\'s export adapter/) instead of a fresh one; its rank, alpha and targets replace --rank, --alpha, --targets'))
     .addOption(new Option('--merge', 'also save the merged model (W + s B A, loadable with --model) into <out>/merged'))
     .addOption(new Option('--samples <n>', 'greedy generations to show for held-out prompts').argParser(int('--samples', 0)).default(TRAIN_DEFAULTS.samples))
     .addOption(new Option('--json', 'JSON lines on stdout (events and every step) instead of text and a bar'))
@@ -172,6 +174,7 @@ Examples:
           maxTrain: flags.maxTrain,
           maxEval: flags.maxEval,
           out: flags.save ? flags.out : undefined,
+          initAdapter: flags.initAdapter,
           merge: flags.merge,
           samples: flags.samples,
           json: flags.json,

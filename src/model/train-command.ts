@@ -102,6 +102,8 @@ export interface TrainCommandOptions {
   readonly maxEval?: number
   /** Save the PEFT adapter here (default: not saved). */
   readonly out?: string
+  /** Start from this PEFT adapter (its rank, alpha and targets) instead of a fresh one. */
+  readonly initAdapter?: string
   /** Also save the merged model (W + s B A) into <out>/merged. */
   readonly merge?: boolean
   /** Greedy generations to show for held-out prompts (default 2). */
@@ -159,6 +161,7 @@ const FLAG: Record<string, string> = {
   maxTrain: '--max-train',
   maxEval: '--max-eval',
   out: '--out',
+  initAdapter: '--init-adapter',
   merge: '--merge',
   samples: '--samples',
 }
@@ -185,6 +188,7 @@ const TrainSchema = z.object({
   maxTrain: posInt.optional(),
   maxEval: posInt.optional(),
   out: nonEmpty.optional(),
+  initAdapter: nonEmpty.optional(),
   merge: z.boolean().optional(),
   samples: z.number().int('must be an integer').min(0, 'must be >= 0').optional(),
 })
@@ -373,6 +377,15 @@ async function writeDirAtomically(dir: string, write: (tmp: string) => Promise<v
   }
 }
 
+/** A PEFT adapter to start from, with a message that names the flag when it does not load. */
+async function loadInitAdapter(dir: string): Promise<AdapterSet> {
+  try {
+    return await loadPeftAdapter(dir)
+  } catch (err) {
+    throw new TrainCommandError(`--init-adapter ${dir}: ${(err as Error).message}`)
+  }
+}
+
 /** Base weights with every adapter module merged in: W <- W + s B A (the federation's deterministic kernel). */
 function mergedWeights(model: LlamaModel, adapter: AdapterSet): Map<string, Float32Array> {
   const weights = new Map<string, Float32Array>()
@@ -397,9 +410,11 @@ export async function runTrain(options: TrainCommandOptions = {}): Promise<Train
   const bundled = options.model === undefined
   const modelDir = options.model ?? defaultModelDir()
   const data = options.data ?? TRAIN_DEFAULTS.data
-  const rank = options.rank ?? TRAIN_DEFAULTS.rank
-  const alpha = options.alpha ?? 2 * rank
-  const targets = [...new Set(options.targets ?? TRAIN_DEFAULTS.targets)] as LinearModuleKind[]
+  // A starting adapter decides rank, alpha and targets (checked against the model below).
+  const init = options.initAdapter !== undefined ? await loadInitAdapter(options.initAdapter) : undefined
+  const rank = init?.modules[0].rank ?? options.rank ?? TRAIN_DEFAULTS.rank
+  const alpha = init?.modules[0].alpha ?? options.alpha ?? 2 * rank
+  const targets = (init !== undefined ? [...new Set(init.modules.map((m) => m.name.split('.').pop() as string))].sort() : [...new Set(options.targets ?? TRAIN_DEFAULTS.targets)]) as LinearModuleKind[]
   const steps = options.steps ?? TRAIN_DEFAULTS.steps
   const batchSize = options.batchSize ?? TRAIN_DEFAULTS.batchSize
   const seqLen = options.seqLen ?? TRAIN_DEFAULTS.seqLen
@@ -439,8 +454,12 @@ export async function runTrain(options: TrainCommandOptions = {}): Promise<Train
     const modelInfo = { dir: modelDir, parameters: parameterCount(c), layers: c.numLayers, hidden: c.hiddenSize, vocab: c.vocabSize }
     emit('model', modelInfo, `model     ${modelDir}: ${c.numLayers} layers, hidden ${c.hiddenSize}, vocab ${c.vocabSize}, ${fmtParams(modelInfo.parameters)} parameters`)
 
-    const adapter0 = initAdapter({ shapes: model.targetModuleShapes(), rank, alpha, seed: `flora-train/${seed}/adapter` })
-    model.setAdapter(adapter0)
+    const adapter0 = init ?? initAdapter({ shapes: model.targetModuleShapes(), rank, alpha, seed: `flora-train/${seed}/adapter` })
+    try {
+      model.setAdapter(adapter0)
+    } catch (err) {
+      throw new TrainCommandError(`--init-adapter ${options.initAdapter}: does not fit --model ${modelDir}: ${(err as Error).message}`)
+    }
     const scaling = adapter0.modules[0].scaling
     const adapterInfo = { rank, alpha, scaling, targets, modules: adapter0.modules.length, parameters: adapterParamCount(adapter0) }
     emit(

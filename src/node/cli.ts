@@ -123,6 +123,7 @@ export function buildProgram(): Command {
     .addOption(new Option('--samples <n>', 'synthetic trainer: reported sample count').argParser(int('--samples', 1)).env('FLORA_SAMPLES'))
     .addOption(new Option('-i, --identity <file>', 'key file that keeps this peer\'s id across restarts (created if missing)').default('.flora/peer.key').env('FLORA_IDENTITY'))
     .addOption(new Option('--mdns', 'also discover peers on the local network (mDNS)').env('FLORA_MDNS'))
+    .addOption(new Option('--init-adapter <dir>', 'model trainer: start the federation from the base with this PEFT adapter merged in (e.g. one a past federation exported); every peer must pass the same').env('FLORA_INIT_ADAPTER'))
     .addOption(new Option('--state-dir <dir>', 'persistent peer state (head snapshots, certified records, recent payloads); a restarted peer resumes from it (default: next to the identity file, <identity>.state)').env('FLORA_STATE_DIR'))
     .addOption(new Option('--no-state', 'keep no state on disk (a restarted peer catches up from the swarm from round 0)'))
     .addOption(new Option('-o, --out <dir>', 'after every committed round, write the agreed model there: model/ (Hugging Face model dir, or the target weights) and adapter/ (the cumulative update since genesis as a PEFT adapter)').env('FLORA_OUT'))
@@ -204,6 +205,7 @@ interface CliOptions {
   mdns?: boolean
   records?: string
   stateDir?: string
+  initAdapter?: string
   state: boolean
   out?: string
   report?: string
@@ -243,6 +245,7 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
     },
     rank: o.rank,
     alpha,
+    ...(o.initAdapter != null ? { initAdapter: o.initAdapter } : {}),
     data: o.data,
     model: o.model,
     localSteps: o.localSteps,

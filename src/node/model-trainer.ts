@@ -27,7 +27,8 @@ import { stateHash } from '../aggregation/state-hash.js'
 import { initAdapter } from '../lora/init.js'
 import type { ModuleShape } from '../lora/types.js'
 import { type BackendPreference, type BackendSelection, describeBackend, selectBackend } from '../model/backend.js'
-import { type Checkpoint, readCheckpoint } from '../model/checkpoint.js'
+import { type Checkpoint, loadPeftAdapter, readCheckpoint } from '../model/checkpoint.js'
+import { mergeIntoWeightsSync } from '../aggregation/merge.js'
 import { type LlamaConfig, parameterCount, toHfConfig } from '../model/config.js'
 import { readInstructionJsonl } from '../model/data/jsonl.js'
 import { partitionExamples } from '../model/data/partition.js'
@@ -334,8 +335,33 @@ function positive(flag: string, v: number, integer = true): number {
 }
 
 /** The swarm config a model defines, checked against --config when one is given. */
-async function resolveConfig(rt: Runtime, o: SetupOptions): Promise<SwarmConfig> {
-  const genesisHash = genesisState(rt.genesis, rt.shapes).hash
+/**
+ * The base's target weights with a PEFT adapter merged in (W + s B A, the federation's own
+ * deterministic merge kernel), as new arrays: the runtime's genesis is shared and kept.
+ */
+async function withInitAdapter(rt: Runtime, dir: string): Promise<Map<string, Float32Array>> {
+  let adapter
+  try {
+    adapter = await loadPeftAdapter(dir, rt.model.moduleShapes())
+  } catch (err) {
+    throw new SwarmConfigError(`--init-adapter ${dir}: ${(err as Error).message}`)
+  }
+  const targets = new Set(rt.shapes.map((s) => s.name))
+  const outside = adapter.modules.filter((m) => !targets.has(m.name)).map((m) => m.name)
+  if (outside.length > 0) {
+    throw new SwarmConfigError(`--init-adapter ${dir}: adapts ${outside.slice(0, 3).join(', ')}${outside.length > 3 ? ', ...' : ''}, which are not among the swarm's --targets; add their kinds to --targets`)
+  }
+  const out = new Map(rt.genesis)
+  for (const m of adapter.modules) {
+    const w = Float32Array.from(rt.genesis.get(m.name) as Float32Array)
+    mergeIntoWeightsSync(w, { outFeatures: m.outFeatures, inFeatures: m.inFeatures }, [{ coef: m.scaling, rank: m.rank, loraA: m.loraA, loraB: m.loraB }])
+    out.set(m.name, w)
+  }
+  return out
+}
+
+async function resolveConfig(rt: Runtime, o: SetupOptions, genesis: ReadonlyMap<string, Float32Array>): Promise<SwarmConfig> {
+  const genesisHash = genesisState(genesis, rt.shapes).hash
   const built = makeSwarmConfig({
     name: o.name ?? 'flora',
     baseModelHash: rt.baseModelHash,
@@ -379,13 +405,14 @@ export async function setupModelPeer(o: SetupOptions): Promise<PeerSetup> {
   if (seqLen > rt.config.maxPositionEmbeddings) {
     throw new SwarmConfigError(`--seq-len ${seqLen} exceeds the model's max_position_embeddings (${rt.config.maxPositionEmbeddings})`)
   }
-  const config = await resolveConfig(rt, o)
+  const genesis = o.initAdapter != null ? await withInitAdapter(rt, o.initAdapter) : rt.genesis
+  const config = await resolveConfig(rt, o, genesis)
   const modelLine = `${path.relative(process.cwd(), path.resolve(dir)) || '.'} (${rt.config.numLayers} layers, hidden ${rt.config.hiddenSize}, ${(parameterCount(rt.config) / 1e6).toFixed(2)}M parameters, tfjs ${describeBackend(rt.backend)}; base ${rt.baseModelHash.slice(0, 12)})`
   const notLoaded = (): never => {
     throw new Error('model trainer: set up with configOnly (no data loaded)')
   }
   if (o.configOnly === true) {
-    return { config, weights: rt.genesis, trainer: notLoaded, evaluate: notLoaded, samples: 0, description: modelLine, baseModelDir: path.resolve(dir) }
+    return { config, weights: genesis, trainer: notLoaded, evaluate: notLoaded, samples: 0, description: modelLine, baseModelDir: path.resolve(dir) }
   }
 
   const data = await loadPeerData(spec, { evalData, evalExamples, trainExamples: o.trainExamples, swarmSeed: config.seed })
@@ -448,7 +475,7 @@ export async function setupModelPeer(o: SetupOptions): Promise<PeerSetup> {
 
   return {
     config,
-    weights: rt.genesis,
+    weights: genesis,
     trainer,
     evaluate: evaluateWeights,
     samples,

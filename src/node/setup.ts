@@ -33,6 +33,12 @@ export interface PeerSetup {
 }
 
 export interface SetupOptions {
+  /**
+   * Model trainer: a PEFT adapter merged into the base's target weights before round 1
+   * (e.g. one exported from an earlier federation). It is part of the genesis state, so
+   * every peer of the swarm must start from the same one.
+   */
+  initAdapter?: string
   /** Backend name (default: 'model' if registered, else 'synthetic'). */
   trainer?: string
   /** A swarm config file; when given it is authoritative. */
@@ -135,6 +141,7 @@ export function parseSyntheticData(spec: string | undefined): number {
 }
 
 registerTrainerBackend('synthetic', async (o) => {
+  if (o.initAdapter != null) throw new SwarmConfigError('--init-adapter is for the model trainer (a PEFT adapter of a Hugging Face checkpoint)')
   const dataSeed = parseSyntheticData(o.data)
   const built = syntheticSwarm({
     name: o.name ?? 'synthetic',

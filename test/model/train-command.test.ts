@@ -98,6 +98,15 @@ describe('flora train (runTrain) and flora generate', () => {
     expect(gout.text().endsWith('\n')).toBe(true)
   })
 
+  it('--init-adapter starts from a saved adapter: its rank, alpha and targets, and its held-out loss as the "before"', async () => {
+    const first = path.join(dir, 'init-first')
+    const a = await runTrain({ ...base(), data, evalData: data, rank: 2, alpha: 3, targets: ['q_proj', 'k_proj'], steps: 3, lr: 2e-2, samples: 0, out: first, stdout: sink(), stderr: sink() })
+    const b = await runTrain({ ...base(), data, evalData: data, initAdapter: first, steps: 1, samples: 0, stdout: sink(), stderr: sink() })
+    expect(b.adapter).toMatchObject({ rank: 2, alpha: 3, targets: ['k_proj', 'q_proj'] })
+    expect(b.before.loss).toBeCloseTo(a.after.loss, 5)
+    await expect(runTrain({ ...base(), data, initAdapter: path.join(dir, 'nope'), stdout: sink(), stderr: sink() })).rejects.toThrow(/--init-adapter .*nope/)
+  })
+
   it('holds out a seeded 5% of --data, and writes JSON lines with --json', async () => {
     const out = sink()
     const r = await runTrain({ ...base(), data, steps: 2, samples: 0, json: true, stdout: out, stderr: sink() })

@@ -9,7 +9,9 @@ import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promi
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { saveCheckpoint } from '../../src/model/checkpoint.js'
+import { saveCheckpoint, savePeftAdapter } from '../../src/model/checkpoint.js'
+import { initAdapter } from '../../src/lora/init.js'
+import { mergeIntoWeightsSync } from '../../src/aggregation/merge.js'
 import { llamaConfig, type LlamaConfig } from '../../src/model/config.js'
 import { randomLlamaWeights } from '../../src/model/llama.js'
 import { SwarmConfigError, swarmIdOf } from '../../src/node/config.js'
@@ -101,6 +103,28 @@ describe('model trainer: options and identity', () => {
     await expect(setupPeer({ trainer: 'model', model: join(dir, 'nope'), rank: 2, alpha: 4, configOnly: true, backend: 'wasm' })).rejects.toThrow(
       /cannot load the base model/,
     )
+  })
+
+  it('--init-adapter: the federation starts from the base with the adapter merged in (a swarm of its own), bit for bit as the merge kernel does it', async () => {
+    const plain = await setupPeer({ trainer: 'model', model: modelA, rank: 2, alpha: 4, configOnly: true, backend: 'wasm' })
+    const shapes = plain.config.targets
+    const adapter = initAdapter({ shapes, rank: 3, alpha: 6, seed: 'init-adapter-test' })
+    // A fresh LoRA has B = 0: give it a real update.
+    for (const m of adapter.modules) m.loraB.forEach((_, k) => (m.loraB[k] = Math.sin(k + 1) * 0.01))
+    const adapterDir = join(dir, 'init-adapter')
+    await savePeftAdapter(adapterDir, adapter)
+    const started = await setupPeer({ trainer: 'model', model: modelA, rank: 2, alpha: 4, configOnly: true, backend: 'wasm', initAdapter: adapterDir })
+    expect(started.config.genesisStateHash).not.toBe(plain.config.genesisStateHash)
+    expect(swarmIdOf(started.config)).not.toBe(swarmIdOf(plain.config))
+    for (const m of adapter.modules) {
+      const expected = Float32Array.from(plain.weights.get(m.name) as Float32Array)
+      mergeIntoWeightsSync(expected, m, [{ coef: m.scaling, rank: m.rank, loraA: m.loraA, loraB: m.loraB }])
+      expect(started.weights.get(m.name)).toEqual(expected)
+    }
+    // The shared runtime's base weights are untouched.
+    const again = await setupPeer({ trainer: 'model', model: modelA, rank: 2, alpha: 4, configOnly: true, backend: 'wasm' })
+    expect(again.config.genesisStateHash).toBe(plain.config.genesisStateHash)
+    await expect(setupPeer({ trainer: 'model', model: modelA, rank: 2, alpha: 4, configOnly: true, backend: 'wasm', initAdapter: join(dir, 'nope') })).rejects.toThrow(/--init-adapter .*nope/)
   })
 })
 
