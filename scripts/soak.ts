@@ -372,7 +372,8 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
     if (ev.event !== 'round:complete' || typeof ev.round !== 'number') return
     for (const c of current) {
       const after = activeAfter.get(c?.slot ?? -1) ?? 0
-      if (c != null && c.peerId != null && ev.contributors?.includes(c.peerId) === true && ev.round > after && !active.has(c.slot)) {
+      // (A killed process whose restart is pending stays current[slot]: it cannot contribute again.)
+      if (c != null && c.peerId != null && !c.killedByUs && c.exitMs == null && ev.contributors?.includes(c.peerId) === true && ev.round > after && !active.has(c.slot)) {
         active.add(c.slot)
         if (c.kind !== 'initial' || after > 0) {
           const who = c.kind === 'restart' ? `restart ${c.n}` : c.kind === 'late-join' ? 'late joiner' : 'resumed'
@@ -874,6 +875,14 @@ export function formatSummary(r: SoakReport, out: string): string {
   lines.push(`hash disagreements: ${r.hashDisagreements}${r.disagreements.length > 0 ? ` (rounds ${r.disagreements.map((d) => d.round).join(', ')})` : ''}`)
   lines.push(`rounds lost:        ${r.roundsLost}${r.roundsRedone > 0 ? `; ${r.roundsRedone} round(s) re-announced with the same hash after a restart` : ''}`)
   for (const l of r.lost.slice(0, 10)) lines.push(`  - ${l.detail}`)
+  const count = (t: ChaosEvent['type']): ChaosEvent[] => r.chaos.filter((c) => c.type === t)
+  const join1 = count('late-join')[0]
+  const pause1 = count('pause')[0]
+  lines.push(
+    `faults:             ${count('kill').length} SIGKILL(s) at rounds ${count('kill').map((c) => c.swarmRound).join(', ') || '-'}; ` +
+      `late join ${join1 != null ? `at round ${join1.swarmRound}` : o.lateJoinAt > 0 ? 'NOT done' : 'off'}; ` +
+      `partition ${pause1 != null ? `at round ${pause1.swarmRound} for ${o.pauseMs} ms` : o.pauseAt > 0 ? 'NOT done (the swarm never settled or ended first)' : 'off'}`,
+  )
   lines.push(`restarts:           ${r.restarts}`)
   for (const rec of r.recoveries) {
     const what = rec.kind === 'restart' ? `kill at round ${rec.disruptedAtRound}, restart at round ${rec.fromRound}` : rec.kind === 'late-join' ? `late join at round ${rec.fromRound}` : `partition at round ${rec.disruptedAtRound}, resumed at round ${rec.fromRound}`

@@ -54,6 +54,7 @@ import { CumulativeUpdate } from './export.js'
 import type { SyncHead } from '../gossip/sync.js'
 import type { Trainer, TrainResult } from './trainer.js'
 import { createHash } from 'node:crypto'
+import { appendFileSync, existsSync, readFileSync, rmSync, statSync } from 'node:fs'
 
 export interface RoundMetrics {
   /** Wall time of the round on this peer, from its local start to commit. */
@@ -311,6 +312,12 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
   /** Waits for `minPeers` ready members, then runs rounds. Resolves once round 1 has started. */
   async start(signal?: AbortSignal): Promise<void> {
     if (this.#status !== 'idle') return
+    // Restarted on a state dir that already holds every round asked for: nothing to do.
+    if (this.#i.maxRounds !== undefined && this.#head.round >= this.#i.maxRounds && this.#pending.length === 0) {
+      this.#status = 'running'
+      this.#finishIfDone()
+      return
+    }
     this.#status = 'waiting'
     const minPeers = this.#i.config.round.minPeers
     this.#log.info({ minPeers, round: this.round }, 'waiting for swarm members')
@@ -1080,13 +1087,16 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
         tip = { round: c.manifest.body.round, stateHash: c.manifest.body.newStateHash, members: check.members }
       }
     }
-    const bytes = await this.#fetchSnapshot(peer, target, signal)
-    if (bytes == null) return 0
+    const fetched = await this.#fetchSnapshot(peer, target, signal)
+    if (fetched == null) return 0
+    const bytes = fetched.bytes
     let state: SwarmState
     try {
       state = parseSnapshot(bytes, this.#i.config.targets, { swarmId: this.#i.swarmId, round: target, stateHash: tip.stateHash })
     } catch (err) {
-      this.#syncReject(peer, `sync: snapshot of round ${target}: ${(err as Error).message}`)
+      // A resumed transfer mixes members' bytes: drop it, blame no one; else the sender lied.
+      if (fetched.resumed) this.#log.warn({ round: target, err: (err as Error).message }, 'sync: a resumed snapshot does not verify; starting over')
+      else this.#syncReject(peer, `sync: snapshot of round ${target}: ${(err as Error).message}`)
       return 0
     }
     if (this.#head.round >= target) return 0
@@ -1131,34 +1141,59 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     return record
   }
 
-  async #fetchSnapshot(peer: string, round: number, signal: AbortSignal): Promise<Uint8Array | undefined> {
+  /**
+   * Fetches a member's head snapshot of `round` in chunks. With a state dir the chunks go
+   * to a partial file there, so a transfer broken off (the member left, this peer was
+   * killed) resumes where it stopped, from any member: snapshots of one state are
+   * byte-identical on every peer. Only the finished file is read back, and verified.
+   */
+  async #fetchSnapshot(peer: string, round: number, signal: AbortSignal): Promise<{ bytes: Uint8Array; resumed: boolean } | undefined> {
     const net = this.#i.network
     const max = snapshotCap(this.#i.config)
     const CHUNK = 4 << 20
+    const partFile = this.#i.stateDir?.partialSnapshotFile(round)
     const parts: Uint8Array[] = []
-    let got = 0
+    let got = partFile != null && existsSync(partFile) ? statSync(partFile).size : 0
+    const resumedAt = got
     let total = -1
+    const t0 = performance.now()
+    let lastReport = t0
     while (total < 0 || got < total) {
       let res: { total: number; bytes: Uint8Array } | undefined
       try {
         res = await (net.syncSnapshotChunk as NonNullable<RoundNetwork['syncSnapshotChunk']>)(peer, { round, offset: got, length: CHUNK }, signal)
       } catch (err) {
-        this.#log.warn({ peer, round, err: (err as Error).message }, 'sync: snapshot transfer failed')
+        this.#log.warn({ peer, round, got, err: (err as Error).message }, 'sync: snapshot transfer broke off (it resumes from here)')
         return undefined
       }
-      if (res == null) return undefined
+      if (res == null) {
+        if (got > 0 && resumedAt === got && partFile != null) rmSync(partFile, { force: true }) // offset past the member's snapshot: start over
+        return undefined
+      }
       if (total < 0) {
         if (res.total > max) {
           this.#syncReject(peer, `sync: snapshot of ${res.total} bytes, this swarm's states are at most ${max}`)
           return undefined
         }
         total = res.total
+        if (got > total && partFile != null) {
+          rmSync(partFile, { force: true })
+          return undefined
+        }
       } else if (res.total !== total) return undefined
-      parts.push(res.bytes)
+      if (partFile != null) appendFileSync(partFile, res.bytes)
+      else parts.push(res.bytes)
       got += res.bytes.byteLength
-      this.#log.debug({ round, got, total }, 'sync: snapshot progress')
+      const now = performance.now()
+      if (now - lastReport > 2000 || got === total) {
+        lastReport = now
+        this.#log.info({ round, got, total, resumedAt, mbPerS: +((got - resumedAt) / 1e6 / ((now - t0) / 1000)).toFixed(1) }, 'sync: snapshot progress')
+      }
     }
-    return Buffer.concat(parts)
+    if (partFile == null) return { bytes: Buffer.concat(parts), resumed: false }
+    const bytes = new Uint8Array(readFileSync(partFile))
+    rmSync(partFile, { force: true })
+    return { bytes, resumed: resumedAt > 0 }
   }
 
   #finishIfDone(): void {

@@ -4,7 +4,9 @@
  * round. By replaying manifests while members keep the payloads, from a verified head
  * snapshot past them; and a restarted peer resumes from its own state dir.
  */
-import { mkdtemp, rm } from 'node:fs/promises'
+import { existsSync } from 'node:fs'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { serializeSnapshot } from '../../src/node/snapshot.js'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterEach, describe, expect, it } from 'vitest'
@@ -87,7 +89,9 @@ describe('P6: state sync', () => {
     expect(chain[5].members).toHaveProperty(joiner.peerId, 6)
   })
 
-  it('past the payloads members keep, a joiner takes a head snapshot (chunked, hash-checked against the certificate) and goes on from there', async () => {
+  it('past the payloads members keep, a joiner takes a head snapshot (chunked, hash-checked against the certificate, resumed from a broken transfer) and goes on from there', async () => {
+    const dir = await mkdtemp(join(tmpdir(), 'flora-state-'))
+    dirs.push(dir)
     const joinerTrained = gate()
     const s = await startTestSwarm({
       ranks: [2, 4, 8],
@@ -109,8 +113,14 @@ describe('P6: state sync', () => {
       listen: ['/ip4/127.0.0.1/tcp/0'],
       bootstrap: [s.peers[0].multiaddrs()[0]],
       trainer: signallingTrainer(7, 5, joinerTrained),
+      stateDir: join(dir, 'joiner'),
     })
     extra.push(joiner)
+    // A transfer of round 4's snapshot broke off halfway earlier: its first half is on disk.
+    // The joiner must go on from there (starting over would append a second copy and fail).
+    const full = serializeSnapshot(s.peers[0].head, s.peers[0].swarmId)
+    expect(s.peers[0].head.round).toBe(4)
+    await writeFile(join(dir, 'joiner', 'heads', 'sync-4.part'), full.subarray(0, Math.floor(full.byteLength / 2)))
     const commits: RoundCompleteDetail[] = []
     joiner.addEventListener('round:complete', (e) => commits.push(e.detail))
     const done = waitForEvent(joiner, 'done', () => true, 60_000)
@@ -123,7 +133,8 @@ describe('P6: state sync', () => {
       [3, 'snapshot'],
       [4, 'snapshot'],
     ])
-    expect(commits[3].metrics.bytesReceived).toBeGreaterThan(0)
+    expect(commits[3].metrics.bytesReceived).toBe(full.byteLength)
+    expect(existsSync(join(dir, 'joiner', 'heads', 'sync-4.part'))).toBe(false)
     expect(commits.slice(4).map((c) => [c.round, c.synced])).toEqual([
       [5, undefined],
       [6, undefined],

@@ -27,6 +27,7 @@ function run(args: string[]): Promise<{ code: number | null; stdout: string; std
 describe('npm run soak', () => {
   it('kills and restarts peers and adds a late joiner: one hash per round, no round lost, every restarted peer contributes again', async () => {
     const out = await mkdtemp(join(tmpdir(), 'flora-soak-'))
+    let passed = false
     try {
       // Training is paced (a 1 s synchronous step per round, as a real trainer's compute):
       // with the synthetic trainer's instant rounds a restarted peer only ever follows the
@@ -60,8 +61,11 @@ describe('npm run soak', () => {
         expect(p.firstRound ?? 0).toBeGreaterThan(1)
       }
       expect(stdout).toMatch(/hash disagreements: 0/)
+      passed = true
     } finally {
-      await rm(out, { recursive: true, force: true })
+      // A failed run keeps its logs (every process's events and stderr) for a look.
+      if (passed) await rm(out, { recursive: true, force: true })
+      else process.stderr.write(`soak test: logs kept in ${out}\n`)
     }
   }, 150_000)
 
