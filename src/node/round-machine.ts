@@ -172,16 +172,26 @@ export class RoundMachine<P, V> {
     return order[view % order.length]
   }
 
-  /** When `view` opens by this peer's clock. */
+  /**
+   * When `view` opens by this peer's clock: view 1 at deadline + grace, then one grace per
+   * view; after each full rotation through the proposer order the views get one grace
+   * longer (as Tendermint's timeouts grow with the round), so peers whose clocks started
+   * far apart (a large swarm starting over minutes) end up in the same view long enough to
+   * gather a quorum.
+   */
   openAt(view: number): number {
     const { startedAt, deadlineMs, graceMs } = this.init
     const order = this.order()
+    const n = Math.max(1, order.length)
     // Skipping absent proposers makes sense only while someone is left to propose.
     const skip = order.some((p) => !this.#absent.has(p))
     let at = startedAt
+    let floor = startedAt + deadlineMs
     for (let k = 1; k <= view; k++) {
+      const length = graceMs * (1 + Math.floor((k - 1) / n))
+      floor += length
       if (skip && this.#absent.has(order[(k - 1) % order.length])) continue
-      at = k === 1 ? startedAt + deadlineMs + graceMs : Math.max(at + graceMs, startedAt + deadlineMs + k * graceMs)
+      at = k === 1 ? startedAt + deadlineMs + graceMs : Math.max(at + length, floor)
     }
     return at
   }

@@ -27,7 +27,7 @@ const MEMBERS5 = ['A', 'B', 'C', 'D', 'E']
 const [P0, P1, P2] = proposerOrder(ROUND, MEMBERS3)
 const Q = proposerOrder(ROUND, MEMBERS5)
 
-// startedAt 0, deadline 1000, grace 100: view v >= 1 opens at 1000 + 100 v.
+// startedAt 0, deadline 1000, grace 100: views 1..3 open at 1000 + 100 v (then they grow).
 const BASE: MachineInit = {
   round: ROUND,
   self: P2,
@@ -164,6 +164,12 @@ describe('round machine: the fixture', () => {
     const m = make()
     expect([0, 1, 2, 3].map((v) => m.proposerOf(v))).toEqual([P0, P1, P2, P0])
     expect([0, 1, 2, 3].map((v) => m.openAt(v))).toEqual([0, 1100, 1200, 1300])
+  })
+
+  it('views get one grace longer after every full rotation of the proposer order (clocks that started far apart meet)', () => {
+    const m = make()
+    // 3 proposers: views 1-3 last 100 ms, 4-6 200 ms, 7-9 300 ms.
+    expect([3, 4, 5, 6, 7, 9, 10].map((v) => m.openAt(v))).toEqual([1300, 1500, 1700, 1900, 2200, 2800, 3200])
   })
 })
 
@@ -334,7 +340,7 @@ describe('round machine: 5. a value is committed only once its proposal is seen 
         [precommit(11, 0, P1, 'X'), []],
         [proposal(15, { id: 'pX', view: 0, proposer: P0, value: 'X' }, true), [verify('pX')]],
         [verified(17, 'pX', false), [reject(P0, 'manifest-hash-mismatch')]],
-        [tick(5000), []],
+        [tick(5600), []], // view 15 (P0 proposes): no effect here
       ),
       after: (m) => expect(m.decided).toBe(false),
     },
