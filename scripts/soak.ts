@@ -8,12 +8,20 @@
  *  - starts one extra peer (fresh identity, empty state dir) at round --late-join-at;
  *  - partitions one peer for --pause-ms at round --pause-at, simulated with SIGSTOP and
  *    SIGCONT (the process is frozen: its connections stay open but it answers nothing).
- * Every process incarnation's stdout events and stderr logs are kept under --out, the
- * history is checked afterwards (hash disagreements, rounds lost, how fast every restarted
- * peer contributes again) and written to DIR/report.json. Exits 1 when a target fails.
+ * One fault at a time: the next kill (or the partition) waits until every live peer
+ * contributes again, or 3 x K rounds, and always leaves at least two contributing peers; the
+ * last rounds (and the last ~12 s at the recent round rate) are left quiet so a victim can
+ * come back before the others finish.
+ *
+ * Every process incarnation's stdout events (DIR/peer-<slot>.<n>.events.jsonl) and stderr
+ * logs (.log) are kept under --out; identity, state dir and --records file are per slot.
+ * The history is checked afterwards (hash disagreements, rounds lost, how many rounds after
+ * coming up every restarted peer contributes again) and written to DIR/report.json. Exits 1
+ * when a target fails, 130 when interrupted.
  *
  *   npm run soak                               # 6 peers, 100 rounds -> .flora/soak
- *   npm run soak -- --peers 4 --rounds 12 --kill-every 3 --late-join-at 4 --pause-at 0
+ *   npm run soak -- --peers 4 --rounds 16 --kill-every 3 --late-join-at 4 --pause-at 0
+ *   npm run soak -- --peer-args '--train-busy-ms 1000'   # rounds paced by a 1 s training step
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createWriteStream, existsSync, readFileSync, type WriteStream } from 'node:fs'
@@ -22,7 +30,7 @@ import { join, resolve } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
 import { Command, InvalidArgumentError } from 'commander'
-import { createPrng, type Prng } from '../src/lora/prng.js'
+import { createPrng } from '../src/lora/prng.js'
 import { PAPER_RANKS } from './swarm.js'
 
 export const SOAK_DEFAULTS = {

@@ -575,7 +575,10 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     const behind = ctx.behind || swarmHead >= ctx.round
     let reason: string
     if (behind) {
-      reason = `this peer is behind the swarm (members report round ${swarmHead} committed, this peer has ${ctx.parent.round}) and could not catch up from any member`
+      reason =
+        swarmHead > ctx.parent.round
+          ? `this peer is behind the swarm (members report round ${swarmHead} committed, this peer has ${ctx.parent.round}) and could not catch up from any member`
+          : `this peer was behind the swarm (at round ${ctx.parent.round}) and no member that could catch it up is connected now (${this.#i.network.members().size} connected)`
     } else {
       const { needed, eligible } = quorumFor(ctx.members, [...ctx.anns.keys()], this.#i.config.round.quorum, this.#i.config.round.minPeers)
       const reachable = [...eligible].filter((p) => p === this.#i.self || this.#active().has(p)).length
@@ -959,13 +962,22 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     }
     const net = this.#i.network
     if (net.syncCommits != null) {
+      // Until a member has nothing newer, or at most one round: that one (and the rounds
+      // after it) are followed live, through their certificates, like any member does. A
+      // swarm whose rounds are shorter than a sync request must not keep us syncing forever.
       outer: while (this.#status === 'running') {
+        let emptyAnswers = 0
         for (const peer of this.#syncPeers()) {
           let commits: CommitMessage[]
           try {
             commits = await net.syncCommits(peer, this.round, 64, AbortSignal.any([this.#stop.signal, AbortSignal.timeout(30_000)]))
           } catch (err) {
             this.#log.debug({ peer, err: (err as Error).message }, 'sync: commits request failed')
+            continue
+          }
+          // A member behind us, or as far as we are, has nothing: ask a few before concluding.
+          if (commits.length === 0) {
+            if (++emptyAnswers >= 3) break outer
             continue
           }
           let progressed = false
@@ -987,6 +999,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
             }
             break
           }
+          if (progressed && commits.length <= 1) break outer
           if (progressed) continue outer
         }
         break
@@ -1013,8 +1026,8 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     const signal = this.#stop.signal
     const updates: ClientUpdate[] = []
     for (const e of b.entries) {
-      // Two passes over the members: a payload past everyone's kept rounds is not waited for (snapshot instead).
-      const got = await this.#obtain(undefined, e.payloadHash, e.payloadSize, [...(peer != null ? [peer] : []), e.peerId, b.proposer], signal, 2)
+      // One pass over the members: a payload past everyone's kept rounds is not waited for (snapshot instead).
+      const got = await this.#obtain(undefined, e.payloadHash, e.payloadSize, [...(peer != null ? [peer] : []), e.peerId, b.proposer], signal, 1)
       if (!got.ok) {
         if (got.reason === 'payload-unavailable') return 'no-payload'
         if (peer != null) this.#syncReject(peer, `sync: round ${round} payload of ${e.peerId}: ${got.detail}`)

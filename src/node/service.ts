@@ -514,7 +514,13 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
     const round = info.msg != null ? messageRound(info.msg) : undefined
     const fields = { from: shortId(info.from), publisher: info.publisher && shortId(info.publisher), reason: info.reason, round }
     // Votes and certificates of the round we just committed keep arriving for a moment: normal, not a fault.
-    if (info.reason === 'round-window' && round !== undefined && round >= this.engine.head.round - 1 && round <= this.engine.head.round) {
+    // Messages of rounds ahead of ours mean *we* are behind (we catch up by state sync), and
+    // old certificates are repairs for peers that are behind: neither is the sender's fault.
+    const quiet =
+      info.reason === 'round-window' &&
+      round !== undefined &&
+      ((round >= this.engine.head.round - 1 && round <= this.engine.head.round) || round > this.engine.round || info.msg?.kind === 'commit')
+    if (quiet) {
       this.#log.debug(fields, `gossip ignored: ${info.detail}`)
       return
     }
