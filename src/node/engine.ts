@@ -924,6 +924,17 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
       })
   }
 
+  /** What replaying these commits costs, in bytes: their payloads, plus a round trip's worth per round. */
+  #replayCost(commits: readonly CommitMessage[]): number {
+    let bytes = 0
+    for (const c of commits) {
+      if (c.manifest.body.round < this.round) continue
+      bytes += 256 << 10
+      for (const e of c.manifest.body.entries) if (!this.#i.store.has(e.payloadHash)) bytes += e.payloadSize
+    }
+    return bytes
+  }
+
   /** Members to ask, those that said they are ahead first; bad ones never. */
   #syncPeers(): string[] {
     const net = this.#i.network
@@ -981,6 +992,15 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
             continue
           }
           let progressed = false
+          // Far behind (replaying costs more bytes and round trips than the state itself):
+          // take the member's head snapshot first, then replay what follows it.
+          if (commits.length >= SNAPSHOT_MIN_GAP && this.#replayCost(commits) > snapshotEstimate(this.#i.config)) {
+            const got = await this.#syncSnapshot(peer)
+            if (got > 0) {
+              adopted += got
+              continue outer
+            }
+          }
           for (const c of commits) {
             if (this.#status !== 'running') break outer
             if (c.manifest.body.round < this.round) continue
@@ -1025,9 +1045,11 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     const b = c.manifest.body
     const signal = this.#stop.signal
     const updates: ClientUpdate[] = []
-    for (const e of b.entries) {
-      // One pass over the members: a payload past everyone's kept rounds is not waited for (snapshot instead).
-      const got = await this.#obtain(undefined, e.payloadHash, e.payloadSize, [...(peer != null ? [peer] : []), e.peerId, b.proposer], signal, 1)
+    // All payloads at once; one pass over the members: a payload past everyone's kept
+    // rounds is not waited for (a snapshot replaces it).
+    const fetched = await Promise.all(b.entries.map((e) => this.#obtain(undefined, e.payloadHash, e.payloadSize, [...(peer != null ? [peer] : []), e.peerId, b.proposer], signal, 1)))
+    for (const [k, e] of b.entries.entries()) {
+      const got = fetched[k]
       if (!got.ok) {
         if (got.reason === 'payload-unavailable') return 'no-payload'
         if (peer != null) this.#syncReject(peer, `sync: round ${round} payload of ${e.peerId}: ${got.detail}`)
@@ -1370,7 +1392,14 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     if (round < this.round - 1) return
     let set = this.#participants.get(round)
     if (set == null) this.#participants.set(round, (set = new Set()))
-    if (set.size < 10_000) set.add(author)
+    if (set.size >= 10_000 || set.has(author)) return
+    set.add(author)
+    // Its vote for the last round came after ours began: wait for it in this one too.
+    const ctx = this.#ctx
+    if (ctx != null && round === ctx.round - 1 && !ctx.expected.has(author) && this.#active().has(author)) {
+      ctx.expected.add(author)
+      this.#feedCollection(ctx)
+    }
   }
 
   #checkDecoded(adapter: AdapterSet, meta: { rank: number; alpha: number }): { ok: true } | { ok: false; reason: RejectReason; detail: string } {
@@ -1447,6 +1476,20 @@ export function proposalInfo(m: SignedManifest): ProposalInfo<SignedManifest> {
 }
 
 /** Per peer and round training seed: u32 from sha256(swarm seed, peer id, round). */
+/**
+ * Rounds behind from which a head snapshot may replace replaying (when it is also the
+ * cheaper transfer). Closer than that, rounds are replayed: it keeps this peer's history
+ * of merged updates (the exported adapter), which a snapshot cannot give.
+ */
+const SNAPSHOT_MIN_GAP = 8
+
+/** About the size of a head snapshot: the target weights in float32. */
+function snapshotEstimate(config: SwarmConfig): number {
+  let floats = 0
+  for (const t of config.targets) floats += t.outFeatures * t.inFeatures
+  return floats * 4
+}
+
 /** The largest head snapshot a member may send: the target weights and a global adapter of maxRank per module, with room for the header. */
 function snapshotCap(config: SwarmConfig): number {
   let floats = 0
