@@ -21,7 +21,7 @@
  *
  *   npm run soak                               # 6 peers, 100 rounds -> .flora/soak
  *   npm run soak -- --peers 4 --rounds 16 --kill-every 3 --late-join-at 4 --pause-at 0
- *   npm run soak -- --peer-args '--train-busy-ms 1000'   # rounds paced by a 1 s training step
+ *   npm run soak -- --train-ms 0               # bare synthetic steps: rounds as fast as the host allows
  */
 import { spawn, type ChildProcess } from 'node:child_process'
 import { createWriteStream, existsSync, readFileSync, type WriteStream } from 'node:fs'
@@ -72,6 +72,12 @@ export interface SoakOptions {
   timeoutMs: number
   /** Extra flags for every flora-peer (e.g. ['--train-busy-ms', '1500'] to make rounds slower). */
   peerArgs?: string[]
+  /**
+   * Each peer's training takes this long per round, off this host's CPU (--train-delay-ms):
+   * as on a real federation, where every peer trains on its own hardware. 0: the bare
+   * synthetic step, rounds as fast as 7 processes on this host's cores allow.
+   */
+  trainMs?: number
   /** Progress lines (default: stderr). */
   log?: (line: string) => void
 }
@@ -264,6 +270,7 @@ export async function runSoak(options: SoakOptions): Promise<SoakReport> {
     '--seed', String(options.seed),
     '--listen', '/ip4/127.0.0.1/tcp/0',
     '--json',
+    ...((options.trainMs ?? 0) > 0 ? ['--train-delay-ms', String(options.trainMs)] : []),
     ...(options.peerArgs ?? []),
   ]
   const env = {
@@ -949,10 +956,11 @@ async function cli(): Promise<void> {
     .option('--grace <ms>', 'grace per fallback proposer of the peers', intAtLeast('--grace', 50), d.graceMs)
     .option('-o, --out <dir>', 'output directory (its previous soak files are removed)', d.out)
     .option('--timeout <s>', 'kill everything after this many seconds', intAtLeast('--timeout', 1), d.timeoutS)
+    .option('--train-ms <ms>', "each peer's training time per round, off this host's CPU (0: as fast as the host allows)", intAtLeast('--train-ms', 0), 1000)
     .option('--peer-args <flags>', "extra flags for every flora-peer, e.g. '--train-busy-ms 1500' (repeatable)", (v: string, prev: string[] | undefined) => [...(prev ?? []), ...v.split(/\s+/).filter((x) => x.length > 0)])
     .allowExcessArguments(false)
   program.parse(process.argv)
-  const o = program.opts<{ peers: number; rounds: number; killEvery: number; lateJoinAt: number; pauseAt: number; pauseMs: number; seed: number; deadline: number; grace: number; out: string; timeout: number; peerArgs?: string[] }>()
+  const o = program.opts<{ peers: number; rounds: number; killEvery: number; lateJoinAt: number; pauseAt: number; pauseMs: number; seed: number; deadline: number; grace: number; out: string; timeout: number; trainMs: number; peerArgs?: string[] }>()
   const report = await runSoak({
     peers: o.peers,
     rounds: o.rounds,
@@ -965,6 +973,7 @@ async function cli(): Promise<void> {
     graceMs: o.grace,
     out: o.out,
     timeoutMs: o.timeout * 1000,
+    trainMs: o.trainMs,
     peerArgs: o.peerArgs,
   })
   process.stdout.write(formatSummary(report, resolve(o.out)))

@@ -119,6 +119,7 @@ export function buildProgram(): Command {
     .addOption(new Option('--layers <n>', 'synthetic base: layers').argParser(int('--layers', 1)).env('FLORA_SYNTHETIC_LAYERS'))
     .addOption(new Option('--hidden <n>', 'synthetic base: hidden size').argParser(int('--hidden', 1)).env('FLORA_SYNTHETIC_HIDDEN'))
     .addOption(new Option('--train-busy-ms <ms>', 'synthetic trainer: block the training thread this long per round (simulates a slow, synchronous training step)').argParser(int('--train-busy-ms', 0)).env('FLORA_TRAIN_BUSY_MS'))
+    .addOption(new Option('--train-delay-ms <ms>', 'synthetic trainer: take this long per round without using the CPU (a peer training on its own machine)').argParser(int('--train-delay-ms', 0)).env('FLORA_TRAIN_DELAY_MS'))
     .addOption(new Option('--in-thread', 'train on the main thread instead of a worker (networking then stalls while a step runs)').env('FLORA_IN_THREAD'))
     .addOption(new Option('--samples <n>', 'synthetic trainer: reported sample count').argParser(int('--samples', 1)).env('FLORA_SAMPLES'))
     .addOption(new Option('-i, --identity <file>', 'key file that keeps this peer\'s id across restarts (created if missing)').default('.flora/peer.key').env('FLORA_IDENTITY'))
@@ -200,6 +201,7 @@ interface CliOptions {
   hidden?: number
   samples?: number
   trainBusyMs?: number
+  trainDelayMs?: number
   inThread?: boolean
   identity: string
   mdns?: boolean
@@ -264,6 +266,7 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
     backend: o.backend,
     configOnly: o.printConfig === true,
     trainBusyMs: o.trainBusyMs,
+    trainDelayMs: o.trainDelayMs,
     onTrainStep: (p) => {
       // JSON: every step (the swarm script shows them); human: about five lines a round.
       const every = Math.max(1, Math.round(p.steps / 5))

@@ -82,6 +82,11 @@ export interface SetupOptions {
    * slow, synchronous training step; see SyntheticTrainerOptions.busyMs).
    */
   trainBusyMs?: number
+  /**
+   * Synthetic backend: wait this many ms per round before training (a peer whose training
+   * takes time elsewhere, on its own machine or GPU, without occupying this one's CPU).
+   */
+  trainDelayMs?: number
   /** Called after every local training step. */
   onTrainStep?: (progress: TrainProgress) => void
 }
@@ -165,7 +170,7 @@ registerTrainerBackend('synthetic', async (o) => {
     config,
     weights: built.weights,
     samples,
-    trainer: syntheticTrainer({ samples, dataSeed, steps: o.localSteps ?? 5, busyMs: o.trainBusyMs }),
+    trainer: syntheticTrainer({ samples, dataSeed, steps: o.localSteps ?? 5, busyMs: o.trainBusyMs, delayMs: o.trainDelayMs }),
     evaluate: async (weights) => syntheticEvalLoss(weights, config.targets, config.seed),
     description: `synthetic task (share ${dataSeed}, ${samples} samples) on a ${config.targets.length}-module synthetic base`,
   }
