@@ -295,6 +295,11 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     return this.#membership
   }
 
+  /** True while members report rounds this peer has not committed (it is catching up). */
+  get behind(): boolean {
+    return this.#swarmHead() > this.#head.round || this.#ctx?.behind === true
+  }
+
   /** The round in progress (head + 1). */
   get round(): number {
     return this.#head.round + 1

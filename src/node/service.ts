@@ -519,7 +519,7 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
     const quiet =
       info.reason === 'round-window' &&
       round !== undefined &&
-      ((round >= this.engine.head.round - 1 && round <= this.engine.head.round) || round > this.engine.round || info.msg?.kind === 'commit')
+      ((round >= this.engine.head.round - 1 && round <= this.engine.head.round) || (round > this.engine.round && this.engine.behind) || info.msg?.kind === 'commit')
     if (quiet) {
       this.#log.debug(fields, `gossip ignored: ${info.detail}`)
       return
