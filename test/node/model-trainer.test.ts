@@ -9,7 +9,8 @@ import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promi
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { saveCheckpoint, savePeftAdapter } from '../../src/model/checkpoint.js'
+import { readCheckpoint, saveCheckpoint, savePeftAdapter } from '../../src/model/checkpoint.js'
+import { genesisState } from '../../src/node/state.js'
 import { initAdapter } from '../../src/lora/init.js'
 import { mergeIntoWeightsSync } from '../../src/aggregation/merge.js'
 import { llamaConfig, type LlamaConfig } from '../../src/model/config.js'
@@ -269,5 +270,22 @@ describe('model trainer: npm run swarm with real flora-peer processes', () => {
     }
     // Disjoint shards of the 24 records.
     expect(report.peers.reduce((a, p) => a + (p.samples ?? 0), 0)).toBe(24)
+    // The federated model to take home: an HF model dir whose target weights are the agreed
+    // ones (it loads and hashes to the last round's state), and the cumulative PEFT adapter.
+    expect(stdout).toMatch(/federated model: /)
+    const fed = JSON.parse(await readFile(join(out, 'federated', 'flora.json'), 'utf8')) as { round: number; stateHash: string }
+    const last = report.rounds.at(-1)
+    expect(fed.round).toBe(2)
+    expect(fed.stateHash).toBe(Object.values(last?.hashes ?? {})[0])
+    const exported = await readCheckpoint(join(out, 'federated', 'model'))
+    const targets = new Map([...exported.weights].filter(([k]) => /(q_proj|v_proj)\.weight$/.test(k)).map(([k, v]) => [k.replace(/\.weight$/, ''), v]))
+    const shapes = [...targets.keys()].map((name) => {
+      const w = exported.weights.get(`${name}.weight`) as Float32Array
+      const inF = exported.config.hiddenSize
+      return { name, inFeatures: inF, outFeatures: w.length / inF }
+    })
+    expect(genesisState(targets, shapes).hash).toBe(fed.stateHash)
+    const adapterConfig = JSON.parse(await readFile(join(out, 'federated', 'adapter', 'adapter_config.json'), 'utf8')) as { r: number; base_model_name_or_path: string }
+    expect(adapterConfig.base_model_name_or_path).not.toMatch(/^\//)
   }, 150_000)
 })
