@@ -6,7 +6,7 @@
  * chain and every peer exits 0. (A peer that cannot get the certified chain exits 3: see
  * one-chain.test.ts, the minority case.)
  */
-import { describe, expect, it } from 'vitest'
+import { afterEach, describe, expect, it } from 'vitest'
 import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -30,6 +30,7 @@ function peer(args: string[]): Proc {
     stdio: ['ignore', 'pipe', 'pipe'],
     env: { ...process.env, FLORA_FROM_SOURCE: '1' },
   })
+  live.add(child)
   const events: Array<Record<string, unknown>> = []
   const waiters: Array<{ pred: (e: Record<string, unknown>) => boolean; resolve: (e: Record<string, unknown>) => void }> = []
   let buf = ''
@@ -71,7 +72,14 @@ function peer(args: string[]): Proc {
   return p
 }
 
+/** Every process a test started: killed after it, even when the test timed out (its finally never runs then). */
+const live = new Set<ChildProcess>()
+
 describe('P11: honest exit, with flora-peer processes and kill -9', () => {
+  afterEach(() => {
+    for (const c of live) if (c.exitCode == null && c.signalCode == null) c.kill('SIGKILL')
+    live.clear()
+  })
   it('a peer killed with SIGKILL mid-round and restarted on its state dir resumes, catches up by state sync and contributes again; all exit 0 on one chain', async () => {
     const dir = await mkdtemp(join(tmpdir(), 'flora-exit-'))
     const procs: Proc[] = []
