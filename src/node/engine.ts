@@ -135,6 +135,8 @@ export interface RoundNetwork {
   reportedHead?(peerId: string): number | undefined
   /** The member showed it is no longer behind (it caught up). */
   forgetReportedHead?(peerId: string): void
+  /** This peer caught up with the swarm (tell the members its head). */
+  caughtUp?(): void
   /** Payload bytes served so far for a payload hash (for metrics). */
   bytesServed(hash: string): number
   /** Payload bytes fetched for a payload hash (0 if we never fetched it, e.g. our own). */
@@ -1030,7 +1032,10 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
         break
       }
     }
-    if (this.#head.round > start) this.#log.info({ from: start, to: this.#head.round, rounds: adopted }, 'caught up')
+    if (this.#head.round > start) {
+      this.#log.info({ from: start, to: this.#head.round, rounds: adopted }, 'caught up')
+      this.#i.network.caughtUp?.()
+    }
     if (adopted > 0 && this.#status === 'running' && this.#ctx == null) this.#beginRound()
   }
 

@@ -249,6 +249,10 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
         isReady: (peer) => this.#isSubscribed(peer),
         reportedHead: (peer) => this.#heads.get(peer),
         forgetReportedHead: (peer) => void this.#heads.delete(peer),
+        // Caught up: tell the members our new head (they wait for us in the running round).
+        caughtUp: () => {
+          for (const id of this.#members) void this.#greet(peerIdFromString(id), true)
+        },
         bytesServed: (hash) => this.#served.get(hash) ?? 0,
         bytesFetched: (hash) => this.#fetched.get(hash) ?? 0,
         syncHead: (peer, signal) => requestHead(open, peerIdFromString(peer), signal),
@@ -555,9 +559,9 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
    * stream reset, an identify that timed out so the topology never fired) is not a
    * refusal: the sweep (#meetKnown) greets connected non-members again every few seconds.
    */
-  async #greet(peer: PeerId): Promise<void> {
+  async #greet(peer: PeerId, again = false): Promise<void> {
     const id = peer.toString()
-    if (this.#members.has(id) || this.#helloInFlight.has(id) || !this.#started) return
+    if ((this.#members.has(id) && !again) || this.#helloInFlight.has(id) || !this.#started) return
     if (this.isRefused(id)) {
       await this.#c.connectionManager.closeConnections(peer).catch(() => {})
       return
@@ -595,8 +599,11 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
       void this.#c.connectionManager.closeConnections(peer).catch(() => {})
       return
     }
+    const wasBehind = this.#heads.has(id)
     if (hello.head != null && hello.head.round !== this.engine.head.round) this.#heads.set(id, hello.head.round)
     else this.#heads.delete(id)
+    // A member that caught up says hello again: it takes part in the round running now.
+    if (wasBehind && !this.#heads.has(id) && this.#members.has(id)) this.engine.membersChanged()
     if (!this.#members.has(id)) {
       // Lost connections to members are redialled by libp2p's reconnect queue.
       void this.#c.peerStore.merge(peer, { tags: { [`${KEEP_ALIVE}-flora`]: { value: 1 } } }).catch(() => {})
