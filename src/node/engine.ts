@@ -43,7 +43,7 @@ import { decodeAdapter, encodeAdapter } from '../lora/wire.js'
 import { loraScaling } from '../lora/scaling.js'
 import type { AdapterSet } from '../lora/types.js'
 import type { SwarmConfig } from './config.js'
-import { EMPTY_MEMBERSHIP, memberIds, nextMembership, quorumFor, type Membership } from './membership.js'
+import { EMPTY_MEMBERSHIP, MEMBER_TTL_ROUNDS, memberIds, nextMembership, quorumFor, type Membership } from './membership.js'
 import { RoundLog, type RoundRecord } from './round-log.js'
 import { RoundMachine, type MachineEffect, type MachineEvent, type ProposalInfo } from './round-machine.js'
 import { applyRound, type SwarmState } from './state.js'
@@ -257,6 +257,8 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
   #wakeWaiting: (() => void) | undefined
   readonly #done: Promise<void>
   #resolveDone!: () => void
+  /** Round in which a caught-up peer was last waited for (caughtUp). */
+  readonly #caughtUpAt = new Map<string, number>()
   /** Peers that announced or voted, by round (in time or late): they are waited for next round. */
   readonly #participants = new Map<number, Set<string>>()
   /** Certified commits from the state dir past its head snapshot (replayed first). */
@@ -379,6 +381,25 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     // A recorded member that (re)connected mid-round takes part in it.
     for (const p of active) if (ctx.members.includes(p)) ctx.expected.add(p)
     this.#feed(ctx, { type: 'absent', now: Date.now(), peers: this.#absent(ctx) })
+    this.#feedCollection(ctx)
+  }
+
+  /**
+   * A peer says (in a fresh handshake) that it caught up with our head: it is about to
+   * train the running round, so wait for its adapter in it (up to the deadline, as for any
+   * member). Once per peer per MEMBER_TTL_ROUNDS rounds, so a peer that says so and never
+   * delivers cannot hold every round to its deadline.
+   */
+  caughtUp(peer: string): void {
+    const ctx = this.#ctx
+    if (ctx == null || ctx.ac.signal.aborted || ctx.machine.founding || peer === this.#i.self) return
+    const last = this.#caughtUpAt.get(peer)
+    if (last !== undefined && ctx.round - last < MEMBER_TTL_ROUNDS) return
+    if (!this.#active().has(peer) || ctx.expected.has(peer)) return
+    this.#caughtUpAt.set(peer, ctx.round)
+    if (this.#caughtUpAt.size > 10_000) this.#caughtUpAt.clear()
+    ctx.expected.add(peer)
+    this.#log.debug({ round: ctx.round, peer }, 'a peer caught up: waiting for its adapter this round')
     this.#feedCollection(ctx)
   }
 

@@ -603,7 +603,11 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
     if (hello.head != null && hello.head.round !== this.engine.head.round) this.#heads.set(id, hello.head.round)
     else this.#heads.delete(id)
     // A member that caught up says hello again: it takes part in the round running now.
-    if (wasBehind && !this.#heads.has(id) && this.#members.has(id)) this.engine.membersChanged()
+    // A member says hello again once it caught up: it takes part in the round running now.
+    if (this.#members.has(id) && (wasBehind || hello.head?.round === this.engine.head.round)) {
+      this.engine.membersChanged()
+      if (hello.head?.round === this.engine.head.round) this.engine.caughtUp(id)
+    }
     if (!this.#members.has(id)) {
       // Lost connections to members are redialled by libp2p's reconnect queue.
       void this.#c.peerStore.merge(peer, { tags: { [`${KEEP_ALIVE}-flora`]: { value: 1 } } }).catch(() => {})
