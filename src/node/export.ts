@@ -34,7 +34,8 @@
  * layer stays tfjs-free for synthetic peers.
  */
 import { createHash, randomBytes } from 'node:crypto'
-import { copyFile, mkdir, readdir, readFile, rename, rm, stat, writeFile } from 'node:fs/promises'
+import { existsSync } from 'node:fs'
+import { copyFile, mkdir, readdir, readFile, rename, rm, writeFile } from 'node:fs/promises'
 import path from 'node:path'
 import type { LowRankTerm, ModuleTerms } from '../aggregation/types.js'
 import type { AdapterSet, LoraModule, ModuleShape } from '../lora/types.js'
@@ -322,7 +323,7 @@ export async function exportFederatedModel(outDir: string, options: ExportOption
       }
       await saveCheckpoint(modelTmp, base.config, merged, { tokenizerDir: options.baseModelDir })
       const gen = path.join(options.baseModelDir, 'generation_config.json')
-      if (await exists(gen)) await copyFile(gen, path.join(modelTmp, 'generation_config.json'))
+      if (existsSync(gen)) await copyFile(gen, path.join(modelTmp, 'generation_config.json'))
     } else {
       modelKind = 'target-weights'
       await mkdir(modelTmp)
@@ -362,9 +363,9 @@ export async function exportFederatedModel(outDir: string, options: ExportOption
     const files: ExportedFile[] = []
     for (const sub of ['model', 'adapter']) {
       const dest = path.join(outDir, sub)
-      if (await exists(dest)) await rename(dest, path.join(tmp, `old-${sub}`))
+      if (existsSync(dest)) await rename(dest, path.join(tmp, `old-${sub}`))
       const src = path.join(tmp, sub)
-      if (!(await exists(src))) continue
+      if (!existsSync(src)) continue
       await rename(src, dest)
       for (const f of (await readdir(dest)).sort()) {
         const data = await readFile(path.join(dest, f))
@@ -392,11 +393,3 @@ export async function exportFederatedModel(outDir: string, options: ExportOption
   }
 }
 
-async function exists(p: string): Promise<boolean> {
-  try {
-    await stat(p)
-    return true
-  } catch {
-    return false
-  }
-}
