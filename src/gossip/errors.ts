@@ -26,6 +26,9 @@ export type RejectReason =
   | 'bad-certificate' // a commit's votes are not a quorum of the round's members
   | 'locked' // a proposal conflicts with the value this peer is locked on
   | 'bad-sync' // state sync data (commits, certificates, payloads, snapshot) that does not verify
+  | 'not-member' // a closed swarm's allowlist does not name the peer
+  | 'rate-limited' // the peer sends more messages than any honest member does
+  | 'too-many-entries' // a manifest or certificate longer than the swarm has members
 
 export type PayloadTransferErrorCode =
   | 'NOT_FOUND' // the remote does not hold the payload

@@ -31,6 +31,11 @@ export interface FetchRequest {
   signal: AbortSignal
   /** Passes over the known sources before giving up (default: until the signal aborts). */
   passes?: number
+  /**
+   * Stop at once (throwing that attempt's error) when this says a failed attempt settles
+   * it, e.g. the author of a payload nobody else holds yet served wrong bytes or none.
+   */
+  giveUpOn?: (source: string, err: PayloadTransferError) => boolean
 }
 
 export class PayloadFetcher {
@@ -103,6 +108,7 @@ export class PayloadFetcher {
           // A peer that sent wrong bytes is not asked again for this payload.
           if (e.code === 'HASH_MISMATCH' || e.code === 'SIZE_MISMATCH' || e.code === 'TOO_LARGE' || e.code === 'PROTOCOL') bad.add(source)
           this.#init.onAttemptFailed?.(source, hash, e)
+          if (req.giveUpOn?.(source, e) === true) throw e
         }
       }
       if (req.signal.aborted) break

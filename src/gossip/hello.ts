@@ -3,8 +3,11 @@
  * swarm id and the config it hashes, so a peer of another swarm (other base model, LoRA
  * targets, strategy or round policy) is told apart, refused with a log line that names
  * the differing fields, and never merged with. Each hello also lists the members the
- * sender knows (ids and listen addresses): a peer that bootstraps to one member learns,
- * and connects to, the rest of the swarm.
+ * sender knows (ids and listen addresses), but only to a peer whose own hello checked out
+ * (the listener reads the dialer's hello before it answers; the dialer lists members only
+ * to a peer it already knows as one): a peer that bootstraps to one member learns, and
+ * connects to, the rest of the swarm. A stream that closes before a hello arrived is not
+ * a malformed hello (a busy or stopping peer), and is not refused.
  *
  *   dialer -> listener  frame: hello
  *   listener -> dialer  frame: hello
@@ -68,13 +71,16 @@ async function readHello(stream: Stream): Promise<Hello | null> {
   return parseHello(first.value.subarray())
 }
 
-/** Handler side: answer with our hello and report theirs (null when malformed). */
-export function helloHandler(own: () => Hello | Promise<Hello>, onHello: (peer: PeerId, hello: Hello | null) => void) {
+/**
+ * Handler side: answer with our hello and report theirs (null when malformed). `own` sees
+ * their hello first, so a member list goes only to a peer whose hello checked out.
+ */
+export function helloHandler(own: (peer: PeerId, theirs: Hello | null) => Hello | Promise<Hello>, onHello: (peer: PeerId, hello: Hello | null) => void) {
   return async (stream: Stream, connection: { remotePeer: PeerId }): Promise<void> => {
     const detach = abortStreamOn(stream, AbortSignal.timeout(10_000))
     try {
       const theirs = await readHello(stream)
-      await sendFrame(stream, canonicalBytes((await own()) as unknown as CanonicalValue))
+      await sendFrame(stream, canonicalBytes((await own(connection.remotePeer, theirs)) as unknown as CanonicalValue))
       await stream.close()
       onHello(connection.remotePeer, theirs)
     } catch (err) {

@@ -6,7 +6,7 @@
  *                     then ceil(N / chunk) frames of raw bytes, then close
  *
  * Any peer that holds a payload serves it, whoever authored it. The client checks the size
- * against the announced one and its cap before allocating, and the sha256 of what arrived
+ * against the announced one and the swarm's cap, buffers only what arrives, and checks the sha256 of what arrived
  * against the hash it asked for; nothing unverified leaves `fetchPayload`. gossipsub could
  * not carry these bytes (4 MiB cap, and every mesh link would carry a copy).
  */
@@ -163,7 +163,8 @@ export async function fetchPayload(open: StreamOpener, peer: PeerId, options: Fe
     if (options.expectedSize !== undefined && res.size !== options.expectedSize) {
       throw new PayloadTransferError('SIZE_MISMATCH', `${peer} offers ${res.size} bytes, announced ${options.expectedSize}`)
     }
-    const out = new Uint8Array(res.size)
+    // Memory grows with the bytes that actually arrive, never with what the peer declared.
+    const parts: Uint8Array[] = []
     const hasher = createHash('sha256')
     let got = 0
     for await (const frame of { [Symbol.asyncIterator]: () => frames }) {
@@ -171,12 +172,13 @@ export async function fetchPayload(open: StreamOpener, peer: PeerId, options: Fe
         throw new PayloadTransferError('SIZE_MISMATCH', `${peer} sent more than the ${res.size} bytes it declared`)
       }
       for (const part of frame) {
-        out.set(part, got)
+        parts.push(part)
         hasher.update(part)
         got += part.byteLength
       }
     }
     if (got !== res.size) throw new PayloadTransferError('SIZE_MISMATCH', `${peer} sent ${got} of ${res.size} bytes`)
+    const out = parts.length === 1 && parts[0].byteOffset === 0 && parts[0].byteLength === parts[0].buffer.byteLength ? parts[0] : concat(parts, got)
     const digest = hasher.digest('hex')
     if (digest !== options.hash) {
       throw new PayloadTransferError('HASH_MISMATCH', `${peer} sent bytes hashing to ${digest.slice(0, 12)}, asked ${options.hash.slice(0, 12)}`)
@@ -191,4 +193,14 @@ export async function fetchPayload(open: StreamOpener, peer: PeerId, options: Fe
   } finally {
     detach()
   }
+}
+
+function concat(parts: readonly Uint8Array[], total: number): Uint8Array {
+  const out = new Uint8Array(total)
+  let off = 0
+  for (const p of parts) {
+    out.set(p, off)
+    off += p.byteLength
+  }
+  return out
 }

@@ -79,6 +79,17 @@ export function encodedAdapterSize(set: AdapterSet, dtype: WireDType = 'f32'): n
 }
 
 /**
+ * The largest encoding an adapter of these modules can have at rank `maxRank` (every
+ * module present, at the largest rank): the payload cap a swarm derives from its config.
+ */
+export function maxEncodedAdapterSize(shapes: readonly ModuleShape[], maxRank: number, dtype: WireDType = 'f32'): number {
+  const elem = DTYPE_BYTES[dtype]
+  let n = WIRE_FIXED_HEADER_BYTES
+  for (const m of shapes) n += WIRE_MODULE_ENTRY_BYTES + m.name.length + elem * maxRank * (m.inFeatures + m.outFeatures)
+  return n
+}
+
+/**
  * Canonical encoding of an adapter. Modules are sorted by name here, so input order does
  * not matter. Throws InvalidAdapterError for an invalid adapter (see validateModule) or a
  * value that overflows the chosen dtype.

@@ -18,6 +18,7 @@ import { exportFederatedModel } from './export.js'
 import type { WireCounter } from './wire-metrics.js'
 import { listStrategies } from '../aggregation/index.js'
 import { MODEL_TRAINER_DEFAULTS } from './model-defaults.js'
+import { readSwarmKey, swarmKeyFingerprint } from './swarm-key.js'
 
 export interface PeerReport {
   peerId: string
@@ -69,6 +70,12 @@ function fraction(name: string) {
   }
 }
 
+function weightCap(value: string): number {
+  const n = Number(value)
+  if (!Number.isFinite(n) || n <= 0 || n > 1) throw new InvalidArgumentError('--max-weight must be in (0, 1]')
+  return n
+}
+
 function list(value: string, previous: string[] | undefined): string[] {
   return [...(previous ?? []), ...value.split(',').map((s) => s.trim()).filter((s) => s.length > 0)]
 }
@@ -114,6 +121,9 @@ export function buildProgram(): Command {
     .addOption(new Option('--deadline <ms>', 'round deadline in ms after a peer starts the round (swarm-wide)').argParser(int('--deadline', 100)).env('FLORA_DEADLINE_MS'))
     .addOption(new Option('--grace <ms>', 'extra wait per fallback proposer in ms (swarm-wide)').argParser(int('--grace', 50)).env('FLORA_GRACE_MS'))
     .addOption(new Option('--quorum <rule>', 'votes a round needs: majority (> 1/2 of the recorded members; tolerates crashed, slow or cut-off members) or two-thirds (> 2/3; also tolerates a member that signs conflicting votes) (swarm-wide)').choices(['majority', 'two-thirds']).env('FLORA_QUORUM'))
+    .addOption(new Option('--weighting <rule>', "contributors' weights p_k: by declared sample count, or equal (swarm-wide; default samples)").choices(['samples', 'equal']).env('FLORA_WEIGHTING'))
+    .addOption(new Option('--max-weight <p>', 'cap on any contributor\'s weight p_k in a round, in (0, 1] (swarm-wide; default 0.5)').argParser(weightCap).env('FLORA_MAX_WEIGHT'))
+    .addOption(new Option('--max-delta-ratio <x>', 'per module, one adapter\'s update ||s B A||_F is clipped to x times the module\'s ||W||_F (swarm-wide; default 0.5, synthetic 2)').argParser(num('--max-delta-ratio')).env('FLORA_MAX_DELTA_RATIO'))
     .addOption(new Option('--stall-timeout <ms>', 'give up (exit 3) when a round is not certified this long after it started (default: deadline + 10 x grace)').argParser(int('--stall-timeout', 1)).env('FLORA_STALL_MS'))
     .addOption(new Option('--seed <n>', 'swarm seed (swarm-wide)').argParser(int('--seed', 0)).env('FLORA_SEED'))
     .addOption(new Option('--layers <n>', 'synthetic base: layers').argParser(int('--layers', 1)).env('FLORA_SYNTHETIC_LAYERS'))
@@ -124,6 +134,8 @@ export function buildProgram(): Command {
     .addOption(new Option('--samples <n>', 'synthetic trainer: reported sample count').argParser(int('--samples', 1)).env('FLORA_SAMPLES'))
     .addOption(new Option('-i, --identity <file>', 'key file that keeps this peer\'s id across restarts (created if missing)').default('.flora/peer.key').env('FLORA_IDENTITY'))
     .addOption(new Option('--mdns', 'also discover peers on the local network (mDNS)').env('FLORA_MDNS'))
+    .addOption(new Option('--swarm-key <file>', 'private network: only connect to hosts holding this swarm key (libp2p pnet; create one with: flora swarm-key <file>)').env('FLORA_SWARM_KEY'))
+    .addOption(new Option('--members <file>', "closed swarm: the member peer ids, one per line or a JSON array (see: flora id); everyone else is refused (swarm-wide: part of the swarm config)").env('FLORA_MEMBERS'))
     .addOption(new Option('--init-adapter <dir>', 'model trainer: start the federation from the base with this PEFT adapter merged in (e.g. one a past federation exported); every peer must pass the same').env('FLORA_INIT_ADAPTER'))
     .addOption(new Option('--state-dir <dir>', 'persistent peer state (head snapshots, certified records, recent payloads); a restarted peer resumes from it (default: next to the identity file, <identity>.state)').env('FLORA_STATE_DIR'))
     .addOption(new Option('--no-state', 'keep no state on disk (a restarted peer catches up from the swarm from round 0)'))
@@ -162,6 +174,11 @@ Examples:
   # share one swarm config file instead of repeating the swarm flags
   flora-peer --print-config > swarm.json
   flora-peer --config swarm.json --rank 16 --bootstrap ...
+
+  # a closed federation: a shared network key and a member list (see README)
+  flora swarm-key swarm.key          # once; give it to every member securely
+  flora id                           # each member: prints the id to put in members.txt
+  flora-peer --swarm-key swarm.key --members members.txt --rank 8 --bootstrap ...
 `,
     )
   return program
@@ -195,6 +212,9 @@ interface CliOptions {
   deadline?: number
   grace?: number
   quorum?: 'majority' | 'two-thirds'
+  weighting?: 'samples' | 'equal'
+  maxWeight?: number
+  maxDeltaRatio?: number
   stallTimeout?: number
   seed?: number
   layers?: number
@@ -205,6 +225,8 @@ interface CliOptions {
   inThread?: boolean
   identity: string
   mdns?: boolean
+  swarmKey?: string
+  members?: string
   records?: string
   stateDir?: string
   initAdapter?: string
@@ -229,6 +251,8 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
   }
 
   const alpha = o.alpha ?? 2 * o.rank
+  // Read first: a bad key file fails before a model is loaded.
+  const swarmKey = o.swarmKey != null && o.printConfig !== true ? await readSwarmKey(o.swarmKey) : undefined
   // Training and evaluation run in a worker thread, so the peer keeps answering pings,
   // gossip, payload requests and votes however long a step takes (--in-thread: not).
   // The synthetic trainer's steps take microseconds: it runs in-thread unless it is told to
@@ -237,6 +261,7 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
   const setup = await (o.printConfig === true || inThread ? setupPeer : setupPeerInWorker)({
     trainer: o.trainer,
     configFile: o.config,
+    ...(o.members != null ? { membersFile: o.members } : {}),
     name: o.name,
     strategy: o.strategy,
     round: {
@@ -244,6 +269,11 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
       ...(o.deadline != null ? { deadlineMs: o.deadline } : {}),
       ...(o.grace != null ? { graceMs: o.grace } : {}),
       ...(o.quorum != null ? { quorum: o.quorum } : {}),
+    },
+    contribution: {
+      ...(o.weighting != null ? { weighting: o.weighting } : {}),
+      ...(o.maxWeight != null ? { maxWeight: o.maxWeight } : {}),
+      ...(o.maxDeltaRatio != null ? { maxDeltaRatio: o.maxDeltaRatio } : {}),
     },
     rank: o.rank,
     alpha,
@@ -283,6 +313,8 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
     log.error({ flag: o.strategy, config: setup.config.strategy }, '--strategy differs from the strategy in --config')
     return 2
   }
+
+  if (swarmKey != null) log.info({ swarmKey: o.swarmKey, fingerprint: swarmKeyFingerprint(swarmKey) }, 'private network: only hosts with this swarm key can connect')
 
   const stop = new AbortController()
   let interrupted = false
@@ -327,7 +359,15 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
     stallMs: o.stallTimeout,
     mergeWorkers: o.mergeWorkers,
     wireCounter: wire,
+    swarmKey,
   })
+  const members = setup.config.members
+  if (members != null && !members.includes(peer.peerId)) {
+    log.error({ peerId: peer.peerId, identity: o.identity, members: members.length }, "this peer's id is not in the swarm's members: the others would refuse it")
+    await peer.stop()
+    await setup.close?.()
+    return 2
+  }
 
   const report: PeerReport = {
     peerId: peer.peerId,

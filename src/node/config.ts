@@ -10,6 +10,7 @@
 import { z } from 'zod'
 import { canonicalJson, sha256Hex, type CanonicalValue } from '../gossip/canonical.js'
 import type { ModuleShape, WireDType } from '../lora/types.js'
+import { maxEncodedAdapterSize } from '../lora/wire.js'
 
 export const RoundPolicySchema = z.strictObject({
   /** Time from a peer's local round start until the first proposer closes the round anyway. */
@@ -22,6 +23,35 @@ export const RoundPolicySchema = z.strictObject({
   quorum: z.enum(['majority', 'two-thirds']),
 })
 export type RoundPolicy = z.infer<typeof RoundPolicySchema>
+
+/**
+ * Bounds on what one member can do to a round (see docs/FEDERATION.md, "Hostile members").
+ * Applied deterministically by every peer to every manifest it replays, so they are part
+ * of the state transition (and of the swarm id).
+ */
+export const ContributionPolicySchema = z.strictObject({
+  /** How a contributor's weight p_k is set: by its declared sample count, or equal for all. */
+  weighting: z.enum(['samples', 'equal']),
+  /** Cap on any contributor's p_k (water-filled: the excess goes to the others); 1 = no cap. */
+  maxWeight: z.number().gt(0).max(1),
+  /**
+   * Per module and contributor, ||s_k B_k A_k||_F is clipped to maxDeltaRatio x ||W||_F of
+   * the round's parent weight (B_k scaled down): no single adapter moves a module by more.
+   */
+  maxDeltaRatio: z.number().gt(0).max(1e6),
+})
+export type ContributionPolicy = z.infer<typeof ContributionPolicySchema>
+
+/**
+ * Defaults measured on the bundled model: one round of local training moves a module by
+ * 3-6% of its norm at rank 4-16 and up to 21% at rank 64 (docs/FEDERATION.md), so 0.5
+ * leaves honest peers unclipped while a poisoned adapter moves a module by at most half its
+ * norm x its capped weight (0.5): 25% per round, instead of to infinity.
+ */
+export const DEFAULT_CONTRIBUTION_POLICY: ContributionPolicy = { weighting: 'samples', maxWeight: 0.5, maxDeltaRatio: 0.5 }
+
+// libp2p peer ids in their default base58btc text form.
+const peerIdText = z.string().min(32).max(128).regex(/^[1-9A-HJ-NP-Za-km-z]+$/, 'expected a base58btc peer id')
 
 const ModuleShapeSchema = z.strictObject({
   name: z.string().min(1).max(256),
@@ -47,6 +77,9 @@ export const SwarmConfigSchema = z.strictObject({
   /** Root of every peer's per-round training seed. */
   seed: z.number().int().min(0).max(2 ** 32 - 1),
   round: RoundPolicySchema,
+  contribution: ContributionPolicySchema,
+  /** A closed swarm: only these peer ids (sorted, unique) are members; absent = anyone may join. */
+  members: z.array(peerIdText).min(1).max(10_000).optional(),
 })
 export type SwarmConfig = z.infer<typeof SwarmConfigSchema>
 
@@ -64,6 +97,9 @@ export interface SwarmConfigInit {
   maxPayloadBytes?: number
   seed?: number
   round?: Partial<RoundPolicy>
+  contribution?: Partial<ContributionPolicy>
+  /** Peer ids allowed to join (a closed swarm); omit for an open one. */
+  members?: readonly string[]
 }
 
 /** A validated config with defaults filled in and targets in canonical order. */
@@ -80,9 +116,11 @@ export function makeSwarmConfig(init: SwarmConfigInit): SwarmConfig {
     rslora: init.rslora ?? false,
     wireDType: init.wireDType ?? 'f32',
     maxRank: init.maxRank ?? 256,
-    maxPayloadBytes: init.maxPayloadBytes ?? 1024 * 1024 * 1024,
+    maxPayloadBytes: init.maxPayloadBytes ?? Math.max(1024, maxEncodedAdapterSize(init.targets, init.maxRank ?? 256, init.wireDType ?? 'f32')),
     seed: init.seed ?? 0,
     round: { ...DEFAULT_ROUND_POLICY, ...init.round },
+    contribution: { ...DEFAULT_CONTRIBUTION_POLICY, ...init.contribution },
+    ...(init.members != null ? { members: [...new Set(init.members)].sort() } : {}),
   })
 }
 
@@ -101,7 +139,19 @@ export function parseSwarmConfig(json: unknown): SwarmConfig {
   for (let i = 1; i < names.length; i++) {
     if (!(names[i - 1] < names[i])) throw new SwarmConfigError(`targets must be sorted by name and unique (at ${names[i]})`)
   }
+  const members = r.data.members ?? []
+  for (let i = 1; i < members.length; i++) {
+    if (!(members[i - 1] < members[i])) throw new SwarmConfigError(`members must be sorted and unique (at ${members[i]})`)
+  }
   return r.data
+}
+
+/**
+ * The largest payload (encoded adapter) this swarm accepts: the config's maxPayloadBytes,
+ * or less when no adapter of the swarm's targets at maxRank could be that large.
+ */
+export function payloadCap(config: SwarmConfig): number {
+  return Math.min(config.maxPayloadBytes, maxEncodedAdapterSize(config.targets, config.maxRank, config.wireDType))
 }
 
 /** sha256 of the config's canonical JSON. */

@@ -26,7 +26,7 @@ import { TypedEventEmitter, type PrivateKey } from '@libp2p/interface'
 import type { Logger } from 'pino'
 import type { ClientUpdate } from '../aggregation/types.js'
 import { getStrategy } from '../aggregation/index.js'
-import type { RejectReason } from '../gossip/errors.js'
+import { PayloadTransferError, type PayloadTransferErrorCode, type RejectReason } from '../gossip/errors.js'
 import type { PayloadFetcher } from '../gossip/fetcher.js'
 import {
   messageRound,
@@ -42,11 +42,12 @@ import { entryFromAnnouncement, manifestValueHash, signAnnouncement, signManifes
 import { decodeAdapter, encodeAdapter } from '../lora/wire.js'
 import { loraScaling } from '../lora/scaling.js'
 import type { AdapterSet } from '../lora/types.js'
-import type { SwarmConfig } from './config.js'
+import { payloadCap, type SwarmConfig } from './config.js'
 import { EMPTY_MEMBERSHIP, MEMBER_TTL_ROUNDS, memberIds, nextMembership, quorumFor, type Membership } from './membership.js'
 import { RoundLog, type RoundRecord } from './round-log.js'
+import { RepeatLog } from './repeat-log.js'
 import { RoundMachine, type MachineEffect, type MachineEvent, type ProposalInfo } from './round-machine.js'
-import { applyRound, type SwarmState } from './state.js'
+import { applyRound, type ApplyOptions, type SwarmState } from './state.js'
 import { parseSnapshot } from './snapshot.js'
 import type { StateDir } from './state-dir.js'
 import { verifyCertifiedCommit, type ChainTip } from './state-sync.js'
@@ -251,6 +252,10 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
   readonly #timers = new Set<NodeJS.Timeout>()
   /** Time the merge + state hash of a replayed state took, by its hash (for metrics). */
   readonly #mergeMs = new Map<string, number>()
+  /** Rejections logged once per (peer, reason) and window, then counted. */
+  readonly #rejectLog = new RepeatLog()
+  /** Last round whose clipped contributions were logged (a round is replayed more than once). */
+  #clipLogged = 0
   /** Our commit message for the last committed round (repairs peers one round behind). */
   #lastCommit: CommitMessage | undefined
   #lastRepairAt = 0
@@ -364,6 +369,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     if (this.#status === 'stopped') return
     this.#status = 'stopped'
     this.#stop.abort(new Error('engine stopped'))
+    this.#rejectLog.flush()
     this.#closeCtx()
     for (const t of this.#timers) clearTimeout(t)
     this.#timers.clear()
@@ -378,8 +384,9 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     if (ctx == null || ctx.ac.signal.aborted) return
     const active = this.#active()
     for (const p of [...ctx.expected]) if (p !== this.#i.self && !active.has(p) && !ctx.anns.has(p)) ctx.expected.delete(p)
-    // A recorded member that (re)connected mid-round takes part in it.
-    for (const p of active) if (ctx.members.includes(p)) ctx.expected.add(p)
+    // A member that (re)connected mid-round takes part in it.
+    const observed = this.#participants.get(ctx.round - 1)
+    for (const p of active) if (this.#waitsFor(p, ctx.members, observed)) ctx.expected.add(p)
     this.#feed(ctx, { type: 'absent', now: Date.now(), peers: this.#absent(ctx) })
     this.#feedCollection(ctx)
   }
@@ -412,6 +419,19 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     return new Set([...net.members()].filter((p) => net.isReady(p) && !this.#reportsBehind(p)))
   }
 
+  /**
+   * Whether a round waits (up to its deadline) for an active peer's adapter. Founding
+   * round: every active peer. Later: the peers that took part in the previous round
+   * (announced or voted, in time or late), so a member silent for a round is not waited
+   * for in the next (its adapter still gets in if it arrives before the proposal). With no
+   * record of the previous round (this peer restarted or caught up): the recorded members.
+   */
+  #waitsFor(peer: string, members: readonly string[], lastRound: ReadonlySet<string> | undefined): boolean {
+    if (members.length === 0) return true
+    if (lastRound != null && lastRound.size > 0) return lastRound.has(peer)
+    return members.includes(peer)
+  }
+
   /** Peers that passed the swarm handshake and are not behind (founding candidates). */
   #handshaken(): string[] {
     return [...this.#i.network.members()].filter((p) => !this.#reportsBehind(p))
@@ -441,7 +461,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
    * message's round in the window we accept? Announcements, proposals and votes: the
    * current round and the next; commits: the current round and the two after it.
    */
-  checkContext(msg: GossipMessage): { action: 'ignore'; reason: RejectReason; detail: string } | undefined {
+  checkContext(msg: GossipMessage): { action: 'ignore' | 'reject'; reason: RejectReason; detail: string } | undefined {
     const cur = this.round
     const r = messageRound(msg)
     if (r === cur - 1 && msg.kind !== 'commit') this.#repair()
@@ -460,6 +480,36 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     }
     if (r < cur || r > hi) {
       return { action: 'ignore', reason: 'round-window', detail: `${msg.kind} for round ${r}, we accept ${cur}..${hi}` }
+    }
+    return this.#checkShape(msg)
+  }
+
+  /**
+   * Cheap structural checks of a round-r message against the chain we hold (before any
+   * signature is checked, let alone a replay): a manifest or certificate names no more
+   * peers than could be in the round (recorded members plus connected members), and a
+   * fresh proposal for the round we are in comes from the proposer of its view.
+   */
+  #checkShape(msg: GossipMessage): { action: 'reject'; reason: RejectReason; detail: string } | undefined {
+    if (msg.kind !== 'manifest' && msg.kind !== 'commit') return undefined
+    const body = msg.kind === 'manifest' ? msg.body : msg.manifest.body
+    const ctx = this.#ctx
+    // Only on our own chain (same round, same parent): elsewhere membership may differ.
+    if (ctx == null || body.round !== ctx.round || body.parentStateHash !== ctx.parent.hash) return undefined
+    const known = new Set([...ctx.members, ...this.#i.network.members(), this.#i.self])
+    const most = known.size + 1
+    if (body.entries.length > most) {
+      return { action: 'reject', reason: 'too-many-entries', detail: `manifest for round ${body.round} lists ${body.entries.length} adapters, the swarm has at most ${most} members` }
+    }
+    const votes = msg.kind === 'manifest' ? msg.body.justify.length : msg.certificate.length
+    if (votes > 2 * most) {
+      return { action: 'reject', reason: 'too-many-entries', detail: `${msg.kind} for round ${body.round} carries ${votes} votes, the swarm has at most ${most} members` }
+    }
+    if (msg.kind === 'manifest' && !ctx.machine.founding) {
+      const turn = ctx.machine.proposerOf(body.view)
+      if (turn !== body.proposer) {
+        return { action: 'reject', reason: 'not-your-turn', detail: `proposal for round ${body.round} view ${body.view} by ${body.proposer}, whose proposer is ${turn}` }
+      }
     }
     return undefined
   }
@@ -530,8 +580,8 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     // Recorded members, and peers that took part in the previous round (announced or voted,
     // in time or late): a restarted or new peer trains along but starts each round a little
     // after the others, and must be waited for once to get in.
-    const trainedAlong = this.#participants.get(round - 1) ?? new Set<string>()
-    for (const p of active) if (members.length === 0 || members.includes(p) || trainedAlong.has(p)) expected.add(p)
+    const trainedAlong = this.#participants.get(round - 1)
+    for (const p of active) if (this.#waitsFor(p, members, trainedAlong)) expected.add(p)
     for (const r of this.#participants.keys()) if (r < round - 1) this.#participants.delete(r)
     const now = Date.now()
     const machine = new RoundMachine<SignedManifest, SignedVote>({
@@ -756,10 +806,31 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     this.#feed(ctx, { type: 'proposal', now: Date.now(), proposal: proposalInfo(signed) })
   }
 
+  /** Merge options: workers and the swarm's contribution bounds (clipped contributions are logged once per round). */
+  #applyOptions(round: number): ApplyOptions {
+    return {
+      workers: this.#i.mergeWorkers,
+      bounds: this.#i.config.contribution,
+      onBounded: (report) => {
+        if (this.#clipLogged >= round) return
+        const clipped = report.filter((r) => r.clipped.length > 0)
+        if (clipped.length === 0) return
+        this.#clipLogged = round
+        for (const c of clipped) {
+          const worst = c.clipped.reduce((a, b) => (b.norm / b.bound > a.norm / a.bound ? b : a))
+          this.#log.warn(
+            { round, contributor: c.id, modules: c.clipped.length, worstModule: worst.module, ratio: Number((worst.norm / worst.bound).toPrecision(3)) },
+            'contribution clipped to the swarm\'s per-module norm bound',
+          )
+        }
+      },
+    }
+  }
+
   /** The round's merge on `parent` (timed, for the round's metrics). */
   async #merge(parent: SwarmState, updates: readonly ClientUpdate[]): Promise<SwarmState> {
     const t0 = performance.now()
-    const next = await applyRound(parent, this.#i.config.strategy, this.#i.config.targets, updates, { workers: this.#i.mergeWorkers })
+    const next = await applyRound(parent, this.#i.config.strategy, this.#i.config.targets, updates, this.#applyOptions(parent.round + 1))
     this.#mergeMs.set(next.hash, performance.now() - t0)
     return next
   }
@@ -1095,7 +1166,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     }
     if (this.#head.round !== tip.round) return 'stale'
     const t0 = performance.now()
-    const next = await applyRound(this.#head, this.#i.config.strategy, this.#i.config.targets, updates, { workers: this.#i.mergeWorkers })
+    const next = await applyRound(this.#head, this.#i.config.strategy, this.#i.config.targets, updates, this.#applyOptions(this.#head.round + 1))
     const mergeMs = performance.now() - t0
     if (this.#head.round !== tip.round) return 'stale'
     if (next.hash !== b.newStateHash) {
@@ -1323,8 +1394,15 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     if (ctx.ac.signal.aborted) return
     ctx.trainMs = performance.now() - t0
     ctx.trainMetrics = result.metrics
+    const diverged = nonFiniteModule(result.adapter)
+    if (diverged != null) {
+      this.#log.warn({ round: ctx.round, module: diverged }, 'sitting this round out: local training diverged (the adapter is not finite); the swarm goes on without us')
+      ctx.ownDone = true
+      this.#feedCollection(ctx)
+      return
+    }
     try {
-      const bytes = encodeAdapter(result.adapter, { dtype: config.wireDType, maxBytes: config.maxPayloadBytes })
+      const bytes = encodeAdapter(result.adapter, { dtype: config.wireDType, maxBytes: payloadCap(config) })
       // Merge what everyone else will decode, not our in-memory adapter (f16/bf16 wire types round).
       const adapter = this.#decode(bytes)
       const own = this.#checkDecoded(adapter, { rank: this.#i.rank, alpha: this.#i.alpha })
@@ -1365,12 +1443,14 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
       expectedShapes: config.targets,
       requireAllModules: true,
       maxRank: config.maxRank,
-      maxBytes: config.maxPayloadBytes,
+      maxBytes: payloadCap(config),
     })
   }
 
   #reject(peerId: string, reason: RejectReason, detail: string, round?: number): void {
-    this.#log.warn({ offender: peerId, reason, round }, `rejected: ${detail}`)
+    this.#rejectLog.note(`${peerId}|${reason}`, (repeats) =>
+      this.#log.warn({ offender: peerId, reason, round, repeats }, repeats > 0 ? `rejected ${repeats} more times: ${detail}` : `rejected: ${detail}`),
+    )
     this.safeDispatchEvent('peer:rejected', { detail: { peerId, reason, detail, round } })
   }
 
@@ -1394,13 +1474,16 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     ctx.anns.set(b.author, signed)
     this.#noteParticipant(b.round, b.author)
     this.#feedCollection(ctx)
-    const got = await this.#obtain(ctx, b.payloadHash, b.payloadSize, [b.author], ctx.ac.signal)
+    // Only its author holds a fresh adapter: an author that answers "not found", or sends
+    // wrong bytes, a wrong size or a broken stream, has failed it (rejected at once, nobody
+    // waits for it until the deadline). A timeout or an unreachable author may be honest
+    // trouble: we keep trying until the round closes.
+    const authorFailed = (source: string, err: PayloadTransferError): boolean => source === b.author && AUTHOR_FAILURES.has(err.code)
+    const got = await this.#obtain(ctx, b.payloadHash, b.payloadSize, [b.author], ctx.ac.signal, undefined, authorFailed)
     if (ctx.ac.signal.aborted) return
     if (!got.ok) {
-      if (got.reason !== 'payload-unavailable') {
-        ctx.rejected.set(b.author, got.reason)
-        this.#reject(b.author, got.reason, got.detail, b.round)
-      }
+      ctx.rejected.set(b.author, got.reason)
+      this.#reject(b.author, got.reason, got.detail, b.round)
       this.#feedCollection(ctx)
       return
     }
@@ -1459,6 +1542,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     sources: readonly string[],
     signal: AbortSignal,
     passes?: number,
+    giveUpOn?: (source: string, err: PayloadTransferError) => boolean,
   ): Promise<{ ok: true; adapter: AdapterSet } | { ok: false; reason: RejectReason; detail: string }> {
     const cached = this.#decoded.get(hash)
     if (cached != null) return { ok: true, adapter: cached.adapter }
@@ -1470,9 +1554,11 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     fetcher.addSources(hash, [...this.#i.network.members()].sort())
     let bytes: Uint8Array
     try {
-      bytes = await fetcher.fetch(hash, { size, round, signal, passes })
+      bytes = await fetcher.fetch(hash, { size, round, signal, passes, giveUpOn })
     } catch (err) {
-      return { ok: false, reason: 'payload-unavailable', detail: (err as Error).message }
+      const code = err instanceof PayloadTransferError ? err.code : undefined
+      const reason: RejectReason = code === 'HASH_MISMATCH' || code === 'SIZE_MISMATCH' || code === 'TOO_LARGE' || code === 'PROTOCOL' ? 'malformed-payload' : 'payload-unavailable'
+      return { ok: false, reason, detail: (err as Error).message }
     }
     const cachedNow = this.#decoded.get(hash)
     if (cachedNow != null) return { ok: true, adapter: cachedNow.adapter }
@@ -1530,4 +1616,17 @@ function snapshotCap(config: SwarmConfig): number {
 
 export function trainingSeed(swarmSeed: number, peerId: string, round: number): number {
   return createHash('sha256').update(`flora-train:${swarmSeed}:${peerId}:${round}`).digest().readUInt32BE(0)
+}
+
+/** Fetch failures that settle an announcement when its author is the one failing. */
+const AUTHOR_FAILURES: ReadonlySet<PayloadTransferErrorCode> = new Set(['NOT_FOUND', 'HASH_MISMATCH', 'SIZE_MISMATCH', 'TOO_LARGE', 'PROTOCOL'])
+
+/** The first module of an adapter with a NaN or infinite element, if any. */
+function nonFiniteModule(adapter: AdapterSet): string | undefined {
+  for (const m of adapter.modules) {
+    for (const t of [m.loraA, m.loraB]) {
+      for (let i = 0; i < t.length; i++) if (!Number.isFinite(t[i])) return m.name
+    }
+  }
+  return undefined
 }

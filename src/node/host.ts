@@ -1,6 +1,9 @@
 /**
  * The libp2p host of a flora peer: TCP, Noise, Yamux, identify, gossipsub, bootstrap-list
- * discovery and optionally mDNS, with the flora service on it.
+ * discovery and optionally mDNS, with the flora service on it. A closed federation adds a
+ * private-network key (pnet: every connection is encrypted under the shared swarm key
+ * before the handshake) and/or a member list (config.members: the connection gater
+ * refuses every other peer id, inbound and outbound).
  */
 import { createLibp2p, type Libp2p, type Libp2pOptions } from 'libp2p'
 import { tcp } from '@libp2p/tcp'
@@ -10,9 +13,13 @@ import { identify } from '@libp2p/identify'
 import { gossipsub } from '@libp2p/gossipsub'
 import { bootstrap } from '@libp2p/bootstrap'
 import { mdns } from '@libp2p/mdns'
-import type { PrivateKey } from '@libp2p/interface'
+import { preSharedKey } from '@libp2p/pnet'
+import { peerIdFromPrivateKey } from '@libp2p/peer-id'
+import type { PeerId, PrivateKey } from '@libp2p/interface'
 import { flora, type FloraInit, type FloraService } from './service.js'
 import { wireMetrics, type WireCounter } from './wire-metrics.js'
+import { parseSwarmKey } from './swarm-key.js'
+import type { SwarmConfig } from './config.js'
 
 export interface HostOptions {
   privateKey: PrivateKey
@@ -29,6 +36,21 @@ export interface HostOptions {
   wireCounter?: WireCounter
   /** libp2p's connection monitor (pings every 10 s by default; a connection whose peer does not answer is aborted). */
   connectionMonitor?: NonNullable<Libp2pOptions['connectionMonitor']>
+  /**
+   * A private network: the swarm key file's contents (`/key/swarm/psk/1.0.0/`, see
+   * swarm-key.ts). Only hosts with the same key can connect. Not part of the swarm config.
+   */
+  swarmKey?: Uint8Array
+}
+
+/**
+ * Whether a peer id may connect under `config.members` (always true for an open swarm).
+ * The host's own id is always allowed.
+ */
+export function memberFilter(config: Pick<SwarmConfig, 'members'>, self?: string): (peerId: string) => boolean {
+  if (config.members == null) return () => true
+  const members = new Set(config.members)
+  return (peerId) => peerId === self || members.has(peerId)
 }
 
 export type FloraLibp2p = Libp2p<{ identify: unknown; pubsub: unknown; flora: FloraService }>
@@ -41,6 +63,11 @@ export async function createHost(options: HostOptions): Promise<FloraLibp2p> {
     discovery.push(bootstrap({ list: [...options.bootstrap], timeout: 0 }))
   }
   if (options.mdns === true) discovery.push(mdns())
+  const isMember = memberFilter(options.flora.config, peerIdFromPrivateKey(options.privateKey).toString())
+  const refuse = (peerId: PeerId): boolean => {
+    const id = peerId.toString()
+    return !isMember(id) || (service?.isRefused(id) ?? false)
+  }
   const node = await createLibp2p({
     start: false,
     privateKey: options.privateKey,
@@ -69,9 +96,15 @@ export async function createHost(options: HostOptions): Promise<FloraLibp2p> {
     // minute before its connection is taken for dead (libp2p's default is 5 s, which on a
     // CPU-starved host aborts healthy connections: 48 peers on 2 cores fell apart with it).
     connectionMonitor: options.connectionMonitor ?? { pingTimeout: { minTimeout: 60_000, maxTimeout: 120_000 } },
+    // (The swarm key is re-encoded canonically: parseSwarmKey also gives clear errors.)
+    connectionProtector: options.swarmKey != null ? preSharedKey({ psk: parseSwarmKey(options.swarmKey) }) : undefined,
+    // Peers of other swarms (refused at hello) are not redialled for a while; in a closed
+    // swarm, non-members are refused outright: no dial to them, no connection from them
+    // (denyOutboundEncryptedConnection: a dial by address only learns the id in the handshake).
     connectionGater: {
-      denyDialPeer: (peerId) => service?.isRefused(peerId.toString()) ?? false,
-      denyInboundEncryptedConnection: (peerId) => service?.isRefused(peerId.toString()) ?? false,
+      denyDialPeer: refuse,
+      denyInboundEncryptedConnection: refuse,
+      denyOutboundEncryptedConnection: (peerId) => !isMember(peerId.toString()),
     },
     metrics: options.wireCounter != null ? wireMetrics(options.wireCounter) : undefined,
     services: {

@@ -370,6 +370,7 @@ async function resolveConfig(rt: Runtime, o: SetupOptions, genesis: ReadonlyMap<
     strategy: o.strategy,
     seed: o.seed,
     round: o.round,
+    contribution: o.contribution,
   })
   if (o.configFile == null) return built
   const config = await readSwarmConfig(o.configFile)

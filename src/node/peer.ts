@@ -12,7 +12,7 @@ import { TypedEventEmitter, type PeerId, type PrivateKey } from '@libp2p/interfa
 import { generateKeyPair } from '@libp2p/crypto/keys'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
-import { createHost, type FloraLibp2p, type HostOptions } from './host.js'
+import { createHost, memberFilter, type FloraLibp2p, type HostOptions } from './host.js'
 import { loadOrCreateIdentity } from './identity.js'
 import type { FloraEvents, FloraInit, FloraService, FloraStats } from './service.js'
 import type { RoundLog } from './round-log.js'
@@ -38,6 +38,11 @@ export interface PeerOptions extends FloraInit {
   signal?: AbortSignal
   /** libp2p connection monitor settings (ping interval and timeout). */
   connectionMonitor?: HostOptions['connectionMonitor']
+  /**
+   * A private network: the contents of a swarm key file (see swarm-key.ts; readSwarmKey).
+   * Only hosts holding the same key can connect to this peer or be reached by it.
+   */
+  swarmKey?: Uint8Array
 }
 
 export interface FloraPeer {
@@ -172,6 +177,14 @@ export async function createPeer(options: PeerOptions): Promise<FloraPeer> {
   const privateKey =
     options.privateKey ??
     (options.identityFile != null ? (await loadOrCreateIdentity(options.identityFile)).privateKey : await generateKeyPair('Ed25519'))
+  // A closed swarm's gater refuses non-members: bootstrapping through one cannot work.
+  const isMember = memberFilter(options.config)
+  const outsiders = bootstrapList.filter((b) => !isMember(b.id))
+  if (outsiders.length > 0) {
+    throw new PeerOptionsError(
+      `bootstrap peer${outsiders.length > 1 ? 's' : ''} ${outsiders.map((b) => b.id).join(', ')} ${outsiders.length > 1 ? 'are' : 'is'} not in the swarm's members (config.members); a closed swarm only connects to its members`,
+    )
+  }
   const libp2p = await createHost({
     privateKey,
     listen: options.listen,
@@ -180,6 +193,7 @@ export async function createPeer(options: PeerOptions): Promise<FloraPeer> {
     mdns: options.mdns,
     wireCounter: options.wireCounter,
     connectionMonitor: options.connectionMonitor,
+    swarmKey: options.swarmKey,
     flora: options,
   })
   return new Peer(

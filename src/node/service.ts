@@ -22,6 +22,7 @@ import {
 } from '@libp2p/interface'
 import type { ConnectionManager, Registrar, AddressManager } from '@libp2p/interface-internal'
 import type { GossipSub, Message } from '@libp2p/gossipsub'
+import { createTopicScoreParams, type PeerScoreParams } from '@libp2p/gossipsub/score'
 import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
 import type { Logger } from 'pino'
@@ -34,7 +35,7 @@ import { PAYLOAD_PROTOCOL, payloadHandler, PayloadStore, type StreamOpener } fro
 import { swarmTopic } from '../gossip/topics.js'
 import { requestCommits, requestHead, requestSnapshotChunk, SYNC_PROTOCOL, syncHandler, type SnapshotReader, type SyncSource } from '../gossip/sync.js'
 import { createTopicValidator, type RejectInfo } from '../gossip/validator.js'
-import { SwarmConfigError, swarmIdOf, type SwarmConfig } from './config.js'
+import { payloadCap, SwarmConfigError, swarmIdOf, type SwarmConfig } from './config.js'
 import {
   RoundEngine,
   type AdapterReceivedDetail,
@@ -43,6 +44,7 @@ import {
   type RoundStalledDetail,
 } from './engine.js'
 import { silentLogger } from './logger.js'
+import { RepeatLog } from './repeat-log.js'
 import type { RoundLog } from './round-log.js'
 import { genesisState, type SwarmState } from './state.js'
 import { StateDir } from './state-dir.js'
@@ -52,6 +54,38 @@ import { open as openFile } from 'node:fs/promises'
 import type { Trainer } from './trainer.js'
 
 export const FLORA_AGENT = 'flora/0.1.0'
+
+/** Addresses dialled per member we were told about (the rest of a hello's list is ignored). */
+export const MAX_LEARNED_ADDRS = 4
+/** Members we were told about and remember (to dial); more are ignored until some connect. */
+export const MAX_KNOWN_PEERS = 1024
+/** Concurrent dials to members we were told about. */
+export const MAX_CONCURRENT_MEETS = 8
+/** A member we were told about that we failed to reach this many times is forgotten. */
+export const MAX_MEET_FAILURES = 3
+
+/**
+ * gossipsub scoring for the swarm topic: every message our validator rejects (not ignores)
+ * costs the peer that delivered it 10 x (invalid count)^2 points, decaying 1% a second,
+ * so three rejected messages graylist a peer (score < -80: nothing it sends is processed)
+ * for a few seconds, and a flood graylists it for minutes. The delivery-rate penalties are
+ * off: a swarm is quiet between rounds.
+ */
+export function swarmTopicScoreParams() {
+  return createTopicScoreParams({
+    topicWeight: 1,
+    timeInMeshWeight: 0.01,
+    timeInMeshQuantum: 1000,
+    timeInMeshCap: 100,
+    firstMessageDeliveriesWeight: 0.1,
+    firstMessageDeliveriesDecay: 0.99,
+    firstMessageDeliveriesCap: 100,
+    meshMessageDeliveriesWeight: 0,
+    meshFailurePenaltyWeight: 0,
+    invalidMessageDeliveriesWeight: -10,
+    invalidMessageDeliveriesDecay: 0.99,
+  })
+}
 
 export interface FloraEvents {
   'round:start': CustomEvent<{ round: number; parentStateHash: string }>
@@ -147,8 +181,12 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
   readonly #self: string
   readonly #members = new Set<string>()
   readonly #helloInFlight = new Set<string>()
-  /** Members we were told about (id -> listen addresses): dialled until connected. */
-  readonly #known = new Map<string, readonly string[]>()
+  /** Members we were told about (id -> listen addresses, failed dials): dialled until connected. */
+  readonly #known = new Map<string, { addrs: readonly string[]; failures: number }>()
+  /** Rejections logged once per (peer, reason) and window, then counted. */
+  readonly #rejectLog = new RepeatLog()
+  /** A closed swarm's members (the config's allowlist). */
+  readonly #allowed: ReadonlySet<string> | undefined
   readonly #dialing = new Set<string>()
   /** Failed handshakes per connected peer (a peer that is not a flora peer is left alone after 10). */
   readonly #helloFailures = new Map<string, number>()
@@ -173,6 +211,7 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
     this.topic = swarmTopic(this.swarmId)
     this.#self = components.peerId.toString()
     this.#log = (init.logger ?? silentLogger()).child({ peer: shortId(this.#self) })
+    this.#allowed = init.config.members != null ? new Set(init.config.members) : undefined
     const genesis = genesisState(checkedWeights(init.weights, init.config), init.config.targets)
     if (genesis.hash !== init.config.genesisStateHash) {
       throw new SwarmConfigError(
@@ -212,7 +251,7 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
       open,
       store: this.store,
       self: this.#self,
-      maxBytes: init.config.maxPayloadBytes,
+      maxBytes: payloadCap(init.config),
       attemptTimeoutMs: init.fetchTimeoutMs ?? 120_000,
       onReceived: (_from, hash, bytes) => {
         this.#fetched.set(hash, (this.#fetched.get(hash) ?? 0) + bytes)
@@ -338,7 +377,7 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
     await reg.handle(
       HELLO_PROTOCOL,
       helloHandler(
-        async () => this.#hello(),
+        async (peer, theirs) => this.#hello(theirs != null && this.#helloProblem(peer.toString(), theirs) == null),
         (peer, hello) => this.#onHello(peer, hello),
       ),
       { maxInboundStreams: 64, maxOutboundStreams: 64 },
@@ -363,12 +402,17 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
       throw new Error(`flora needs a gossipsub service named '${name}' on the libp2p node (services: { ${name}: gossipsub() })`)
     }
     this.#pubsub = pubsub
+    // Rejected gossip lowers the sender's score until it is graylisted (see swarmTopicScoreParams).
+    const score = (pubsub as unknown as { score?: { params?: PeerScoreParams } }).score
+    if (score?.params?.topics != null) score.params.topics[this.topic] = swarmTopicScoreParams()
+    else this.#log.warn('this gossipsub has no peer score: rejected gossip will not lower its sender\'s score')
     pubsub.topicValidators.set(
       this.topic,
       createTopicValidator({
         swarmId: this.swarmId,
-        maxPayloadBytes: this.config.maxPayloadBytes,
+        maxPayloadBytes: payloadCap(this.config),
         maxRank: this.config.maxRank,
+        allowed: this.#allowed,
         checkContext: (msg) => this.engine.checkContext(msg),
         onRefused: (info) => this.#onRefused(info),
       }),
@@ -397,6 +441,8 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
       pubsub.removeEventListener('subscription-change', this.#onSubscriptionChange)
       pubsub.removeEventListener('gossipsub:heartbeat', this.#onHeartbeat)
       pubsub.topicValidators.delete(this.topic)
+      const score = (pubsub as unknown as { score?: { params?: PeerScoreParams } }).score
+      if (score?.params?.topics != null) delete score.params.topics[this.topic]
       try {
         pubsub.unsubscribe(this.topic)
       } catch {
@@ -404,6 +450,7 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
       }
     }
     this.#c.events.removeEventListener('peer:disconnect', this.#onDisconnect)
+    this.#rejectLog.flush()
   }
 
   async stop(): Promise<void> {
@@ -528,14 +575,18 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
       this.#log.debug(fields, `gossip ignored: ${info.detail}`)
       return
     }
-    if (info.action === 'reject') this.#log.warn(fields, `gossip rejected: ${info.detail}`)
-    else this.#log.info(fields, `gossip ignored: ${info.detail}`)
+    this.#rejectLog.note(`gossip|${peerId}|${info.reason}|${info.action}`, (repeats) => {
+      const line = repeats > 0 ? `gossip ${info.action === 'reject' ? 'rejected' : 'ignored'} ${repeats} more times: ${info.detail}` : `gossip ${info.action === 'reject' ? 'rejected' : 'ignored'}: ${info.detail}`
+      if (info.action === 'reject') this.#log.warn({ ...fields, repeats }, line)
+      else this.#log.info({ ...fields, repeats }, line)
+    })
     this.safeDispatchEvent('peer:rejected', { detail: { peerId, reason: info.reason, detail: info.detail, round } })
   }
 
-  async #hello(): Promise<Hello> {
+  /** Our hello; the member list only for a peer whose own hello checked out (`share`). */
+  async #hello(share: boolean): Promise<Hello> {
     const peers: { id: string; addrs: string[] }[] = []
-    for (const id of [...this.#members].slice(0, MAX_HELLO_PEERS)) {
+    for (const id of share ? [...this.#members].slice(0, MAX_HELLO_PEERS) : []) {
       try {
         const p = await this.#c.peerStore.get(peerIdFromString(id))
         const addrs = p.addresses.map((a) => a.multiaddr.toString()).slice(0, 16)
@@ -567,15 +618,22 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
       return
     }
     this.#helloInFlight.add(id)
+    // The dialer speaks first: members we already checked get our member list, strangers not.
+    const share = this.#members.has(id)
     try {
       const signal = AbortSignal.any([AbortSignal.timeout(15_000), this.#stopController.signal])
       const theirs = await sayHello(
         (p, protocol, options) => this.#c.connectionManager.openStream(p, protocol, { signal: options.signal }),
         peer,
-        await this.#hello(),
+        await this.#hello(share),
         signal,
       )
-      this.#onHello(peer, theirs)
+      const joined = this.#onHello(peer, theirs)
+      // It checked out and is new: now it gets our member list (a second, short hello).
+      if (joined && !share && this.#members.size > 1) {
+        this.#helloInFlight.delete(id)
+        void this.#greet(peer, true)
+      }
     } catch (err) {
       if (!this.#stopController.signal.aborted) this.#log.debug({ peer: shortId(id), err: (err as Error).message }, 'hello failed')
       this.#helloFailures.set(id, (this.#helloFailures.get(id) ?? 0) + 1)
@@ -584,20 +642,31 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
     }
   }
 
-  #onHello(peer: PeerId, hello: Hello | null): void {
+  /** Why a peer's hello does not check out (undefined: it does). */
+  #helloProblem(id: string, hello: Hello | null): { reason: 'wrong-swarm' | 'not-member'; detail: string } | undefined {
+    if (hello == null) return { reason: 'wrong-swarm', detail: 'malformed swarm handshake' }
+    if (hello.swarmId !== this.swarmId) {
+      return {
+        reason: 'wrong-swarm',
+        detail: `peer is in swarm ${hello.swarmId.slice(0, 16)}, we are in ${this.swarmId.slice(0, 16)}; config differs in: ${configDiff(this.config as unknown as CanonicalValue, hello.config).join(', ') || '(unknown)'}`,
+      }
+    }
+    if (this.#allowed != null && !this.#allowed.has(id)) return { reason: 'not-member', detail: 'peer is not on this closed swarm\'s member list' }
+    return undefined
+  }
+
+  /** Handles a peer's hello; true when it made the peer a new member. */
+  #onHello(peer: PeerId, hello: Hello | null): boolean {
     const id = peer.toString()
-    if (this.#stopController.signal.aborted) return
-    if (hello == null || hello.swarmId !== this.swarmId) {
-      if (this.isRefused(id)) return
-      const detail =
-        hello == null
-          ? 'malformed swarm handshake'
-          : `peer is in swarm ${hello.swarmId.slice(0, 16)}, we are in ${this.swarmId.slice(0, 16)}; config differs in: ${configDiff(this.config as unknown as CanonicalValue, hello.config).join(', ') || '(unknown)'}`
+    if (this.#stopController.signal.aborted) return false
+    const problem = this.#helloProblem(id, hello)
+    if (problem != null || hello == null) {
+      if (this.isRefused(id) || problem == null) return false
       this.#refused.set(id, Date.now() + (this.#init.refuseMs ?? 60_000))
-      this.#log.warn({ peer: id, reason: 'wrong-swarm' }, `refusing peer: ${detail}`)
-      this.safeDispatchEvent('peer:rejected', { detail: { peerId: id, reason: 'wrong-swarm', detail } })
+      this.#log.warn({ peer: id, reason: problem.reason }, `refusing peer: ${problem.detail}`)
+      this.safeDispatchEvent('peer:rejected', { detail: { peerId: id, reason: problem.reason, detail: problem.detail } })
       void this.#c.connectionManager.closeConnections(peer).catch(() => {})
-      return
+      return false
     }
     const wasBehind = this.#heads.has(id)
     if (hello.head != null && hello.head.round !== this.engine.head.round) this.#heads.set(id, hello.head.round)
@@ -608,7 +677,8 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
       this.engine.membersChanged()
       if (hello.head?.round === this.engine.head.round) this.engine.caughtUp(id)
     }
-    if (!this.#members.has(id)) {
+    const joined = !this.#members.has(id)
+    if (joined) {
       // Lost connections to members are redialled by libp2p's reconnect queue.
       void this.#c.peerStore.merge(peer, { tags: { [`${KEEP_ALIVE}-flora`]: { value: 1 } } }).catch(() => {})
       this.#members.add(id)
@@ -616,37 +686,48 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
       this.safeDispatchEvent('member:join', { detail: { peerId: id } })
       this.engine.membersChanged()
     }
-    // Meet the members it knows that we do not.
+    // Remember the members it knows that we do not; the sweep dials them a few at a time
+    // (a hello cannot make us open more than MAX_CONCURRENT_MEETS dials at once).
     for (const p of hello.peers) {
-      if (p.id === this.#self || this.#members.has(p.id) || this.isRefused(p.id)) continue
-      this.#known.set(p.id, p.addrs)
-      void this.#meet(p.id, p.addrs)
+      if (p.id === this.#self || this.#members.has(p.id) || this.isRefused(p.id) || this.#known.has(p.id)) continue
+      if (this.#allowed != null && !this.#allowed.has(p.id)) continue
+      if (this.#known.size >= MAX_KNOWN_PEERS) break
+      const addrs = p.addrs.filter(isDialableAddr).slice(0, MAX_LEARNED_ADDRS)
+      if (addrs.length > 0) this.#known.set(p.id, { addrs, failures: 0 })
     }
+    this.#meetKnown(false)
+    return joined
   }
 
   /** Greets connected peers that are not members yet; dials members we know of and are not connected to (a few at a time). */
-  #meetKnown(): void {
+  #meetKnown(greet = true): void {
     if (!this.#started || this.#stopController.signal.aborted) return
-    for (const conn of this.#c.connectionManager.getConnections()) {
-      const id = conn.remotePeer.toString()
-      if (this.#members.has(id) || this.#helloInFlight.has(id) || this.isRefused(id) || (this.#helloFailures.get(id) ?? 0) >= 10) continue
-      void this.#greet(conn.remotePeer)
+    if (greet) {
+      for (const conn of this.#c.connectionManager.getConnections()) {
+        const id = conn.remotePeer.toString()
+        if (this.#members.has(id) || this.#helloInFlight.has(id) || this.isRefused(id) || (this.#helloFailures.get(id) ?? 0) >= 10) continue
+        void this.#greet(conn.remotePeer)
+      }
     }
-    for (const [id, addrs] of this.#known) {
-      if (this.#dialing.size >= 8) return
-      if (this.#members.has(id) || this.#c.connectionManager.getConnections(peerIdFromString(id)).length > 0) continue
-      void this.#meet(id, addrs)
+    for (const [id, known] of this.#known) {
+      if (this.#dialing.size >= MAX_CONCURRENT_MEETS) return
+      if (this.#members.has(id)) {
+        this.#known.delete(id)
+        continue
+      }
+      if (this.#dialing.has(id) || this.#c.connectionManager.getConnections(peerIdFromString(id)).length > 0) continue
+      void this.#meet(id, known)
     }
   }
 
   /** Connects to a member we were told about (once at a time; the sweep tries again later). */
-  async #meet(id: string, addrs: readonly string[]): Promise<void> {
+  async #meet(id: string, known: { addrs: readonly string[]; failures: number }): Promise<void> {
     if (this.#dialing.has(id) || this.isRefused(id) || this.#stopController.signal.aborted) return
     this.#dialing.add(id)
     try {
       const peer = peerIdFromString(id)
       if (this.#c.connectionManager.getConnections(peer).length > 0) return
-      const mas = addrs.flatMap((a) => {
+      const mas = known.addrs.flatMap((a) => {
         try {
           return [multiaddr(a)]
         } catch {
@@ -657,6 +738,8 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
       await this.#c.connectionManager.openConnection(peer, { signal: AbortSignal.any([AbortSignal.timeout(15_000), this.#stopController.signal]) })
     } catch (err) {
       if (!this.#stopController.signal.aborted) this.#log.debug({ peer: shortId(id), err: (err as Error).message }, 'could not connect to a member we were told about')
+      // Someone told us about a peer we cannot reach (gone, or made up): stop trying after a few attempts.
+      if (++known.failures >= MAX_MEET_FAILURES) this.#known.delete(id)
     } finally {
       this.#dialing.delete(id)
     }
@@ -679,6 +762,16 @@ function checkedWeights(weights: ReadonlyMap<string, Float32Array>, config: Swar
   const out = new Map<string, Float32Array>()
   for (const t of config.targets) out.set(t.name, weights.get(t.name) as Float32Array)
   return out
+}
+
+/** A learned address we would dial: a parseable multiaddr over TCP (ip4, ip6 or dns). */
+function isDialableAddr(a: string): boolean {
+  try {
+    const protos = multiaddr(a).getComponents().map((c) => c.name)
+    return protos.includes('tcp') && ['ip4', 'ip6', 'dns', 'dns4', 'dns6'].includes(protos[0] ?? '')
+  } catch {
+    return false
+  }
 }
 
 export function shortId(peerId: string): string {

@@ -9,7 +9,8 @@
  * the default.
  */
 import { readFile } from 'node:fs/promises'
-import { parseSwarmConfig, SwarmConfigError, type RoundPolicy, type SwarmConfig } from './config.js'
+import { peerIdFromString } from '@libp2p/peer-id'
+import { parseSwarmConfig, SwarmConfigError, type ContributionPolicy, type RoundPolicy, type SwarmConfig } from './config.js'
 import { syntheticSwarm } from './synthetic.js'
 import { syntheticEvalLoss, syntheticTrainer, type Trainer } from './trainer.js'
 
@@ -43,10 +44,17 @@ export interface SetupOptions {
   trainer?: string
   /** A swarm config file; when given it is authoritative. */
   configFile?: string
+  /**
+   * A closed swarm: a file of the member peer ids (one per line, or a JSON array); sets the
+   * config's `members` (with --config: must agree with the members the file has, if any).
+   */
+  membersFile?: string
   /** Swarm name (part of the swarm id). */
   name?: string
   strategy?: string
   round?: Partial<RoundPolicy>
+  /** Contribution bounds (swarm-wide). */
+  contribution?: Partial<ContributionPolicy>
   rank: number
   alpha: number
   /** Data spec: a JSONL path or a bundled task (model backend); `synthetic[:k]` (synthetic backend). */
@@ -123,7 +131,69 @@ export async function setupPeer(options: SetupOptions): Promise<PeerSetup> {
   if (backend == null) {
     throw new SwarmConfigError(`unknown trainer backend '${name}'; available: ${trainerBackends().join(', ')}`)
   }
-  return backend(options)
+  const setup = await backend(options)
+  if (options.membersFile == null) return setup
+  const members = await readMembersFile(options.membersFile)
+  const had = setup.config.members
+  if (had != null) {
+    const want = [...new Set(members)].sort()
+    if (had.length !== want.length || had.some((m, i) => m !== want[i])) {
+      throw new SwarmConfigError(`--members ${options.membersFile} lists other peers than the members in ${options.configFile ?? 'the swarm config'}`)
+    }
+    return setup
+  }
+  // (The rest of the config is unchanged: the backend's weights and evaluation still apply.)
+  return { ...setup, config: parseSwarmConfig({ ...setup.config, members }) }
+}
+
+/**
+ * The peer ids of a members file: a JSON array of strings, or one id per line (blank
+ * lines and '#' comments ignored; anything after the id on a line, e.g. a name, too).
+ */
+export function parseMembers(text: string, source = 'members'): string[] {
+  let ids: string[]
+  const trimmed = text.trim()
+  if (trimmed.startsWith('[')) {
+    let json: unknown
+    try {
+      json = JSON.parse(trimmed)
+    } catch (err) {
+      throw new SwarmConfigError(`${source}: not valid JSON: ${(err as Error).message}`)
+    }
+    if (!Array.isArray(json) || json.some((x) => typeof x !== 'string')) {
+      throw new SwarmConfigError(`${source}: expected a JSON array of peer id strings`)
+    }
+    ids = (json as string[]).map((x, i) => checkPeerId(x.trim(), `${source}: entry ${i + 1}`))
+  } else {
+    ids = []
+    text.split(/\r\n|\r|\n/).forEach((raw, i) => {
+      const line = raw.replace(/#.*$/, '').trim()
+      if (line === '') return
+      ids.push(checkPeerId(line.split(/\s+/)[0], `${source}:${i + 1}`))
+    })
+  }
+  if (ids.length === 0) throw new SwarmConfigError(`${source} lists no peer ids (one per line; see flora id)`)
+  return [...new Set(ids)].sort()
+}
+
+/** The id in its canonical text form (base58btc, as libp2p prints it). */
+function checkPeerId(id: string, where: string): string {
+  try {
+    return peerIdFromString(id).toString()
+  } catch {
+    throw new SwarmConfigError(`${where}: '${id.slice(0, 64)}' is not a peer id (expected e.g. 12D3KooW..., as flora id prints)`)
+  }
+}
+
+/** Reads a members file (see parseMembers). */
+export async function readMembersFile(file: string): Promise<string[]> {
+  let text: string
+  try {
+    text = await readFile(file, 'utf8')
+  } catch (err) {
+    throw new SwarmConfigError(`cannot read members file ${file}: ${(err as Error).message}`)
+  }
+  return parseMembers(text, file)
 }
 
 /** Reads and validates a swarm config file. */
@@ -152,6 +222,7 @@ registerTrainerBackend('synthetic', async (o) => {
     name: o.name ?? 'synthetic',
     strategy: o.strategy,
     round: o.round,
+    contribution: o.contribution,
     seed: o.seed,
     layers: o.layers,
     hidden: o.hidden,

@@ -5,6 +5,7 @@
  * the next state is a pure function of (state, the manifest's adapters, their order).
  */
 import { getStrategy } from '../aggregation/index.js'
+import { boundRound, type BoundedRound, type ContributionBounds } from '../aggregation/bounds.js'
 import { mergeIntoWeights } from '../aggregation/merge.js'
 import type { ClientUpdate, ModuleTerms, RoundAggregate } from '../aggregation/types.js'
 import { computeStateHash } from './state-hash.js'
@@ -32,6 +33,15 @@ export function genesisState(weights: ReadonlyMap<string, Float32Array>, shapes:
 export interface ApplyOptions {
   /** Merge worker threads (0: calling thread). Results are bit-identical for any value. */
   workers?: number
+  /** The swarm's contribution bounds (weights cap, per-module norm clip); none when absent. */
+  bounds?: ContributionBounds
+  /** Told the bounded weights and the clipped modules of each contributor. */
+  onBounded?: (report: BoundedRound['report']) => void
+}
+
+/** A round whose merge would leave a weight NaN or infinite: never committed. */
+export class NonFiniteStateError extends Error {
+  override readonly name = 'NonFiniteStateError'
 }
 
 /**
@@ -48,6 +58,11 @@ export async function applyRound(
 ): Promise<SwarmState> {
   const round = state.round + 1
   if (updates.length === 0) return { round, weights: state.weights, global: state.global, hash: state.hash }
+  if (options.bounds != null) {
+    const bounded = boundRound(updates, state.weights, options.bounds)
+    options.onBounded?.(bounded.report)
+    updates = bounded.updates
+  }
   const aggregate = getStrategy(strategyName).aggregate(updates)
   const byName = new Map(shapes.map((s) => [s.name, s]))
   const weights = new Map(state.weights)
@@ -58,7 +73,15 @@ export async function applyRound(
     if (terms.length === 0) continue
     const next = Float32Array.from(w)
     await mergeIntoWeights(next, shape, terms, { workers: options.workers ?? 0 })
+    for (let i = 0; i < next.length; i++) {
+      if (!Number.isFinite(next[i])) throw new NonFiniteStateError(`round ${round}: the merge leaves ${name}[${i}] = ${next[i]}; a state that is not finite is never committed`)
+    }
     weights.set(name, next)
+  }
+  for (const [name, terms] of aggregate.global) {
+    for (const t of terms) {
+      if (!Number.isFinite(t.coef)) throw new NonFiniteStateError(`round ${round}: the global adapter of ${name} has coefficient ${t.coef}`)
+    }
   }
   return { round, weights, global: aggregate.global, aggregate, hash: computeStateHash(weights, aggregate.global, shapes) }
 }

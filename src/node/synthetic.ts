@@ -6,7 +6,7 @@
 import { canonicalJson, sha256Hex } from '../gossip/canonical.js'
 import { createPrng } from '../lora/prng.js'
 import type { ModuleShape } from '../lora/types.js'
-import { makeSwarmConfig, type RoundPolicy, type SwarmConfig } from './config.js'
+import { makeSwarmConfig, type ContributionPolicy, type RoundPolicy, type SwarmConfig } from './config.js'
 import { genesisState } from './state.js'
 
 export interface SyntheticModelSpec {
@@ -45,9 +45,16 @@ export interface SyntheticSwarmOptions extends SyntheticModelSpec {
   name?: string
   strategy?: string
   round?: Partial<RoundPolicy>
+  /** Contribution bounds (default: the swarm defaults, but maxDeltaRatio 2: the synthetic trainer's toy steps move a module by up to ~90% of its norm). */
+  contribution?: Partial<ContributionPolicy>
+  /** A closed swarm's member ids. */
+  members?: readonly string[]
   maxRank?: number
   maxPayloadBytes?: number
 }
+
+/** The synthetic swarm's default per-module norm bound (its trainer takes large toy steps). */
+export const SYNTHETIC_MAX_DELTA_RATIO = 2
 
 /** A swarm config over a synthetic base, and that base's weights. */
 export function syntheticSwarm(options: SyntheticSwarmOptions = {}): { config: SwarmConfig; weights: Map<string, Float32Array> } {
@@ -65,6 +72,8 @@ export function syntheticSwarm(options: SyntheticSwarmOptions = {}): { config: S
     maxRank: options.maxRank,
     maxPayloadBytes: options.maxPayloadBytes,
     round: options.round,
+    contribution: { maxDeltaRatio: SYNTHETIC_MAX_DELTA_RATIO, ...options.contribution },
+    ...(options.members != null ? { members: options.members } : {}),
   })
   return { config, weights }
 }

@@ -57,6 +57,7 @@ describe('no silent censorship', () => {
       s.config.strategy,
       s.config.targets,
       kept.map((a) => ({ id: a.body.author, samples: a.body.samples, adapter: s.book.get(bookKey(1, a.body.author))! })),
+      { bounds: s.config.contribution },
     )
     const censored = await signManifest(s.keys[ids.indexOf(censorId)], {
       swarmId: censor.swarmId,
