@@ -264,8 +264,10 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
   #resolveDone!: () => void
   /** Round in which a caught-up peer was last waited for (caughtUp). */
   readonly #caughtUpAt = new Map<string, number>()
-  /** Peers that announced or voted, by round (in time or late): they are waited for next round. */
+  /** Peers that announced, by round (in time or late): their adapters are waited for next round. */
   readonly #participants = new Map<number, Set<string>>()
+  /** Peers heard from (announced or voted), by round: a proposer not heard from last round is skipped. */
+  readonly #heard = new Map<number, Set<string>>()
   /** Certified commits from the state dir past its head snapshot (replayed first). */
   #pending: CommitMessage[] = []
   #syncing: Promise<void> | undefined
@@ -421,9 +423,10 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
 
   /**
    * Whether a round waits (up to its deadline) for an active peer's adapter. Founding
-   * round: every active peer. Later: the peers that took part in the previous round
-   * (announced or voted, in time or late), so a member silent for a round is not waited
-   * for in the next (its adapter still gets in if it arrives before the proposal). With no
+   * round: every active peer. Later: the peers that announced an adapter in the previous
+   * round (in time or late), so a member that sat a round out (silent, diverged, stuck) is
+   * not waited for in the next (its adapter still gets in if it arrives before the
+   * proposal; a peer that caught up says so and is waited for, see caughtUp). With no
    * record of the previous round (this peer restarted or caught up): the recorded members.
    */
   #waitsFor(peer: string, members: readonly string[], lastRound: ReadonlySet<string> | undefined): boolean {
@@ -450,10 +453,16 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     return max
   }
 
-  /** Proposers whose turn is skipped: members not connected and ready (or behind). */
+  /**
+   * Proposers whose turn is skipped: members not connected and ready (or behind), and
+   * members we did not hear from (no announcement, no vote) in the previous round while
+   * we heard from others: a silent member first in the order costs one round, not every one.
+   */
   #absent(ctx: RoundContext): string[] {
     const active = this.#active()
-    return ctx.machine.order().filter((p) => p !== this.#i.self && !active.has(p))
+    const heard = this.#heard.get(ctx.round - 1)
+    const silent = (p: string): boolean => heard != null && heard.size > 0 && !heard.has(p) && !(this.#heard.get(ctx.round)?.has(p) ?? false)
+    return ctx.machine.order().filter((p) => p !== this.#i.self && (!active.has(p) || silent(p)))
   }
 
   /**
@@ -474,7 +483,9 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
       const who = msg.kind === 'announce' ? msg.body.author : msg.body.voter
       if (who !== this.#i.self && !(this.#participants.get(r)?.has(who) ?? false)) {
         void (msg.kind === 'announce' ? verifyAnnouncement(msg) : verifyVote(msg)).then((ok) => {
-          if (ok) this.#noteParticipant(r, who)
+          if (!ok) return
+          if (msg.kind === 'announce') this.#noteParticipant(r, who)
+          else this.#noteHeard(r, who)
         })
       }
     }
@@ -550,7 +561,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
         this.#feed(ctx, { type: 'proposal', now, proposal: proposalInfo(msg) })
         return
       case 'vote':
-        this.#noteParticipant(msg.body.round, msg.body.voter)
+        this.#noteHeard(msg.body.round, msg.body.voter)
         this.#feed(ctx, { type: 'vote', now, vote: { ...msg.body, ref: msg } })
         return
       case 'commit': {
@@ -583,6 +594,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     const trainedAlong = this.#participants.get(round - 1)
     for (const p of active) if (this.#waitsFor(p, members, trainedAlong)) expected.add(p)
     for (const r of this.#participants.keys()) if (r < round - 1) this.#participants.delete(r)
+    for (const r of this.#heard.keys()) if (r < round - 1) this.#heard.delete(r)
     const now = Date.now()
     const machine = new RoundMachine<SignedManifest, SignedVote>({
       round,
@@ -1502,13 +1514,22 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     this.#feedCollection(ctx)
   }
 
+  /** A peer voted (or announced) in `round`: it is alive, and its proposer turns are not skipped. */
+  #noteHeard(round: number, peer: string): void {
+    if (round < this.round - 1) return
+    let set = this.#heard.get(round)
+    if (set == null) this.#heard.set(round, (set = new Set()))
+    if (set.size < 10_000) set.add(peer)
+  }
+
   #noteParticipant(round: number, author: string): void {
     if (round < this.round - 1) return
+    this.#noteHeard(round, author)
     let set = this.#participants.get(round)
     if (set == null) this.#participants.set(round, (set = new Set()))
     if (set.size >= 10_000 || set.has(author)) return
     set.add(author)
-    // Its vote for the last round came after ours began: wait for it in this one too.
+    // Its announcement for the last round came after ours began: wait for it in this one too.
     const ctx = this.#ctx
     if (ctx != null && round === ctx.round - 1 && !ctx.expected.has(author) && this.#active().has(author)) {
       ctx.expected.add(author)
