@@ -15,7 +15,7 @@ import {
   verifyManifest,
   verifyVote,
 } from '../../src/gossip/sign.js'
-import { validateGossipMessage } from '../../src/gossip/validator.js'
+import { PublisherRateLimit, validateGossipMessage } from '../../src/gossip/validator.js'
 import { identityFromSeed } from '../../src/node/identity.js'
 
 const SWARM = 'a1'.repeat(32)
@@ -140,5 +140,36 @@ describe('validator', () => {
       checkContext: () => ({ action: 'ignore', reason: 'round-window', detail: 'test' }),
     })
     expect(ctx).toMatchObject({ action: 'ignore', reason: 'round-window' })
+  })
+})
+
+describe('validator: closed swarms and floods', () => {
+  const init = { swarmId: SWARM, maxPayloadBytes: 1 << 20, maxRank: 64 }
+
+  it('rejects messages by, or naming, a peer not on the member list (before the signature)', async () => {
+    const a = await keyAndId('allow-a')
+    const x = await keyAndId('allow-x')
+    const allowed = new Set([a.id])
+    const good = encodeGossipMessage(await signAnnouncement(a.key, body(a.id)))
+    expect((await validateGossipMessage(good, a.id, { ...init, allowed })).action).toBe('accept')
+    // An outsider's message is refused as not-member even with a broken signature.
+    const outsider = encodeGossipMessage({ ...(await signAnnouncement(x.key, body(x.id))), sig: 'AAAA' })
+    expect(await validateGossipMessage(outsider, x.id, { ...init, allowed })).toMatchObject({ action: 'reject', reason: 'not-member' })
+    // A member's manifest that includes an outsider's adapter is refused too.
+    const entry = { peerId: x.id, payloadHash: 'c3'.repeat(32), payloadSize: 10, rank: 2, alpha: 4, samples: 1, sig: 'AAAA' }
+    const mb: ManifestBody = { swarmId: SWARM, round: 3, view: 0, parentStateHash: PARENT, proposer: a.id, entries: [entry], newStateHash: 'e5'.repeat(32), lockView: -1, justify: [] }
+    const manifest = encodeGossipMessage(await signManifest(a.key, mb))
+    expect(await validateGossipMessage(manifest, a.id, { ...init, allowed })).toMatchObject({ action: 'reject', reason: 'not-member', detail: expect.stringContaining(x.id) })
+  })
+
+  it('PublisherRateLimit: a burst, then the refill rate, per publisher', () => {
+    let now = 0
+    const limit = new PublisherRateLimit(10, 5, () => now)
+    for (let i = 0; i < 10; i++) expect(limit.take('p')).toBe(true)
+    expect(limit.take('p')).toBe(false)
+    expect(limit.take('q')).toBe(true)
+    now += 1000
+    for (let i = 0; i < 5; i++) expect(limit.take('p')).toBe(true)
+    expect(limit.take('p')).toBe(false)
   })
 })
