@@ -29,6 +29,7 @@ export type RejectReason =
   | 'not-member' // a closed swarm's allowlist does not name the peer
   | 'rate-limited' // the peer sends more messages than any honest member does
   | 'too-many-entries' // a manifest or certificate longer than the swarm has members
+  | 'flood' // a peer kept delivering rejected messages: disconnected and refused for a while
 
 export type PayloadTransferErrorCode =
   | 'NOT_FOUND' // the remote does not hold the payload
@@ -37,6 +38,7 @@ export type PayloadTransferErrorCode =
   | 'HASH_MISMATCH' // received bytes do not hash to the requested sha256
   | 'PROTOCOL' // malformed frame
   | 'TIMEOUT'
+  | 'SILENT' // the stream opened, but no response header came within the first-byte timeout
   | 'ABORTED'
   | 'UNREACHABLE' // no connection or stream could be opened
 

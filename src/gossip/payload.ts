@@ -120,6 +120,9 @@ export function payloadHandler(store: PayloadStore, options: PayloadServerOption
   }
 }
 
+/** A payload server answers a request's header at once (it holds the bytes or it does not). */
+export const DEFAULT_FIRST_BYTE_TIMEOUT_MS = 1000
+
 export type StreamOpener = (peer: PeerId, protocol: string, options: { signal: AbortSignal }) => Promise<Stream>
 
 export interface FetchPayloadOptions {
@@ -131,6 +134,8 @@ export interface FetchPayloadOptions {
   signal?: AbortSignal
   /** Whole-transfer timeout. */
   timeoutMs?: number
+  /** Time for the response header to arrive once the request is sent (default 1 s): a server that says nothing is SILENT. */
+  firstByteTimeoutMs?: number
 }
 
 /** Fetches one payload from one peer and verifies it. Throws PayloadTransferError. */
@@ -153,8 +158,16 @@ export async function fetchPayload(open: StreamOpener, peer: PeerId, options: Fe
   try {
     await sendFrame(stream, canonicalBytes({ hash: options.hash }), signal)
     const frames = readFrames(stream, Math.max(PAYLOAD_CHUNK_BYTES, 4 << 20))
-    const head = await frames.next()
-    const res = head.done === true ? null : parseFrame(ResponseSchema, head.value.subarray())
+    const firstByte = options.firstByteTimeoutMs ?? DEFAULT_FIRST_BYTE_TIMEOUT_MS
+    let silent: NodeJS.Timeout | undefined
+    const head = await Promise.race([
+      frames.next(),
+      new Promise<never>((_, reject) => {
+        silent = setTimeout(() => reject(new PayloadTransferError('SILENT', `${peer} sent no answer within ${firstByte} ms`)), firstByte)
+      }),
+    ]).finally(() => clearTimeout(silent))
+    if (head.done === true) throw new PayloadTransferError('PROTOCOL', `${peer} closed the stream without an answer`)
+    const res = parseFrame(ResponseSchema, head.value.subarray())
     if (res == null) throw new PayloadTransferError('PROTOCOL', `malformed response header from ${peer}`)
     if (res.status === 'not-found') throw new PayloadTransferError('NOT_FOUND', `${peer} does not hold ${options.hash.slice(0, 12)}`)
     if (res.size > options.maxBytes) {

@@ -33,6 +33,8 @@ export interface GossipValidationInit {
   maxRank: number
   /** A closed swarm's members: messages by (or naming) anyone else are rejected. */
   allowed?: ReadonlySet<string>
+  /** Largest message the swarm's size allows (checked before parsing); default: the structural caps only. */
+  maxMessageBytes?: () => number
   checkContext?: ContextCheck
 }
 
@@ -56,6 +58,10 @@ export async function validateGossipMessage(
   publisher: string | undefined,
   init: GossipValidationInit,
 ): Promise<Verdict> {
+  const most = init.maxMessageBytes?.()
+  if (most !== undefined && data.byteLength > most) {
+    return { action: 'reject', reason: 'oversized', detail: `message of ${data.byteLength} bytes, more than a swarm of this size ever sends (${most})` }
+  }
   const decoded = decodeGossipMessage(data)
   if (!decoded.ok) return { action: 'reject', reason: decoded.reason, detail: decoded.detail }
   const msg = decoded.msg

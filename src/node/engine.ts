@@ -496,27 +496,49 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
   }
 
   /**
+   * The largest gossip message an honest member of a swarm this size sends: a manifest or
+   * commit lists at most one entry and two votes per member (~1.8 KB); 4 KiB per member
+   * that could be in the round, plus 16 KiB, leaves room. A 2 MB manifest in a swarm of
+   * three is refused before it is parsed.
+   */
+  maxMessageBytes(): number {
+    return 16 * 1024 + this.#mostInRound() * 4096
+  }
+
+  /**
+   * At most how many peers can be in a round: twice the peers this one knows of (recorded
+   * members, connected members, this round's announcers, itself) plus 8. Generous, since a
+   * peer connected to part of a large swarm may not know every author yet (the founding
+   * round, newcomers); a 4,096-entry manifest in a swarm of three is far past it.
+   */
+  #mostInRound(): number {
+    const known = new Set([...memberIds(this.#membership), ...this.#i.network.members(), ...(this.#ctx?.anns.keys() ?? []), this.#i.self])
+    return 2 * known.size + 8
+  }
+
+  /**
    * Cheap structural checks of a round-r message against the chain we hold (before any
    * signature is checked, let alone a replay): a manifest or certificate names no more
-   * peers than could be in the round (recorded members plus connected members), and a
+   * peers than could be in the round (#mostInRound), and a
    * fresh proposal for the round we are in comes from the proposer of its view.
    */
   #checkShape(msg: GossipMessage): { action: 'reject'; reason: RejectReason; detail: string } | undefined {
     if (msg.kind !== 'manifest' && msg.kind !== 'commit') return undefined
     const body = msg.kind === 'manifest' ? msg.body : msg.manifest.body
     const ctx = this.#ctx
-    // Only on our own chain (same round, same parent): elsewhere membership may differ.
-    if (ctx == null || body.round !== ctx.round || body.parentStateHash !== ctx.parent.hash) return undefined
-    const known = new Set([...ctx.members, ...this.#i.network.members(), this.#i.self])
-    const most = known.size + 1
+    // Sizes: for the running round and the next (whose members are at most ours plus the
+    // running round's authors, all of them connected or recorded).
+    if (ctx == null || (body.round !== ctx.round && body.round !== ctx.round + 1)) return undefined
+    const most = this.#mostInRound()
     if (body.entries.length > most) {
-      return { action: 'reject', reason: 'too-many-entries', detail: `manifest for round ${body.round} lists ${body.entries.length} adapters, the swarm has at most ${most} members` }
+      return { action: 'reject', reason: 'too-many-entries', detail: `manifest for round ${body.round} lists ${body.entries.length} adapters, more than the ${most} this peer allows for a swarm its size` }
     }
     const votes = msg.kind === 'manifest' ? msg.body.justify.length : msg.certificate.length
-    if (votes > 2 * most) {
-      return { action: 'reject', reason: 'too-many-entries', detail: `${msg.kind} for round ${body.round} carries ${votes} votes, the swarm has at most ${most} members` }
+    if (votes > most) {
+      return { action: 'reject', reason: 'too-many-entries', detail: `${msg.kind} for round ${body.round} carries ${votes} votes, more than the ${most} this peer allows for a swarm its size` }
     }
-    if (msg.kind === 'manifest' && !ctx.machine.founding) {
+    // Turn: only on our own chain (same round, same parent), where the order is ours too.
+    if (msg.kind === 'manifest' && !ctx.machine.founding && body.round === ctx.round && body.parentStateHash === ctx.parent.hash) {
       const turn = ctx.machine.proposerOf(body.view)
       if (turn !== body.proposer) {
         return { action: 'reject', reason: 'not-your-turn', detail: `proposal for round ${body.round} view ${body.view} by ${body.proposer}, whose proposer is ${turn}` }
@@ -1486,10 +1508,10 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     ctx.anns.set(b.author, signed)
     this.#noteParticipant(b.round, b.author)
     this.#feedCollection(ctx)
-    // Only its author holds a fresh adapter: an author that answers "not found", or sends
-    // wrong bytes, a wrong size or a broken stream, has failed it (rejected at once, nobody
-    // waits for it until the deadline). A timeout or an unreachable author may be honest
-    // trouble: we keep trying until the round closes.
+    // Only its author holds a fresh adapter: an author that answers "not found", says
+    // nothing for a second, or sends wrong bytes or a wrong size, has failed it (rejected
+    // at once, nobody waits for it until the deadline). A broken stream, a slow transfer or
+    // an unreachable author may be honest trouble: we keep trying until the round closes.
     const authorFailed = (source: string, err: PayloadTransferError): boolean => source === b.author && AUTHOR_FAILURES.has(err.code)
     const got = await this.#obtain(ctx, b.payloadHash, b.payloadSize, [b.author], ctx.ac.signal, undefined, authorFailed)
     if (ctx.ac.signal.aborted) return
@@ -1578,7 +1600,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
       bytes = await fetcher.fetch(hash, { size, round, signal, passes, giveUpOn })
     } catch (err) {
       const code = err instanceof PayloadTransferError ? err.code : undefined
-      const reason: RejectReason = code === 'HASH_MISMATCH' || code === 'SIZE_MISMATCH' || code === 'TOO_LARGE' || code === 'PROTOCOL' ? 'malformed-payload' : 'payload-unavailable'
+      const reason: RejectReason = code === 'HASH_MISMATCH' || code === 'SIZE_MISMATCH' || code === 'TOO_LARGE' ? 'malformed-payload' : 'payload-unavailable'
       return { ok: false, reason, detail: (err as Error).message }
     }
     const cachedNow = this.#decoded.get(hash)
@@ -1640,7 +1662,7 @@ export function trainingSeed(swarmSeed: number, peerId: string, round: number): 
 }
 
 /** Fetch failures that settle an announcement when its author is the one failing. */
-const AUTHOR_FAILURES: ReadonlySet<PayloadTransferErrorCode> = new Set(['NOT_FOUND', 'HASH_MISMATCH', 'SIZE_MISMATCH', 'TOO_LARGE', 'PROTOCOL'])
+const AUTHOR_FAILURES: ReadonlySet<PayloadTransferErrorCode> = new Set(['NOT_FOUND', 'HASH_MISMATCH', 'SIZE_MISMATCH', 'TOO_LARGE', 'SILENT'])
 
 /** The first module of an adapter with a NaN or infinite element, if any. */
 function nonFiniteModule(adapter: AdapterSet): string | undefined {

@@ -59,6 +59,10 @@ export const FLORA_AGENT = 'flora/0.1.0'
 export const MAX_LEARNED_ADDRS = 4
 /** Members we were told about and remember (to dial); more are ignored until some connect. */
 export const MAX_KNOWN_PEERS = 1024
+/** A peer that delivers this many rejected gossip messages within REJECT_WINDOW_MS is disconnected and refused for a while. */
+export const MAX_REJECTED_IN_WINDOW = 8
+export const REJECT_WINDOW_MS = 10_000
+
 /** Concurrent dials to members we were told about. */
 export const MAX_CONCURRENT_MEETS = 8
 /** A member we were told about that we failed to reach this many times is forgotten. */
@@ -185,6 +189,8 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
   readonly #known = new Map<string, { addrs: readonly string[]; failures: number }>()
   /** Rejections logged once per (peer, reason) and window, then counted. */
   readonly #rejectLog = new RepeatLog()
+  /** Recent rejected deliveries per propagation source (timestamps), for disconnecting flooders. */
+  readonly #rejectedFrom = new Map<string, number[]>()
   /** A closed swarm's members (the config's allowlist). */
   readonly #allowed: ReadonlySet<string> | undefined
   readonly #dialing = new Set<string>()
@@ -413,6 +419,7 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
         maxPayloadBytes: payloadCap(this.config),
         maxRank: this.config.maxRank,
         allowed: this.#allowed,
+        maxMessageBytes: () => this.engine.maxMessageBytes(),
         checkContext: (msg) => this.engine.checkContext(msg),
         onRefused: (info) => this.#onRefused(info),
       }),
@@ -562,6 +569,7 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
 
   #onRefused(info: RejectInfo): void {
     const peerId = info.publisher ?? info.from
+    if (info.action === 'reject') this.#countRejected(info.from)
     const round = info.msg != null ? messageRound(info.msg) : undefined
     const fields = { from: shortId(info.from), publisher: info.publisher && shortId(info.publisher), reason: info.reason, round }
     // Votes and certificates of the round we just committed keep arriving for a moment: normal, not a fault.
@@ -581,6 +589,31 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
       else this.#log.info({ ...fields, repeats }, line)
     })
     this.safeDispatchEvent('peer:rejected', { detail: { peerId, reason: info.reason, detail: info.detail, round } })
+  }
+
+  /**
+   * gossipsub's score stops processing a peer's messages after three rejections, but its
+   * bytes still arrive and are decoded; a peer that keeps delivering rejected messages (no
+   * honest peer relays what it rejected) is disconnected and refused for `refuseMs`.
+   */
+  #countRejected(from: string): void {
+    if (from === this.#self) return
+    const now = Date.now()
+    const recent = (this.#rejectedFrom.get(from) ?? []).filter((t) => t > now - REJECT_WINDOW_MS)
+    recent.push(now)
+    this.#rejectedFrom.set(from, recent)
+    if (this.#rejectedFrom.size > 4096) this.#rejectedFrom.clear()
+    if (recent.length < MAX_REJECTED_IN_WINDOW || this.isRefused(from)) return
+    this.#rejectedFrom.delete(from)
+    this.#refused.set(from, now + (this.#init.refuseMs ?? 60_000))
+    const detail = `${recent.length} rejected gossip messages in ${REJECT_WINDOW_MS / 1000} s: disconnected and refused for ${Math.round((this.#init.refuseMs ?? 60_000) / 1000)} s`
+    this.#log.warn({ peer: from, reason: 'flood' }, `refusing peer: ${detail}`)
+    this.safeDispatchEvent('peer:rejected', { detail: { peerId: from, reason: 'flood', detail } })
+    if (this.#members.delete(from)) {
+      this.safeDispatchEvent('member:leave', { detail: { peerId: from } })
+      this.engine.membersChanged()
+    }
+    void this.#c.connectionManager.closeConnections(peerIdFromString(from)).catch(() => {})
   }
 
   /** Our hello; the member list only for a peer whose own hello checked out (`share`). */
