@@ -3,7 +3,8 @@
  * lowers the sender's gossipsub score until it is graylisted; a manifest longer than the
  * swarm is refused before any signature is checked; the member list goes only to peers
  * whose hello checked out; a hello listing 1,792 addresses does not make a peer dial them;
- * a peer whose training diverged sits the round out and the swarm goes on without waiting
+ * a peer that keeps sending rejected gossip is disconnected; a peer whose training
+ * diverged sits the round out and the swarm goes on without waiting
  * for it again.
  */
 import { createServer, type Server, type Socket } from 'node:net'
@@ -90,6 +91,29 @@ describe('hostile members against a running swarm', () => {
     expect(score).toBeLessThan(-80)
     // An honest member's score is untouched.
     expect(pubsub.getScore(swarm.peers[1].peerId)).toBeGreaterThanOrEqual(0)
+  })
+
+  it('a peer that keeps delivering rejected gossip is disconnected and refused', async () => {
+    const a = await attacker('hostile-flood')
+    const honest = swarm.peers[1]
+    const topic = swarmTopic(honest.swarmId)
+    await a.join([honest.multiaddrs()[0]], [honest.peerId], topic)
+    const flood = waitForEvent(honest, 'peer:rejected', (d) => d.reason === 'flood' && d.peerId === a.peerId)
+    const gone = new Promise<void>((resolve) => {
+      const onDisconnect = (e: CustomEvent<{ toString(): string }>): void => {
+        if (e.detail.toString() !== a.peerId) return
+        honest.libp2p.removeEventListener('peer:disconnect', onDisconnect)
+        resolve()
+      }
+      honest.libp2p.addEventListener('peer:disconnect', onDisconnect)
+    })
+    // Malformed messages, published at once: all are validated before the score graylists the sender.
+    await Promise.all(Array.from({ length: 12 }, (_, i) => a.publish(topic, new TextEncoder().encode(`{"kind":"nonsense","n":${i}}`))))
+    const d = await flood
+    expect(d.detail).toMatch(/rejected gossip messages/)
+    await gone
+    expect(honest.libp2p.getConnections(a.node.peerId)).toHaveLength(0)
+    expect(honest.service.isRefused(a.peerId)).toBe(true)
   })
 
   it('a manifest listing more adapters than the swarm has members is refused before any signature is checked', async () => {
