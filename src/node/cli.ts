@@ -142,7 +142,7 @@ export function buildProgram(): Command {
     .addOption(new Option('-o, --out <dir>', 'after every committed round, write the agreed model there: model/ (Hugging Face model dir, or the target weights) and adapter/ (the cumulative update since genesis as a PEFT adapter)').env('FLORA_OUT'))
     .addOption(new Option('--records <file>', 'append every committed round record (manifest chain) to this JSON-lines file').env('FLORA_RECORDS'))
     .addOption(new Option('--report <file>', 'write a JSON summary of this peer\'s run here on exit').env('FLORA_REPORT'))
-    .addOption(new Option('--linger <ms>', 'after the last round, keep serving payloads this long for slower peers (default: min(grace, 3000))').argParser(int('--linger', 0)).env('FLORA_LINGER_MS'))
+    .addOption(new Option('--linger <ms>', 'after the last round, keep serving payloads this long for slower peers (default: min(grace, 3000), then as long as members still run rounds, up to the stall timeout)').argParser(int('--linger', 0)).env('FLORA_LINGER_MS'))
     .addOption(new Option('--merge-workers <n>', 'merge worker threads (0: main thread)').argParser(int('--merge-workers', 0)).default(0).env('FLORA_MERGE_WORKERS'))
     .addOption(new Option('--log-level <level>', 'trace, debug, info, warn, error, silent').default('info').env('FLORA_LOG_LEVEL'))
     .addOption(new Option('--json', 'JSON lines even on a TTY').env('FLORA_JSON'))
@@ -440,6 +440,16 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
     const linger = o.linger ?? Math.min(setup.config.round.graceMs, 3000)
     log.info({ lingerMs: linger }, 'all rounds done; serving payloads a little longer for slower peers')
     await Promise.race([new Promise((resolve) => setTimeout(resolve, linger).unref()), aborted])
+    // Members still in their rounds (slow, or catching up) may need our chain and payloads:
+    // stay while any is, up to the stall timeout, unless --linger was given.
+    const lingerMax = o.stallTimeout ?? setup.config.round.deadlineMs + 10 * setup.config.round.graceMs
+    const until = Date.now() + lingerMax
+    if (o.linger == null && !stop.signal.aborted && peer.service.runningMembers().length > 0) {
+      log.info({ running: peer.service.runningMembers().length, maxMs: lingerMax }, 'members are still running rounds: serving them until they finish')
+      while (!stop.signal.aborted && peer.service.runningMembers().length > 0 && Date.now() < until) {
+        await Promise.race([new Promise((resolve) => setTimeout(resolve, 500).unref()), aborted])
+      }
+    }
   }
   // Stop first: an interrupted peer's training is aborted rather than waited for.
   await peer.stop()

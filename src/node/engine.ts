@@ -229,6 +229,8 @@ interface RoundContext {
   trainMetrics?: Readonly<Record<string, number>>
   wake?: NodeJS.Timeout
   stall?: NodeJS.Timeout
+  /** The stall timer fired once and a catch-up was tried before giving up. */
+  stallProbed?: boolean
   repeat?: NodeJS.Timeout
 }
 
@@ -399,6 +401,12 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
    * member). Once per peer per MEMBER_TTL_ROUNDS rounds, so a peer that says so and never
    * delivers cannot hold every round to its deadline.
    */
+  /** A member says (in its handshake) that it committed rounds we have not: catch up. */
+  aheadReported(peer: string, round: number): void {
+    if (round <= this.#head.round || this.#status !== 'running') return
+    this.#requestSync(`member ${peer.slice(-8)} reports round ${round} committed`)
+  }
+
   caughtUp(peer: string): void {
     const ctx = this.#ctx
     if (ctx == null || ctx.ac.signal.aborted || ctx.machine.founding || peer === this.#i.self) return
@@ -682,6 +690,16 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
 
   #stalled(ctx: RoundContext): void {
     if (ctx !== this.#ctx || ctx.ac.signal.aborted) return
+    // Before giving up: did the swarm go on without us (we lost our connections, or missed
+    // the certificate)? Ask the members we can reach, and give the round one more stall period.
+    if (ctx.stallProbed !== true && this.#i.network.members().size > 0) {
+      ctx.stallProbed = true
+      this.#log.warn({ round: ctx.round }, 'round not certified in time: asking members whether the swarm went on')
+      this.#lastSyncAt = 0
+      this.#requestSync(`round ${ctx.round} is not certified after the stall timeout`)
+      this.#armStall(ctx)
+      return
+    }
     const waitedMs = Date.now() - ctx.startedAt
     const swarmHead = this.#swarmHead()
     const behind = ctx.behind || swarmHead >= ctx.round

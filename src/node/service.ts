@@ -324,6 +324,9 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
       } catch {
         // stopping
       }
+      // Tell the members our final head: one that fell behind learns it should catch up
+      // (from us, while we linger) instead of waiting for a round nobody else runs any more.
+      for (const id of this.#members) void this.#greet(peerIdFromString(id), true)
     })
   }
 
@@ -335,6 +338,11 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
   /** The committed round records (manifest chain). */
   get records(): RoundLog {
     return this.engine.records
+  }
+
+  /** Members still running rounds (subscribed to the swarm topic): a peer done with its rounds lingers for them. */
+  runningMembers(): string[] {
+    return [...this.#members].filter((id) => this.#isSubscribed(id)).sort()
   }
 
   /** Connected peers that passed the swarm handshake. */
@@ -704,6 +712,7 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
     const wasBehind = this.#heads.has(id)
     if (hello.head != null && hello.head.round !== this.engine.head.round) this.#heads.set(id, hello.head.round)
     else this.#heads.delete(id)
+    if (hello.head != null && this.#members.has(id)) this.engine.aheadReported(id, hello.head.round)
     // A member that caught up says hello again: it takes part in the round running now.
     // A member says hello again once it caught up: it takes part in the round running now.
     if (this.#members.has(id) && (wasBehind || hello.head?.round === this.engine.head.round)) {
