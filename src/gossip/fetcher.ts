@@ -7,7 +7,7 @@
  */
 import { peerIdFromString } from '@libp2p/peer-id'
 import { PayloadTransferError } from './errors.js'
-import { fetchPayload, type PayloadStore, type StreamOpener } from './payload.js'
+import { DEFAULT_FIRST_BYTE_TIMEOUT_MS, fetchPayload, type PayloadStore, type StreamOpener } from './payload.js'
 
 export interface PayloadFetcherInit {
   open: StreamOpener
@@ -34,8 +34,16 @@ export interface FetchRequest {
   /**
    * Stop at once (throwing that attempt's error) when this says a failed attempt settles
    * it, e.g. the author of a payload nobody else holds yet served wrong bytes or none.
+   * A SILENT attempt reaches it only once that source used up `silenceBudgetMs`.
    */
   giveUpOn?: (source: string, err: PayloadTransferError) => boolean
+  /**
+   * How long, in all, a source may stay silent (no answer header) before its silence is
+   * final (passed to `giveUpOn`). A busy or overloaded honest peer answers late, not never:
+   * each silent attempt doubles the next one's first-byte timeout (1 s, 2 s, 4 s, ...), so
+   * a slow source is eventually waited for long enough. Without it, silence is never final.
+   */
+  silenceBudgetMs?: number
 }
 
 export class PayloadFetcher {
@@ -84,12 +92,16 @@ export class PayloadFetcher {
 
   async #run(hash: string, req: FetchRequest): Promise<Uint8Array> {
     const bad = new Set<string>()
+    // Per source: consecutive silent attempts and the silence they add up to.
+    const silence = new Map<string, { strikes: number; ms: number }>()
     let lastErr: PayloadTransferError | undefined
     let passes = 0
     while (!req.signal.aborted && passes++ < (req.passes ?? Number.POSITIVE_INFINITY)) {
       const candidates = (this.#sources.get(hash) ?? []).filter((p) => !bad.has(p))
       for (const source of candidates) {
         if (req.signal.aborted) break
+        const quiet = silence.get(source) ?? { strikes: 0, ms: 0 }
+        const firstByteTimeoutMs = firstByteTimeout(quiet, req.silenceBudgetMs)
         try {
           const bytes = await fetchPayload(this.#init.open, peerIdFromString(source), {
             hash,
@@ -97,6 +109,7 @@ export class PayloadFetcher {
             maxBytes: this.#init.maxBytes,
             signal: req.signal,
             timeoutMs: this.#init.attemptTimeoutMs ?? 60_000,
+            firstByteTimeoutMs,
           })
           this.#init.store.putVerified(hash, bytes, req.round)
           this.#init.onReceived?.(source, hash, bytes.byteLength)
@@ -108,6 +121,13 @@ export class PayloadFetcher {
           // A peer that sent wrong bytes is not asked again for this payload.
           if (e.code === 'HASH_MISMATCH' || e.code === 'SIZE_MISMATCH' || e.code === 'TOO_LARGE' || e.code === 'PROTOCOL') bad.add(source)
           this.#init.onAttemptFailed?.(source, hash, e)
+          if (e.code === 'SILENT') {
+            silence.set(source, { strikes: quiet.strikes + 1, ms: quiet.ms + firstByteTimeoutMs })
+            // Not final yet: a late answer is still an answer.
+            if (req.silenceBudgetMs == null || quiet.ms + firstByteTimeoutMs < req.silenceBudgetMs) continue
+          } else {
+            silence.delete(source)
+          }
           if (req.giveUpOn?.(source, e) === true) throw e
         }
       }
@@ -140,6 +160,16 @@ export class PayloadFetcher {
     }
   }
 }
+
+/** The next attempt's first-byte timeout: doubling with each silent attempt, within the silence budget. */
+function firstByteTimeout(quiet: { strikes: number; ms: number }, budgetMs: number | undefined): number {
+  const doubled = DEFAULT_FIRST_BYTE_TIMEOUT_MS * 2 ** Math.min(quiet.strikes, 16)
+  const left = budgetMs == null ? Number.POSITIVE_INFINITY : budgetMs - quiet.ms
+  return Math.max(1, Math.min(doubled, left, MAX_FIRST_BYTE_TIMEOUT_MS))
+}
+
+/** No single attempt waits longer than this for an answer header (the transfer has its own timeout). */
+const MAX_FIRST_BYTE_TIMEOUT_MS = 60_000
 
 async function raceAbort<T>(p: Promise<T>, signal: AbortSignal): Promise<T> {
   if (signal.aborted) throw new PayloadTransferError('ABORTED', 'aborted')

@@ -120,7 +120,7 @@ export function payloadHandler(store: PayloadStore, options: PayloadServerOption
   }
 }
 
-/** A payload server answers a request's header at once (it holds the bytes or it does not). */
+/** A payload server answers a request's header at once (it holds the bytes or it does not); the first attempt waits this long, later ones longer (see PayloadFetcher). */
 export const DEFAULT_FIRST_BYTE_TIMEOUT_MS = 1000
 
 export type StreamOpener = (peer: PeerId, protocol: string, options: { signal: AbortSignal }) => Promise<Stream>
@@ -163,7 +163,12 @@ export async function fetchPayload(open: StreamOpener, peer: PeerId, options: Fe
     const head = await Promise.race([
       frames.next(),
       new Promise<never>((_, reject) => {
-        silent = setTimeout(() => reject(new PayloadTransferError('SILENT', `${peer} sent no answer within ${firstByte} ms`)), firstByte)
+        // On expiry, let pending I/O run first (setImmediate follows the poll phase): an
+        // answer already in our socket buffer is not silence, however busy this process is.
+        silent = setTimeout(
+          () => setImmediate(() => reject(new PayloadTransferError('SILENT', `${peer} sent no answer within ${firstByte} ms`))),
+          firstByte,
+        )
       }),
     ]).finally(() => clearTimeout(silent))
     if (head.done === true) throw new PayloadTransferError('PROTOCOL', `${peer} closed the stream without an answer`)

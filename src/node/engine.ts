@@ -1526,12 +1526,14 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     ctx.anns.set(b.author, signed)
     this.#noteParticipant(b.round, b.author)
     this.#feedCollection(ctx)
-    // Only its author holds a fresh adapter: an author that answers "not found", says
-    // nothing for a second, or sends wrong bytes or a wrong size, has failed it (rejected
-    // at once, nobody waits for it until the deadline). A broken stream, a slow transfer or
-    // an unreachable author may be honest trouble: we keep trying until the round closes.
+    // Only its author holds a fresh adapter: an author that answers "not found", sends
+    // wrong bytes or a wrong size, or stays silent for a grace period in all (attempts
+    // waiting 1 s, 2 s, 4 s, ... for its answer) has failed it: rejected, nobody waits for
+    // it until the deadline. Grace is how late the protocol lets an honest peer be; a busy
+    // one answers late, not never. A broken stream, a slow transfer or an unreachable author
+    // may be honest trouble: we keep trying until the round closes.
     const authorFailed = (source: string, err: PayloadTransferError): boolean => source === b.author && AUTHOR_FAILURES.has(err.code)
-    const got = await this.#obtain(ctx, b.payloadHash, b.payloadSize, [b.author], ctx.ac.signal, undefined, authorFailed)
+    const got = await this.#obtain(ctx, b.payloadHash, b.payloadSize, [b.author], ctx.ac.signal, undefined, authorFailed, this.#i.config.round.graceMs)
     if (ctx.ac.signal.aborted) return
     if (!got.ok) {
       ctx.rejected.set(b.author, got.reason)
@@ -1604,6 +1606,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     signal: AbortSignal,
     passes?: number,
     giveUpOn?: (source: string, err: PayloadTransferError) => boolean,
+    silenceBudgetMs?: number,
   ): Promise<{ ok: true; adapter: AdapterSet } | { ok: false; reason: RejectReason; detail: string }> {
     const cached = this.#decoded.get(hash)
     if (cached != null) return { ok: true, adapter: cached.adapter }
@@ -1615,7 +1618,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     fetcher.addSources(hash, [...this.#i.network.members()].sort())
     let bytes: Uint8Array
     try {
-      bytes = await fetcher.fetch(hash, { size, round, signal, passes, giveUpOn })
+      bytes = await fetcher.fetch(hash, { size, round, signal, passes, giveUpOn, silenceBudgetMs })
     } catch (err) {
       const code = err instanceof PayloadTransferError ? err.code : undefined
       const reason: RejectReason = code === 'HASH_MISMATCH' || code === 'SIZE_MISMATCH' || code === 'TOO_LARGE' ? 'malformed-payload' : 'payload-unavailable'

@@ -46,6 +46,8 @@ describe('payload protocol', () => {
   let client: Libp2p
   let server: Libp2p
   let liar: Libp2p
+  let slow: Libp2p
+  let mute: Libp2p
   const store = new PayloadStore()
   // A real encoded adapter of > 50 MB: 13 modules of [2048, 2048] at rank 256.
   const shapes = Array.from({ length: 13 }, (_, i) => ({ name: `model.layers.${String(i).padStart(2, '0')}.self_attn.q_proj`, inFeatures: 2048, outFeatures: 2048 }))
@@ -59,20 +61,30 @@ describe('payload protocol', () => {
   let served = 0
 
   beforeAll(async () => {
-    ;[client, server, liar] = await Promise.all([node('pay-client'), node('pay-server'), node('pay-liar')])
+    ;[client, server, liar, slow, mute] = await Promise.all([node('pay-client'), node('pay-server'), node('pay-liar'), node('pay-slow'), node('pay-mute')])
     bigHash = store.put(big, 1)
     smallHash = store.put(small, 1)
     await server.handle(PAYLOAD_PROTOCOL, payloadHandler(store, { onServed: (_p, _h, n) => (served += n) }))
     const lying = new LyingStore(pattern(small.byteLength, 10))
     lying.put(small, 1)
     await liar.handle(PAYLOAD_PROTOCOL, payloadHandler(lying))
-    await client.dial(server.getMultiaddrs()[0])
-    await client.dial(liar.getMultiaddrs()[0])
+    // A busy peer: it answers every request, 1.5 s late.
+    const serve = payloadHandler(store)
+    await slow.handle(PAYLOAD_PROTOCOL, async (stream, connection) => {
+      await new Promise((r) => setTimeout(r, 1500))
+      await serve(stream, connection)
+    })
+    // A mute peer: it takes the request and never says a word.
+    const held: unknown[] = []
+    await mute.handle(PAYLOAD_PROTOCOL, (stream) => {
+      held.push(stream)
+    })
+    for (const peer of [server, liar, slow, mute]) await client.dial(peer.getMultiaddrs()[0])
     open = (peer, protocol, options) => client.dialProtocol(peer, protocol, options)
   })
 
   afterAll(async () => {
-    await Promise.all([client?.stop(), server?.stop(), liar?.stop()])
+    await Promise.all([client?.stop(), server?.stop(), liar?.stop(), slow?.stop(), mute?.stop()])
   })
 
   it('moves a 50 MB adapter between two peers, verified by sha256 and decoded intact', async () => {
@@ -125,5 +137,38 @@ describe('payload protocol', () => {
     await fetcher.fetch(smallHash, { size: small.byteLength, round: 1, signal })
     expect(received).toHaveLength(1)
     expect(mine.has(smallHash)).toBe(true)
+  })
+
+  it('waits longer each time for a source that answers late, and gives up on one silent for its whole budget', async () => {
+    const failures: Array<{ from: string; code: string }> = []
+    const fetcher = new PayloadFetcher({
+      open,
+      store: new PayloadStore(),
+      self: client.peerId.toString(),
+      maxBytes: 1 << 20,
+      retryDelayMs: 10,
+      onAttemptFailed: (from, _hash, err) => failures.push({ from, code: err.code }),
+    })
+    const giveUpOn = (): boolean => true
+    const signal = AbortSignal.timeout(30_000)
+    // Late (1.5 s) is not silent: the 1 s attempt times out, the 2 s one gets the bytes.
+    fetcher.addSources(smallHash, [slow.peerId.toString()])
+    const got = await fetcher.fetch(smallHash, { size: small.byteLength, round: 1, signal, giveUpOn, silenceBudgetMs: 15_000 })
+    expect(createHash('sha256').update(got).digest('hex')).toBe(smallHash)
+    expect(failures).toEqual([{ from: slow.peerId.toString(), code: 'SILENT' }])
+    // Silent for the whole budget (1 s, then the 0.5 s left): final, and no later than that.
+    failures.length = 0
+    const hash = createHash('sha256').update('never served').digest('hex')
+    fetcher.addSources(hash, [mute.peerId.toString()])
+    const started = Date.now()
+    const err = await fetcher.fetch(hash, { size: 10, round: 1, signal, giveUpOn, silenceBudgetMs: 1500 }).then(
+      () => undefined,
+      (e: unknown) => e,
+    )
+    const waited = Date.now() - started
+    expect((err as PayloadTransferError).code).toBe('SILENT')
+    expect(failures.map((f) => f.code)).toEqual(['SILENT', 'SILENT'])
+    expect(waited).toBeGreaterThanOrEqual(1500)
+    expect(waited).toBeLessThan(5000)
   })
 })
