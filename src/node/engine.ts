@@ -354,6 +354,11 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
         if (this.#handshaken().length + 1 >= minPeers && ready >= minPeers - Math.floor(minPeers / 10)) break
         // Members report rounds we have not committed: we are behind; start (as a follower) at once.
         if (this.#swarmHead() > this.#head.round) break
+        // A member already announced its adapter for our next round: the swarm has formed (it
+        // counted minPeers members ready) and the round's clock runs. Waiting on for our own
+        // count (gossip streams that come up late on a loaded machine) would start our round
+        // minutes after theirs, in views theirs left long ago.
+        if (this.#memberStartedRound()) break
         await new Promise<void>((resolve) => {
           this.#wakeWaiting = resolve
         })
@@ -446,6 +451,12 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
   /** Peers that passed the swarm handshake and are not behind (founding candidates). */
   #handshaken(): string[] {
     return [...this.#i.network.members()].filter((p) => !this.#reportsBehind(p))
+  }
+
+  /** Whether a handshaken member's announcement for our next round is stashed. */
+  #memberStartedRound(): boolean {
+    const members = this.#i.network.members()
+    return (this.#stash.get(this.round) ?? []).some((m) => m.kind === 'announce' && members.has(m.body.author))
   }
 
   /** A member that said in its handshake that it is behind our head (a restarted peer). */
@@ -574,6 +585,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
         let list = this.#stash.get(r)
         if (list == null) this.#stash.set(r, (list = []))
         if (list.length < 10_000) list.push(msg)
+        if (msg.kind === 'announce' && this.#status === 'waiting') this.#wakeWaiting?.()
       }
       return
     }
@@ -587,7 +599,10 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
         void this.#onAnnouncement(ctx, msg)
         return
       case 'manifest':
-        if (!ctx.receivedAt.has(msg.sig)) ctx.receivedAt.set(msg.sig, now)
+        if (!ctx.receivedAt.has(msg.sig)) {
+          ctx.receivedAt.set(msg.sig, now)
+          this.#log.debug({ round: ctx.round, view: msg.body.view, proposer: msg.body.proposer.slice(-8), entries: msg.body.entries.length, ourView: ctx.machine.view, waitedMs: now - ctx.startedAt }, 'proposal received')
+        }
         this.#feed(ctx, { type: 'proposal', now, proposal: proposalInfo(msg) })
         return
       case 'vote':
@@ -910,6 +925,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
       return
     }
     const signal = ctx.ac.signal
+    const t0 = Date.now()
     const results = await Promise.all(
       b.entries.map(async (e) => {
         const own = ctx.adapters.get(e.peerId)
@@ -943,6 +959,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
       return
     }
     ctx.states.set(value, next)
+    this.#log.debug({ round: ctx.round, view: b.view, entries: b.entries.length, ms: Date.now() - t0, ourView: ctx.machine.view }, 'proposal replayed')
     done(true, undefined, censoredBy())
   }
 

@@ -41,6 +41,8 @@ export interface HostOptions {
    * swarm-key.ts). Only hosts with the same key can connect. Not part of the swarm config.
    */
   swarmKey?: Uint8Array
+  /** Peer ids this host never connects to, inbound or outbound (a local blocklist). */
+  deny?: readonly string[]
 }
 
 /**
@@ -64,9 +66,10 @@ export async function createHost(options: HostOptions): Promise<FloraLibp2p> {
   }
   if (options.mdns === true) discovery.push(mdns())
   const isMember = memberFilter(options.flora.config, peerIdFromPrivateKey(options.privateKey).toString())
+  const denied = new Set(options.deny ?? [])
   const refuse = (peerId: PeerId): boolean => {
     const id = peerId.toString()
-    return !isMember(id) || (service?.isRefused(id) ?? false)
+    return !isMember(id) || denied.has(id) || (service?.isRefused(id) ?? false)
   }
   const node = await createLibp2p({
     start: false,
@@ -104,7 +107,7 @@ export async function createHost(options: HostOptions): Promise<FloraLibp2p> {
     connectionGater: {
       denyDialPeer: refuse,
       denyInboundEncryptedConnection: refuse,
-      denyOutboundEncryptedConnection: (peerId) => !isMember(peerId.toString()),
+      denyOutboundEncryptedConnection: (peerId) => !isMember(peerId.toString()) || denied.has(peerId.toString()),
     },
     metrics: options.wireCounter != null ? wireMetrics(options.wireCounter) : undefined,
     services: {

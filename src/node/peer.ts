@@ -43,6 +43,8 @@ export interface PeerOptions extends FloraInit {
    * Only hosts holding the same key can connect to this peer or be reached by it.
    */
   swarmKey?: Uint8Array
+  /** Peer ids this peer never connects to, inbound or outbound (a local blocklist). */
+  deny?: readonly string[]
 }
 
 export interface FloraPeer {
@@ -174,6 +176,13 @@ export async function createPeer(options: PeerOptions): Promise<FloraPeer> {
     }
     return { addr, id }
   })
+  for (const id of options.deny ?? []) {
+    try {
+      peerIdFromString(id)
+    } catch (err) {
+      throw new PeerOptionsError(`deny: ${JSON.stringify(id)} is not a peer id: ${(err as Error).message}`)
+    }
+  }
   const privateKey =
     options.privateKey ??
     (options.identityFile != null ? (await loadOrCreateIdentity(options.identityFile)).privateKey : await generateKeyPair('Ed25519'))
@@ -194,6 +203,7 @@ export async function createPeer(options: PeerOptions): Promise<FloraPeer> {
     wireCounter: options.wireCounter,
     connectionMonitor: options.connectionMonitor,
     swarmKey: options.swarmKey,
+    deny: options.deny,
     flora: options,
   })
   return new Peer(

@@ -26,3 +26,25 @@ export function proposerBeats(round: number, a: string, b: string): boolean {
   const kb = proposerPriority(round, b)
   return ka < kb || (ka === kb && a < b)
 }
+
+/**
+ * The founding round's proposer of a view: the candidate with the lowest
+ * sha256(u32be(round) || u32be(view) || utf8(peerId)). Round 1 has no recorded membership,
+ * so each peer knows its own set of candidates (the founders it met), and in a large swarm
+ * forming over minutes these sets differ by a few peers. A position in a sorted order
+ * (order[view mod n]) then names different proposers at different peers for nearly every
+ * view; the lowest hash per view is the same at every peer whose set holds the overall
+ * lowest, so peers whose sets differ slightly still agree on most views' proposers.
+ */
+export function foundingProposer(round: number, view: number, candidates: Iterable<string>): string {
+  const prefix = Buffer.alloc(8)
+  prefix.writeUInt32BE(round, 0)
+  prefix.writeUInt32BE(view >>> 0, 4)
+  let best: { id: string; key: string } | undefined
+  for (const id of new Set(candidates)) {
+    const key = createHash('sha256').update(prefix).update(id, 'utf8').digest('hex')
+    if (best == null || key < best.key || (key === best.key && id < best.id)) best = { id, key }
+  }
+  if (best == null) throw new RangeError('no founding candidates')
+  return best.id
+}

@@ -16,15 +16,17 @@
  *   value, unless it is locked on another value (and the proposal carries no prevote
  *   quorum from a view at or after the lock) or, for a fresh view-0 proposal, the proposal
  *   omits an adapter the member held well before it (censorship).
- * - precommit: on a prevote quorum for the value of the current view's proposal, a member
- *   locks on it and precommits.
+ * - precommit: on a prevote quorum for the value of a view's proposal, a member locks on it
+ *   and precommits.
  * - commit: a precommit quorum (of any view) for a value it has replayed decides the round.
+ * A member votes in any view open by its clock, as long as it signed no vote in a later
+ * view (a late vote is the one a slower clock would have cast on time; see #votable).
  * A member signs at most one prevote and one precommit per view; a second, different one
  * from the same voter is reported as equivocation and not counted. Safety (no two values
  * certified for one round) holds whatever the timing; liveness needs a quorum of members
  * connected and responsive.
  */
-import { proposerOrder } from './proposer.js'
+import { foundingProposer, proposerOrder } from './proposer.js'
 import { quorumFor, type QuorumRule } from './membership.js'
 import type { RejectReason } from '../gossip/errors.js'
 
@@ -121,6 +123,8 @@ export class RoundMachine<P, V> {
   readonly #votes = new Map<string, Map<string, VoteInfo<V>>>()
   readonly #myVotes = new Map<string, string>()
   readonly #proposed = new Set<number>()
+  /** The latest view this peer signed a vote in (-1: none yet). */
+  #lastVoted = -1
   /** Highest view each voter has voted in (view synchronisation). */
   readonly #highest = new Map<string, number>()
   #locked: { valueHash: string; view: number } | undefined
@@ -164,10 +168,22 @@ export class RoundMachine<P, V> {
       if (this.#candidates.has(p)) continue
       this.#candidates.add(p)
       this.#order = undefined
+      this.#foundingTurns.clear()
     }
   }
 
+  readonly #foundingTurns = new Map<number, string>()
+
+  /** The proposer of a view: position view (mod n) of the order, or (founding) see foundingProposer. */
   proposerOf(view: number): string {
+    if (this.founding) {
+      let p = this.#foundingTurns.get(view)
+      if (p == null) {
+        p = foundingProposer(this.init.round, view, this.#candidates)
+        this.#foundingTurns.set(view, p)
+      }
+      return p
+    }
     const order = this.order()
     return order[view % order.length]
   }
@@ -190,7 +206,7 @@ export class RoundMachine<P, V> {
     for (let k = 1; k <= view; k++) {
       const length = graceMs * (1 + Math.floor((k - 1) / n))
       floor += length
-      if (skip && this.#absent.has(order[(k - 1) % order.length])) continue
+      if (skip && this.#absent.has(this.proposerOf(k - 1))) continue
       at = k === 1 ? startedAt + deadlineMs + graceMs : Math.max(at + length, floor)
     }
     return at
@@ -237,11 +253,26 @@ export class RoundMachine<P, V> {
     if (this.#view !== before) this.#onViewEntered(out)
   }
 
-  /** Proposals held for a view that has now opened get their turn. */
+  /**
+   * Whether this peer may still vote in `view`: it is open here, and this peer has signed
+   * no vote in a later view. A vote cast late in an open view is one a peer whose clock ran
+   * slower would have cast on time: as long as it signed nothing in a later view, nothing it
+   * signed contradicts it, and locks (set by precommits, checked at every prevote) keep
+   * safety as in Tendermint. Without it, a proposal replayed or a quorum seen just after a
+   * view ended by this peer's clock is wasted: on a loaded machine (48 processes on 2
+   * cores, or a CI run) replays and gossip take longer than a view, and no view ever
+   * gathered a quorum in time.
+   */
+  #votable(view: number): boolean {
+    return this.init.canVote && view <= this.#view && view >= this.#lastVoted
+  }
+
+  /** Proposals held for views that have now opened get their turn (the latest first). */
   #onViewEntered(out: MachineEffect<P, V>[]): void {
-    for (const h of this.#proposals.values()) {
-      if (h.info.view === this.#view && h.info.proposer === this.proposerOf(this.#view)) this.#consider(h, out)
-    }
+    const open = [...this.#proposals.values()]
+      .filter((h) => !h.certified && this.#votable(h.info.view) && h.info.proposer === this.proposerOf(h.info.view))
+      .sort((a, b) => b.info.view - a.info.view)
+    for (const h of open) this.#consider(h, out)
   }
 
   #onProposal(info: ProposalInfo<P>, certified: boolean, out: MachineEffect<P, V>[]): void {
@@ -272,10 +303,10 @@ export class RoundMachine<P, V> {
       this.#onViewEntered(out)
       return
     }
-    if (info.view === this.#view && !certified) this.#consider(held, out)
+    if (!certified && this.#votable(info.view)) this.#consider(held, out)
   }
 
-  /** A proposal of the current view: replay it (then prevote) unless we already prevoted. */
+  /** A proposal of an open view: replay it (then prevote) unless we already prevoted in its view. */
   #consider(h: Held<P>, out: MachineEffect<P, V>[]): void {
     if (!this.init.canVote || this.#myVotes.has(`prevote:${h.info.view}`)) return
     if (h.verified === undefined) {
@@ -301,13 +332,13 @@ export class RoundMachine<P, V> {
       out.push({ type: 'reject', peer: h.info.proposer, reason: 'manifest-hash-mismatch', detail: detail ?? `proposal for round ${this.init.round} view ${h.info.view} does not replay` })
       return
     }
-    if (h.info.view === this.#view && !h.certified) this.#maybePrevote(h, out)
+    if (!h.certified && this.#votable(h.info.view)) this.#maybePrevote(h, out)
   }
 
   #maybePrevote(h: Held<P>, out: MachineEffect<P, V>[]): void {
     const { info } = h
     const key = `prevote:${info.view}`
-    if (!this.init.canVote || this.#myVotes.has(key) || info.view !== this.#view) return
+    if (this.#myVotes.has(key) || !this.#votable(info.view)) return
     // Censorship is judged in view 0 only, whose proposer had the whole deadline to collect:
     // later views take what their proposer holds, so a slow network cannot stall a round.
     if (info.lockView < 0 && info.view === 0 && h.censored.length > 0) {
@@ -334,6 +365,7 @@ export class RoundMachine<P, V> {
 
   #castVote(phase: Phase, view: number, valueHash: string, newStateHash: string, out: MachineEffect<P, V>[]): void {
     this.#myVotes.set(`${phase}:${view}`, valueHash)
+    this.#lastVoted = Math.max(this.#lastVoted, view)
     out.push({ type: 'vote', phase, view, valueHash, newStateHash })
   }
 
@@ -430,7 +462,7 @@ export class RoundMachine<P, V> {
         }
         if (held == null) continue
         if (this.#valid == null || view > this.#valid.view) this.#valid = { valueHash: value, view }
-        if (view === this.#view && this.init.canVote && !this.#myVotes.has(`precommit:${view}`)) {
+        if (this.#votable(view) && !this.#myVotes.has(`precommit:${view}`)) {
           this.#locked = { valueHash: value, view }
           this.#castVote('precommit', view, value, held.info.newStateHash, out)
         }

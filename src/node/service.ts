@@ -264,7 +264,7 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
         this.#stats.payloadBytesReceived += bytes
       },
       onAttemptFailed: (from, hash, err) => {
-        this.#log.debug({ from: shortId(from), hash: hash.slice(0, 12), code: err.code }, 'payload fetch attempt failed')
+        this.#log.debug({ from: shortId(from), hash: hash.slice(0, 12), code: err.code, err: err.message.slice(0, 200) }, 'payload fetch attempt failed')
       },
     })
     this.engine = new RoundEngine({

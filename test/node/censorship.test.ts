@@ -6,7 +6,7 @@
 import { afterAll, describe, expect, it } from 'vitest'
 import { signManifest, entryFromAnnouncement } from '../../src/gossip/sign.js'
 import type { GossipMessage, SignedAnnouncement } from '../../src/gossip/messages.js'
-import { proposerOrder } from '../../src/node/proposer.js'
+import { foundingProposer } from '../../src/node/proposer.js'
 import { applyRound } from '../../src/node/state.js'
 import { bookKey, startTestSwarm, testPeerIds, waitForEvent, type TestSwarm } from './helpers.js'
 
@@ -21,8 +21,7 @@ describe('no silent censorship', () => {
 
   it('voters refuse a proposal that omits an adapter they held a grace period before it; the next view includes it', async () => {
     const ids = await testPeerIds('censor', 3)
-    const order = proposerOrder(1, ids)
-    const censorId = order[0]
+    const censorId = foundingProposer(1, 0, ids)
     const anns = new Map<string, SignedAnnouncement>()
     swarm = await startTestSwarm({
       ranks: [2, 4, 8],

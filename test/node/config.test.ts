@@ -6,7 +6,7 @@ import { join } from 'node:path'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { parseSwarmConfig, swarmIdOf, SwarmConfigError } from '../../src/node/config.js'
 import { IdentityError, loadOrCreateIdentity } from '../../src/node/identity.js'
-import { proposerBeats, proposerOrder } from '../../src/node/proposer.js'
+import { foundingProposer, proposerBeats, proposerOrder } from '../../src/node/proposer.js'
 import { syntheticSwarm } from '../../src/node/synthetic.js'
 import { testPeerIds } from './helpers.js'
 
@@ -43,6 +43,24 @@ describe('proposer order', () => {
     const firsts = new Set(Array.from({ length: 40 }, (_, r) => proposerOrder(r + 1, ids)[0]))
     expect(firsts.size).toBeGreaterThan(3)
     for (let i = 1; i < o1.length; i++) expect(proposerBeats(1, o1[i - 1], o1[i])).toBe(true)
+  })
+
+  it('founding turns: peers whose candidate sets differ by a few founders agree on most views (a position in a sorted order would not)', async () => {
+    const ids = await testPeerIds('founding-order', 48)
+    const views = Array.from({ length: 200 }, (_, v) => v)
+    // Deterministic, independent of the candidates' order, always a candidate.
+    expect(views.map((v) => foundingProposer(1, v, [...ids].reverse()))).toEqual(views.map((v) => foundingProposer(1, v, ids)))
+    for (const v of views) expect(ids).toContain(foundingProposer(1, v, ids))
+    // Every founder gets turns.
+    expect(new Set(views.map((v) => foundingProposer(1, v, ids))).size).toBeGreaterThan(40)
+    // Two peers that each miss two different founders.
+    const a = ids.filter((_, i) => i !== 3 && i !== 17)
+    const b = ids.filter((_, i) => i !== 30 && i !== 41)
+    const agreeTurns = views.filter((v) => foundingProposer(1, v, a) === foundingProposer(1, v, b)).length
+    const agreeSorted = views.filter((v) => proposerOrder(1, a)[v % a.length] === proposerOrder(1, b)[v % b.length]).length
+    expect(agreeTurns / views.length).toBeGreaterThan(0.85)
+    expect(agreeSorted / views.length).toBeLessThan(agreeTurns / views.length - 0.2)
+    expect(() => foundingProposer(1, 0, [])).toThrow(RangeError)
   })
 })
 

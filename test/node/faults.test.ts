@@ -3,7 +3,7 @@
  * delay a round by at most the deadline plus grace; the others finish it and agree.
  */
 import { afterEach, describe, expect, it } from 'vitest'
-import { proposerOrder } from '../../src/node/proposer.js'
+import { foundingProposer } from '../../src/node/proposer.js'
 import type { FloraPeer } from '../../src/node/peer.js'
 import { startTestSwarm, testPeerIds, waitForEvent, type TestSwarm } from './helpers.js'
 
@@ -37,9 +37,11 @@ describe('P4: liveness under crashes', () => {
     it(`${which} killed mid-round: the rest finish within deadline + grace and agree`, async () => {
       const idSeed = which === 'a peer' ? 'p4-peer' : 'p4-proposer'
       const ids = await testPeerIds(idSeed, 3)
-      const order = proposerOrder(1, ids)
+      // Round 1 founds the chain: its views' proposers are founding turns.
+      const first = foundingProposer(1, 0, ids)
+      const second = foundingProposer(1, 1, ids)
       // The victim never finishes training round 1; then it is stopped mid-round.
-      const victim = which === 'a peer' ? order[2] : order[0]
+      const victim = which === 'a peer' ? (ids.find((id) => id !== first && id !== second) as string) : first
       const completions: Promise<{ round: number; stateHash: string; contributors: readonly string[]; metrics: { roundMs: number } }>[] = []
       const s = await startTestSwarm({
         ranks: [2, 4, 8],
@@ -69,8 +71,7 @@ describe('P4: liveness under crashes', () => {
 
   it('a mute proposer (alive and connected, publishing nothing): the fallback proposer closes the round by deadline + grace', async () => {
     const ids = await testPeerIds('p4-mute', 3)
-    const order = proposerOrder(1, ids)
-    const mute = order[0]
+    const mute = foundingProposer(1, 0, ids)
     const completions: Promise<{ stateHash: string; proposer: string; view: number; contributors: readonly string[]; metrics: { roundMs: number } }>[] = []
     swarm = await startTestSwarm({
       ranks: [2, 4, 8],

@@ -14,7 +14,7 @@ import {
   type Phase,
 } from '../../src/node/round-machine.js'
 import { MEMBER_TTL_ROUNDS, nextMembership, quorumFor, quorumSize } from '../../src/node/membership.js'
-import { proposerOrder } from '../../src/node/proposer.js'
+import { foundingProposer, proposerOrder } from '../../src/node/proposer.js'
 import type { RejectReason } from '../../src/gossip/errors.js'
 
 type Ev = MachineEvent<string, string>
@@ -558,17 +558,17 @@ describe('round machine: 10. re-proposal of the valid value', () => {
       ],
     },
     {
-      name: 'a prevote quorum seen after its view (valid, not locked) is re-proposed too',
+      name: 'a prevote quorum seen after its view: precommitted late (no vote signed since), then re-proposed',
       init: { self: P2 },
       steps: steps(
         [proposal(10, { id: 'pX', view: 0, proposer: P0, value: 'X' }), [verify('pX')]],
         [verified(20, 'pX'), [voteFx('prevote', 0, 'X')]],
         [tick(1100), []],
         [prevote(1110, 0, P0, 'X'), []],
-        [prevote(1111, 0, P1, 'X'), []],
+        [prevote(1111, 0, P1, 'X'), [voteFx('precommit', 0, 'X')]],
         [tick(1200), [propose(2, { proposal: 'pX', lockView: 0, justify: [ref('prevote', 0, P0), ref('prevote', 0, P1)] })]],
       ),
-      after: (m) => expect(m.locked).toBeUndefined(),
+      after: (m) => expect(m.locked).toEqual({ valueHash: 'X', view: 0 }),
     },
     {
       name: 'a prevote quorum for a value never replayed is not re-proposed (fresh proposal instead)',
@@ -660,11 +660,12 @@ describe('round machine: 12. absent proposers are skipped', () => {
 })
 
 describe('round machine: 13. founding round (no recorded membership)', () => {
-  const F = proposerOrder(ROUND, ['A', 'B'])
+  const F = [foundingProposer(ROUND, 0, ['A', 'B'])]
+  const notF0 = F[0] === 'A' ? 'B' : 'A'
   runCases([
     {
       name: 'minPeers 3, authors [A, B]: precommits of A and B commit',
-      init: { self: 'A', members: [], minPeers: 3 },
+      init: { self: notF0, members: [], minPeers: 3 },
       steps: steps(
         [candidates(0, ['A', 'B']), []],
         [proposal(10, { id: 'pF', view: 0, proposer: F[0], value: 'F', authors: ['A', 'B'] }), [verify('pF')]],
@@ -844,4 +845,53 @@ describe('round machine: 16. view synchronisation', () => {
     const strangers = feed({ self, members: MEMBERS5 }, [prevote(10, 7, 'X1', 'X'), prevote(11, 7, 'X2', 'X'), prevote(12, 7, 'X3', 'X')])
     expect(strangers.m.view).toBe(0)
   })
+})
+
+describe('round machine: 17. late votes (a loaded machine: replays and gossip slower than a view)', () => {
+  runCases([
+    {
+      name: 'a proposal replayed after its view ended is still prevoted, and its quorum precommitted and committed',
+      steps: steps(
+        [proposal(10, { id: 'pX', view: 0, proposer: P0, value: 'X' }), [verify('pX')]],
+        [tick(1150), []],
+        [verified(1160, 'pX'), [voteFx('prevote', 0, 'X')]],
+        [prevote(1161, 0, P2, 'X'), []],
+        [prevote(1170, 0, P0, 'X'), [voteFx('precommit', 0, 'X')]],
+        [precommit(1171, 0, P2, 'X'), []],
+        [precommit(1180, 0, P0, 'X'), [commit(0, 'pX', [ref('precommit', 0, P2), ref('precommit', 0, P0)])]],
+      ),
+      after: (m) => {
+        expect(m.decided).toBe(true)
+        expect(m.view).toBe(1)
+      },
+    },
+    {
+      name: 'a proposal held for a view entered by a jump is considered, the latest open view first',
+      steps: steps(
+        [proposal(10, { id: 'pX', view: 0, proposer: P0, value: 'X' }), [verify('pX')]],
+        [proposal(1040, { id: 'pY', view: 1, proposer: P1, value: 'Y' }), []],
+        [tick(1110), [verify('pY')]],
+        [verified(1120, 'pY'), [voteFx('prevote', 1, 'Y')]],
+        // Signed in view 1: view 0 takes no vote of this peer any more, though its proposal replays.
+        [verified(1130, 'pX'), []],
+        [prevote(1140, 0, P0, 'X'), []],
+        [prevote(1141, 0, P1, 'X'), []],
+      ),
+      after: (m) => expect(m.locked).toBeUndefined(),
+    },
+    {
+      name: 'no late vote in a view before one it already voted in',
+      steps: steps(
+        [tick(1105), []],
+        [proposal(1110, { id: 'pY', view: 1, proposer: P1, value: 'Y' }), [verify('pY')]],
+        [verified(1120, 'pY'), [voteFx('prevote', 1, 'Y')]],
+        [proposal(1130, { id: 'pX', view: 0, proposer: P0, value: 'X' }), []],
+        [prevote(1140, 0, P0, 'X'), []],
+        [prevote(1141, 0, P1, 'X'), []],
+        [prevote(1145, 1, P2, 'Y'), []],
+        [prevote(1150, 1, P1, 'Y'), [voteFx('precommit', 1, 'Y')]],
+      ),
+      after: (m) => expect(m.locked).toEqual({ valueHash: 'Y', view: 1 }),
+    },
+  ])
 })
