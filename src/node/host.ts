@@ -55,6 +55,14 @@ export function memberFilter(config: Pick<SwarmConfig, 'members'>, self?: string
   return (peerId) => peerId === self || members.has(peerId)
 }
 
+/**
+ * The largest gossipsub RPC a flora host reads. flora's gossip messages are small (an
+ * announcement ~0.5 KB; a manifest or commit ~4 KiB per member of the round at most) and
+ * payloads travel on their own protocol, so 1 MiB covers honest swarms of ~250 members
+ * with several messages batched in one RPC.
+ */
+export const MAX_GOSSIP_RPC_BYTES = 1 << 20
+
 export type FloraLibp2p = Libp2p<{ identify: unknown; pubsub: unknown; flora: FloraService }>
 
 export async function createHost(options: HostOptions): Promise<FloraLibp2p> {
@@ -120,6 +128,10 @@ export async function createHost(options: HostOptions): Promise<FloraLibp2p> {
         // peers. Loopback is exempt; flora's own validation (signatures, manifests) does
         // not rely on gossipsub scores.
         scoreParams: { IPColocationFactorWhitelist: new Set(['127.0.0.1', '::1']) },
+        // An RPC larger than this is refused when its length prefix arrives, before its bytes
+        // are buffered (the default, 4 MB, lets a flood of oversized manifests hold tens of MB
+        // in flight). See MAX_GOSSIP_RPC_BYTES.
+        maxInboundDataLength: MAX_GOSSIP_RPC_BYTES,
       }),
       flora: flora(options.flora),
     },

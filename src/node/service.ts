@@ -259,6 +259,7 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
       self: this.#self,
       maxBytes: payloadCap(init.config),
       attemptTimeoutMs: init.fetchTimeoutMs ?? 120_000,
+      isConnected: (peer) => this.#c.connectionManager.getConnections(peerIdFromString(peer)).length > 0,
       onReceived: (_from, hash, bytes) => {
         this.#fetched.set(hash, (this.#fetched.get(hash) ?? 0) + bytes)
         this.#stats.payloadBytesReceived += bytes

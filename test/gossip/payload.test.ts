@@ -139,6 +139,38 @@ describe('payload protocol', () => {
     expect(mine.has(smallHash)).toBe(true)
   })
 
+  it('asks connected sources before the ones it would have to dial (a peer that left costs a dial timeout)', async () => {
+    const gone = await node('pay-gone')
+    await client.dial(gone.getMultiaddrs()[0])
+    const goneId = gone.peerId.toString()
+    const closed = new Promise<void>((resolve) => {
+      client.addEventListener('peer:disconnect', (e) => {
+        if (e.detail.toString() === goneId) resolve()
+      })
+    })
+    await gone.stop()
+    await closed
+    const failures: string[] = []
+    const isConnected = (peer: string): boolean => client.getConnections().some((c) => c.remotePeer.toString() === peer && c.status === 'open')
+    expect(isConnected(goneId)).toBe(false)
+    for (const connected of [true, false]) {
+      failures.length = 0
+      const fetcher = new PayloadFetcher({
+        open,
+        store: new PayloadStore(),
+        self: client.peerId.toString(),
+        maxBytes: 1 << 20,
+        isConnected: connected ? isConnected : undefined,
+        onAttemptFailed: (from) => failures.push(from),
+      })
+      // Preference order puts the departed peer first (it was the author, say).
+      fetcher.addSources(smallHash, [goneId, server.peerId.toString()])
+      const got = await fetcher.fetch(smallHash, { size: small.byteLength, round: 1, signal: AbortSignal.timeout(30_000) })
+      expect(createHash('sha256').update(got).digest('hex')).toBe(smallHash)
+      expect(failures).toEqual(connected ? [] : [goneId])
+    }
+  })
+
   it('waits longer each time for a source that answers late, and gives up on one silent for its whole budget', async () => {
     const failures: Array<{ from: string; code: string }> = []
     const fetcher = new PayloadFetcher({
