@@ -25,7 +25,8 @@ export interface PayloadFetcherInit {
   onAttemptFailed?: (from: string, hash: string, err: PayloadTransferError) => void
   /**
    * Whether a connection to a peer is open now. Each pass asks connected sources first
-   * (in order of preference), then the others: asking a source that is not connected
+   * (in order of preference), then the dialable others (sources added with `dial: false`
+   * are skipped while not connected): asking a source that is not connected
    * means dialling it, and a dial to a peer that left or is unreachable waits out the dial
    * timeout (10 s). Without it, a replay on a 48-process swarm dialled its way through the
    * member list one timeout at a time (a median of 214 s per replay).
@@ -58,32 +59,50 @@ export class PayloadFetcher {
   readonly #init: PayloadFetcherInit
   readonly #inflight = new Map<string, Promise<Uint8Array>>()
   readonly #sources = new Map<string, string[]>()
+  /** Per hash: sources asked only while connected (never dialled for it). */
+  readonly #connectedOnly = new Map<string, Set<string>>()
   readonly #wakeups = new Map<string, () => void>()
 
   constructor(init: PayloadFetcherInit) {
     this.#init = init
   }
 
-  /** Records peers that hold (or should hold) a payload, in order of preference. */
-  addSources(hash: string, peers: Iterable<string>): void {
+  /**
+   * Records peers that hold (or should hold) a payload, in order of preference.
+   * `dial: false`: peers that may hold it (other members) are asked only while a
+   * connection to them is open; the author and the proposer (the default) are dialled.
+   */
+  addSources(hash: string, peers: Iterable<string>, options: { dial?: boolean } = {}): void {
     let list = this.#sources.get(hash)
     if (list == null) {
       list = []
       this.#sources.set(hash, list)
     }
+    let only = this.#connectedOnly.get(hash)
     let added = false
     for (const p of peers) {
-      if (p !== this.#init.self && !list.includes(p)) {
-        list.push(p)
-        added = true
+      if (p === this.#init.self) continue
+      if (options.dial === false) {
+        if (list.includes(p)) continue
+        if (only == null) this.#connectedOnly.set(hash, (only = new Set()))
+        only.add(p)
+      } else {
+        only?.delete(p)
+        if (list.includes(p)) continue
       }
+      list.push(p)
+      added = true
     }
     if (added) this.#wakeups.get(hash)?.()
   }
 
   /** Forgets source lists of payloads we no longer fetch (call after pruning the store). */
   forget(hashes: Iterable<string>): void {
-    for (const h of hashes) if (!this.#inflight.has(h)) this.#sources.delete(h)
+    for (const h of hashes) {
+      if (this.#inflight.has(h)) continue
+      this.#sources.delete(h)
+      this.#connectedOnly.delete(h)
+    }
   }
 
   /** The verified payload bytes; from the store if held, else fetched once. */
@@ -105,9 +124,11 @@ export class PayloadFetcher {
     let lastErr: PayloadTransferError | undefined
     let passes = 0
     while (!req.signal.aborted && passes++ < (req.passes ?? Number.POSITIVE_INFINITY)) {
-      const known = (this.#sources.get(hash) ?? []).filter((p) => !bad.has(p))
-      const connected = this.#init.isConnected
-      const candidates = connected == null ? known : [...known.filter((p) => connected(p)), ...known.filter((p) => !connected(p))]
+      const only = this.#connectedOnly.get(hash)
+      const connected = this.#init.isConnected ?? (() => true)
+      const up = new Map((this.#sources.get(hash) ?? []).filter((p) => !bad.has(p)).map((p) => [p, connected(p)] as const))
+      const known = [...up.keys()].filter((p) => up.get(p) === true || only?.has(p) !== true)
+      const candidates = [...known.filter((p) => up.get(p) === true), ...known.filter((p) => up.get(p) !== true)]
       for (const source of candidates) {
         if (req.signal.aborted) break
         const quiet = silence.get(source) ?? { strikes: 0, ms: 0 }

@@ -43,7 +43,7 @@ import { decodeAdapter, encodeAdapter } from '../lora/wire.js'
 import { loraScaling } from '../lora/scaling.js'
 import type { AdapterSet } from '../lora/types.js'
 import { payloadCap, type SwarmConfig } from './config.js'
-import { EMPTY_MEMBERSHIP, MEMBER_TTL_ROUNDS, memberIds, nextMembership, quorumFor, type Membership } from './membership.js'
+import { EMPTY_MEMBERSHIP, MEMBER_TTL_ROUNDS, memberIds, nextMembership, quorumFor, quorumSize, type Membership } from './membership.js'
 import { RoundLog, type RoundRecord } from './round-log.js'
 import { RepeatLog } from './repeat-log.js'
 import { RoundMachine, type MachineEffect, type MachineEvent, type ProposalInfo } from './round-machine.js'
@@ -761,11 +761,14 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
       if (!ctx.adapters.has(p) && !ctx.rejected.has(p)) complete = false
     }
     const now = Date.now()
-    // Founding round: announcers that passed the swarm handshake take part (not strangers on the topic).
+    // Founding round: announcers that passed the swarm handshake with us take part, and so
+    // do announcers whose adapter we fetched and checked (relayed to us by members: in a
+    // large swarm not every pair of founders connects, and candidate sets that differ make
+    // founding turns differ); a stranger that announced nothing checkable does not.
     if (ctx.machine.founding) {
       const members = this.#i.network.members()
       const before = ctx.machine.order().length
-      this.#feed(ctx, { type: 'candidates', now, peers: [...this.#handshaken(), ...[...ctx.anns.keys()].filter((p) => members.has(p))] })
+      this.#feed(ctx, { type: 'candidates', now, peers: [...this.#handshaken(), ...[...ctx.anns.keys()].filter((p) => members.has(p) || ctx.adapters.has(p))] })
       // Founders turn up (and announce) over minutes in a large swarm: that is progress.
       if (ctx.machine.order().length > before || ctx.anns.size > ctx.foundersSeen) this.#armStall(ctx)
       ctx.foundersSeen = ctx.anns.size
@@ -836,6 +839,13 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
       this.#log.info({ round: ctx.round, view, lockView: reuse.lockView }, 're-proposing the locked value')
     } else {
       const authors = [...ctx.adapters.keys()].filter((a) => ctx.anns.has(a)).sort()
+      // A founding proposal with fewer authors than the founding quorum can never be
+      // certified: proposing it would only cost every peer a replay. Let a later view propose.
+      const founders = quorumSize(Math.max(1, this.#i.config.round.minPeers), this.#i.config.round.quorum)
+      if (ctx.machine.founding && authors.length < founders) {
+        this.#log.debug({ round: ctx.round, view, held: authors.length, founders }, 'not proposing: fewer adapters than the founding quorum')
+        return
+      }
       const entries = authors.map((a) => entryFromAnnouncement(ctx.anns.get(a) as SignedAnnouncement))
       const updates: ClientUpdate[] = authors.map((a) => ({
         id: a,
@@ -1632,7 +1642,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     const round = ctx?.round ?? this.round
     const fetcher = this.#i.fetcher
     fetcher.addSources(hash, sources)
-    fetcher.addSources(hash, [...this.#i.network.members()].sort())
+    fetcher.addSources(hash, [...this.#i.network.members()].sort(), { dial: false })
     let bytes: Uint8Array
     try {
       bytes = await fetcher.fetch(hash, { size, round, signal, passes, giveUpOn, silenceBudgetMs })
