@@ -63,6 +63,12 @@ export function memberFilter(config: Pick<SwarmConfig, 'members'>, self?: string
  */
 export const MAX_GOSSIP_RPC_BYTES = 1 << 20
 
+/** libp2p's connection monitor as flora sets it up: late pings are measured, never fatal (see createHost). */
+export const DEFAULT_CONNECTION_MONITOR = {
+  pingTimeout: { minTimeout: 60_000, maxTimeout: 120_000 },
+  abortConnectionOnPingFailure: false,
+} as const satisfies NonNullable<Libp2pOptions['connectionMonitor']>
+
 export type FloraLibp2p = Libp2p<{ identify: unknown; pubsub: unknown; flora: FloraService }>
 
 export async function createHost(options: HostOptions): Promise<FloraLibp2p> {
@@ -103,10 +109,16 @@ export async function createHost(options: HostOptions): Promise<FloraLibp2p> {
       // inbound connections mid-handshake) refuses most of them on a busy machine.
       maxIncomingPendingConnections: 128,
     },
-    // A busy peer (training, merging, a loaded machine) answers pings late: give it a
-    // minute before its connection is taken for dead (libp2p's default is 5 s, which on a
-    // CPU-starved host aborts healthy connections: 48 peers on 2 cores fell apart with it).
-    connectionMonitor: options.connectionMonitor ?? { pingTimeout: { minTimeout: 60_000, maxTimeout: 120_000 } },
+    // A busy peer (training, merging, a loaded machine) answers pings late, and a late ping
+    // is not a dead peer: libp2p aborts a connection whose ping times out (5 s by default),
+    // which on a CPU-starved host tears down healthy connections faster than they are
+    // redialled (48 peers on 2 cores lost ~1,800 member connections in 10 minutes, pings
+    // of over 60 s, each loss a redial, a Noise handshake and a hello on starved CPUs).
+    // Pings still run (they measure RTT and keep bytes flowing); a dead peer's connection
+    // is closed by TCP: at once when its process dies, after the kernel's retransmission
+    // timeout when its host vanishes. Rounds never wait on connections: a silent member
+    // is skipped after one round (see docs/FEDERATION.md).
+    connectionMonitor: options.connectionMonitor ?? DEFAULT_CONNECTION_MONITOR,
     // (The swarm key is re-encoded canonically: parseSwarmKey also gives clear errors.)
     connectionProtector: options.swarmKey != null ? preSharedKey({ psk: parseSwarmKey(options.swarmKey) }) : undefined,
     // Peers of other swarms (refused at hello) are not redialled for a while; in a closed

@@ -37,14 +37,31 @@ export function proposerBeats(round: number, a: string, b: string): boolean {
  * lowest, so peers whose sets differ slightly still agree on most views' proposers.
  */
 export function foundingProposer(round: number, view: number, candidates: Iterable<string>): string {
-  const prefix = Buffer.alloc(8)
-  prefix.writeUInt32BE(round, 0)
-  prefix.writeUInt32BE(view >>> 0, 4)
   let best: { id: string; key: string } | undefined
   for (const id of new Set(candidates)) {
-    const key = createHash('sha256').update(prefix).update(id, 'utf8').digest('hex')
+    const key = foundingKey(round, view, id)
     if (best == null || key < best.key || (key === best.key && id < best.id)) best = { id, key }
   }
   if (best == null) throw new RangeError('no founding candidates')
   return best.id
+}
+
+/** sha256(u32be(round) || u32be(view) || utf8(peerId)), hex: a founder's rank in a view (lowest first). */
+export function foundingKey(round: number, view: number, peerId: string): string {
+  const prefix = Buffer.alloc(8)
+  prefix.writeUInt32BE(round, 0)
+  prefix.writeUInt32BE(view >>> 0, 4)
+  return createHash('sha256').update(prefix).update(peerId, 'utf8').digest('hex')
+}
+
+/**
+ * Whether a founding proposal by `proposer` in `view` is in turn at a peer holding
+ * `candidates`: the proposer would be the view's founding proposer were it among them. A
+ * founder this peer has not heard from yet (its announcement, or its adapter, still on the
+ * way: on a loaded machine, for many seconds) can then still propose in a view whose
+ * lowest key is its own, instead of being refused by every peer whose set lacks it; a
+ * proposer that ranks below a founder this peer knows is refused as before.
+ */
+export function foundingInTurn(round: number, view: number, proposer: string, candidates: Iterable<string>): boolean {
+  return foundingProposer(round, view, [...candidates, proposer]) === proposer
 }

@@ -26,7 +26,7 @@
  * certified for one round) holds whatever the timing; liveness needs a quorum of members
  * connected and responsive.
  */
-import { foundingProposer, proposerOrder } from './proposer.js'
+import { foundingInTurn, foundingProposer, proposerOrder } from './proposer.js'
 import { quorumFor, type QuorumRule } from './membership.js'
 import type { RejectReason } from '../gossip/errors.js'
 
@@ -189,22 +189,32 @@ export class RoundMachine<P, V> {
   }
 
   /**
-   * When `view` opens by this peer's clock: view 1 at deadline + grace, then one grace per
-   * view; after each full rotation through the proposer order the views get one grace
-   * longer (as Tendermint's timeouts grow with the round), so peers whose clocks started
-   * far apart (a large swarm starting over minutes) end up in the same view long enough to
-   * gather a quorum.
+   * Whether `proposer` may propose in `view`: it is the view's proposer, or (founding) it
+   * would be were it among our candidates (see foundingInTurn).
+   */
+  inTurn(proposer: string, view: number): boolean {
+    if (proposer === this.proposerOf(view)) return true
+    return this.founding && foundingInTurn(this.init.round, view, proposer, this.#candidates)
+  }
+
+  /**
+   * When `view` opens by this peer's clock: view 1 at deadline + grace, view k (k > 1) k x
+   * grace after view k - 1, so each view lasts one grace longer than the one before, as Tendermint's timeouts
+   * grow with its rounds: whatever the replay and gossip latency, some view outlasts it,
+   * so peers whose clocks started far apart or whose replays take minutes (a large swarm
+   * on a loaded machine) end up voting in the same view. (Growing once per rotation
+   * through the proposer order left a 48-member swarm 48 views of one grace each: views
+   * of 15 s against replays of minutes spread its votes over views 7 to 29.)
    */
   openAt(view: number): number {
     const { startedAt, deadlineMs, graceMs } = this.init
     const order = this.order()
-    const n = Math.max(1, order.length)
     // Skipping absent proposers makes sense only while someone is left to propose.
     const skip = order.some((p) => !this.#absent.has(p))
     let at = startedAt
     let floor = startedAt + deadlineMs
     for (let k = 1; k <= view; k++) {
-      const length = graceMs * (1 + Math.floor((k - 1) / n))
+      const length = graceMs * k
       floor += length
       if (skip && this.#absent.has(this.proposerOf(k - 1))) continue
       at = k === 1 ? startedAt + deadlineMs + graceMs : Math.max(at + length, floor)
@@ -270,7 +280,7 @@ export class RoundMachine<P, V> {
   /** Proposals held for views that have now opened get their turn (the latest first). */
   #onViewEntered(out: MachineEffect<P, V>[]): void {
     const open = [...this.#proposals.values()]
-      .filter((h) => !h.certified && this.#votable(h.info.view) && h.info.proposer === this.proposerOf(h.info.view))
+      .filter((h) => !h.certified && this.#votable(h.info.view) && this.inTurn(h.info.proposer, h.info.view))
       .sort((a, b) => b.info.view - a.info.view)
     for (const h of open) this.#consider(h, out)
   }
@@ -283,7 +293,7 @@ export class RoundMachine<P, V> {
     }
     if (!certified) {
       // Turn: only the view's proposer (over the recorded membership) may propose in it.
-      if (info.proposer !== this.proposerOf(info.view)) {
+      if (!this.inTurn(info.proposer, info.view)) {
         out.push({ type: 'reject', peer: info.proposer, reason: 'not-your-turn', detail: `proposal for round ${this.init.round} view ${info.view}, whose proposer is ${this.proposerOf(info.view)}` })
         return
       }

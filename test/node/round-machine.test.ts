@@ -14,7 +14,7 @@ import {
   type Phase,
 } from '../../src/node/round-machine.js'
 import { MEMBER_TTL_ROUNDS, nextMembership, quorumFor, quorumSize } from '../../src/node/membership.js'
-import { foundingProposer, proposerOrder } from '../../src/node/proposer.js'
+import { foundingKey, foundingProposer, proposerOrder } from '../../src/node/proposer.js'
 import type { RejectReason } from '../../src/gossip/errors.js'
 
 type Ev = MachineEvent<string, string>
@@ -163,13 +163,15 @@ describe('round machine: the fixture', () => {
     expect(new Set(Q)).toEqual(new Set(MEMBERS5))
     const m = make()
     expect([0, 1, 2, 3].map((v) => m.proposerOf(v))).toEqual([P0, P1, P2, P0])
-    expect([0, 1, 2, 3].map((v) => m.openAt(v))).toEqual([0, 1100, 1200, 1300])
+    expect([0, 1, 2, 3].map((v) => m.openAt(v))).toEqual([0, 1100, 1300, 1600])
   })
 
-  it('views get one grace longer after every full rotation of the proposer order (clocks that started far apart meet)', () => {
+  it('each view lasts one grace longer than the one before (clocks that started far apart, slow replays: some view outlasts them)', () => {
     const m = make()
-    // 3 proposers: views 1-3 last 100 ms, 4-6 200 ms, 7-9 300 ms.
-    expect([3, 4, 5, 6, 7, 9, 10].map((v) => m.openAt(v))).toEqual([1300, 1500, 1700, 1900, 2200, 2800, 3200])
+    // View k opens k x 100 ms after view k - 1.
+    expect([3, 4, 5, 6, 7, 9, 10].map((v) => m.openAt(v))).toEqual([1600, 2000, 2500, 3100, 3800, 5500, 6500])
+    // Whatever the proposer count: the same growth over five members.
+    expect([1, 2, 3, 4].map((v) => make({ members: MEMBERS5, self: Q[4] }).openAt(v))).toEqual([1100, 1300, 1600, 2000])
   })
 })
 
@@ -208,7 +210,7 @@ describe('round machine: 1. proposing (self is the proposer)', () => {
         [collection(0, true), [wake(1100)]],
         [tick(1000), []],
         [tick(1099), []],
-        [tick(1100), [propose(1), wake(1200)]],
+        [tick(1100), [propose(1), wake(1300)]],
         [tick(1150), []],
       ),
       after: (m) => expect(m.view).toBe(1),
@@ -553,7 +555,7 @@ describe('round machine: 10. re-proposal of the valid value', () => {
         ...lockedOnX(P2, P0),
         ...steps(
           [tick(1100), []],
-          [tick(1200), [propose(2, { proposal: 'pX', lockView: 0, justify: [ref('prevote', 0, P2), ref('prevote', 0, P0)] })]],
+          [tick(1300), [propose(2, { proposal: 'pX', lockView: 0, justify: [ref('prevote', 0, P2), ref('prevote', 0, P0)] })]],
         ),
       ],
     },
@@ -566,7 +568,7 @@ describe('round machine: 10. re-proposal of the valid value', () => {
         [tick(1100), []],
         [prevote(1110, 0, P0, 'X'), []],
         [prevote(1111, 0, P1, 'X'), [voteFx('precommit', 0, 'X')]],
-        [tick(1200), [propose(2, { proposal: 'pX', lockView: 0, justify: [ref('prevote', 0, P0), ref('prevote', 0, P1)] })]],
+        [tick(1300), [propose(2, { proposal: 'pX', lockView: 0, justify: [ref('prevote', 0, P0), ref('prevote', 0, P1)] })]],
       ),
       after: (m) => expect(m.locked).toEqual({ valueHash: 'X', view: 0 }),
     },
@@ -577,7 +579,7 @@ describe('round machine: 10. re-proposal of the valid value', () => {
         [proposal(10, { id: 'pX', view: 0, proposer: P0, value: 'X' }), [verify('pX')]],
         [prevote(11, 0, P0, 'X'), []],
         [prevote(12, 0, P1, 'X'), []],
-        [tick(1200), [propose(2)]],
+        [tick(1300), [propose(2)]],
       ),
     },
   ])
@@ -622,7 +624,7 @@ describe('round machine: 12. absent proposers are skipped', () => {
       steps: steps(
         [absent(0, [P0]), [wake(1000)]],
         [tick(10), []],
-        [collection(20, true), [propose(1), wake(1200)]],
+        [collection(20, true), [propose(1), wake(1300)]],
       ),
       after: (m) => {
         expect(m.view).toBe(1)
@@ -633,13 +635,13 @@ describe('round machine: 12. absent proposers are skipped', () => {
       name: "view 0's proposer absent: view 1's proposer proposes at the deadline if incomplete",
       init: { self: P1 },
       wakes: true,
-      steps: steps([absent(0, [P0]), [wake(1000)]], [tick(999), []], [tick(1000), [propose(1), wake(1200)]]),
+      steps: steps([absent(0, [P0]), [wake(1000)]], [tick(999), []], [tick(1000), [propose(1), wake(1300)]]),
     },
     {
       name: 'without the absence report, view 1 waits for deadline + grace',
       init: { self: P1 },
       wakes: true,
-      steps: steps([absent(0, []), [wake(1100)]], [collection(20, true), []], [tick(1100), [propose(1), wake(1200)]]),
+      steps: steps([absent(0, []), [wake(1100)]], [collection(20, true), []], [tick(1100), [propose(1), wake(1300)]]),
     },
     {
       name: "a receiver that knows view 0's proposer absent considers a view-1 proposal at once",
@@ -662,6 +664,10 @@ describe('round machine: 12. absent proposers are skipped', () => {
 describe('round machine: 13. founding round (no recorded membership)', () => {
   const F = [foundingProposer(ROUND, 0, ['A', 'B'])]
   const notF0 = F[0] === 'A' ? 'B' : 'A'
+  const fKey = foundingKey(ROUND, 0, F[0])
+  const others = ['C', 'D', 'E', 'G', 'H', 'I', 'J', 'K', 'L', 'M', 'N', 'O']
+  const LATE_LOW = others.find((p) => foundingKey(ROUND, 0, p) < fKey) as string
+  const LATE_HIGH = others.find((p) => foundingKey(ROUND, 0, p) > fKey) as string
   runCases([
     {
       name: 'minPeers 3, authors [A, B]: precommits of A and B commit',
@@ -700,6 +706,17 @@ describe('round machine: 13. founding round (no recorded membership)', () => {
         [precommit(22, 0, 'C', 'F'), []],
         [precommit(23, 0, 'D', 'F'), []],
         [precommit(24, 0, 'B', 'F'), [commit(0, 'pF', [ref('precommit', 0, 'A'), ref('precommit', 0, 'B')])]],
+      ),
+    },
+    {
+      // A founder not heard from yet (its announcement still on the way) may propose in a
+      // view it would own were it among our candidates; one ranked below a known founder not.
+      name: 'a founder we have not heard from proposes in turn when it ranks first in the view; one ranked below F0 is refused',
+      init: { self: notF0, members: [], minPeers: 3 },
+      steps: steps(
+        [candidates(0, ['A', 'B']), []],
+        [proposal(10, { id: 'pL', view: 0, proposer: LATE_LOW, value: 'L', authors: ['A', 'B', LATE_LOW] }), [verify('pL')]],
+        [proposal(11, { id: 'pH', view: 0, proposer: LATE_HIGH, value: 'H', authors: ['A', 'B', LATE_HIGH] }), [reject(LATE_HIGH, 'not-your-turn')]],
       ),
     },
     {
