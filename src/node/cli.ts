@@ -19,6 +19,17 @@ import type { WireCounter } from './wire-metrics.js'
 import { listStrategies } from '../aggregation/index.js'
 import { MODEL_TRAINER_DEFAULTS } from './model-defaults.js'
 import { readSwarmKey, swarmKeyFingerprint } from './swarm-key.js'
+import { Registry } from 'prom-client'
+import {
+  DEFAULT_METRICS_HOST,
+  METRICS_ADDRESS_FORMAT,
+  MetricsAddressError,
+  PeerMetrics,
+  parseMetricsAddress,
+  startMetricsServer,
+  type MetricsAddress,
+  type MetricsServer,
+} from './metrics.js'
 
 export interface PeerReport {
   peerId: string
@@ -74,6 +85,16 @@ function weightCap(value: string): number {
   const n = Number(value)
   if (!Number.isFinite(n) || n <= 0 || n > 1) throw new InvalidArgumentError('--max-weight must be in (0, 1]')
   return n
+}
+
+/** `--metrics [HOST:]PORT`: commander's argument parser over parseMetricsAddress. */
+export function metricsAddress(value: string): MetricsAddress {
+  try {
+    return parseMetricsAddress(value)
+  } catch (err) {
+    if (err instanceof MetricsAddressError) throw new InvalidArgumentError(`Expected ${METRICS_ADDRESS_FORMAT}: ${err.reason}`)
+    throw err
+  }
 }
 
 function list(value: string, previous: string[] | undefined): string[] {
@@ -144,6 +165,7 @@ export function buildProgram(): Command {
     .addOption(new Option('--report <file>', 'write a JSON summary of this peer\'s run here on exit').env('FLORA_REPORT'))
     .addOption(new Option('--linger <ms>', 'after the last round, keep serving payloads this long for slower peers (default: min(grace, 3000), then as long as members still run rounds, up to the stall timeout)').argParser(int('--linger', 0)).env('FLORA_LINGER_MS'))
     .addOption(new Option('--merge-workers <n>', 'merge worker threads (0: main thread)').argParser(int('--merge-workers', 0)).default(0).env('FLORA_MERGE_WORKERS'))
+    .addOption(new Option('--metrics <[host:]port>', `serve Prometheus metrics at http://HOST:PORT/metrics (host default ${DEFAULT_METRICS_HOST}; port 0: any free port; see docs/METRICS.md)`).argParser(metricsAddress).env('FLORA_METRICS'))
     .addOption(new Option('--log-level <level>', 'trace, debug, info, warn, error, silent').default('info').env('FLORA_LOG_LEVEL'))
     .addOption(new Option('--json', 'JSON lines even on a TTY').env('FLORA_JSON'))
     .addHelpText(
@@ -235,6 +257,7 @@ interface CliOptions {
   report?: string
   linger?: number
   mergeWorkers: number
+  metrics?: MetricsAddress
   logLevel: string
   json?: boolean
 }
@@ -339,6 +362,8 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
 
   const wire: WireCounter = { bytesIn: 0, bytesOut: 0 }
   const stateDir = o.state === false ? undefined : (o.stateDir ?? defaultStateDir(o.identity))
+  // flora's and libp2p's metrics on one registry (--metrics).
+  const registry = o.metrics != null ? new Registry() : undefined
   const peer = await createPeer({
     config: setup.config,
     weights: setup.weights,
@@ -359,6 +384,7 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
     stallMs: o.stallTimeout,
     mergeWorkers: o.mergeWorkers,
     wireCounter: wire,
+    metrics: registry,
     swarmKey,
   })
   const members = setup.config.members
@@ -367,6 +393,23 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
     await peer.stop()
     await setup.close?.()
     return 2
+  }
+  const peerMetrics = registry != null ? new PeerMetrics(registry, peer) : undefined
+  let metricsServer: MetricsServer | undefined
+  if (o.metrics != null && registry != null) {
+    try {
+      metricsServer = await startMetricsServer({ ...o.metrics, registry })
+    } catch (err) {
+      log.error({ host: o.metrics.host, port: o.metrics.port, err: (err as Error).message }, 'could not start the metrics server (--metrics)')
+      await peer.stop()
+      await setup.close?.()
+      return 1
+    }
+    log.info({ url: metricsServer.url }, `metrics on ${metricsServer.url}`)
+  }
+  const stopMetrics = async (): Promise<void> => {
+    peerMetrics?.close()
+    await metricsServer?.close()
   }
 
   const report: PeerReport = {
@@ -384,6 +427,7 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
     stats: { payloadBytesReceived: 0, payloadBytesSent: 0, gossipBytesReceived: 0, wireBytesIn: 0, wireBytesOut: 0 },
     finished: false,
   }
+  if (report.genesis.evalLoss != null) peerMetrics?.recordEval(0, report.genesis.evalLoss)
   const pending: Promise<void>[] = []
   const exporter = o.out != null ? new ModelExporter(peer, o.out, setup.baseModelDir, log) : undefined
   peer.addEventListener('round:complete', (e) => {
@@ -394,6 +438,7 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
     if (latest) exporter?.schedule()
     pending.push(
       (latest ? evaluate(weights) : Promise.resolve(null)).then((evalLoss) => {
+        if (evalLoss != null) peerMetrics?.recordEval(d.round, evalLoss)
         report.rounds.push({ ...d, evalLoss })
         const train = d.metrics.train?.loss
         emit(
@@ -423,14 +468,16 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
     await peer.start()
   } catch (err) {
     log.error({ err: (err as Error).message }, 'could not start the peer')
+    await stopMetrics()
     return 1
   }
   report.multiaddrs = peer.multiaddrs()
   log.info({ trainer: o.trainer, setup: setup.description }, 'training backend')
   emit(
     'listening',
-    { peerId: peer.peerId, swarmId: report.swarmId, multiaddrs: report.multiaddrs, rank: o.rank, alpha },
-    `flora-peer ${peer.peerId}\nswarm ${report.swarmId}\nlistening on (bootstrap other peers to one of these):\n${report.multiaddrs.map((a) => `  ${a}`).join('\n')}`,
+    { peerId: peer.peerId, swarmId: report.swarmId, multiaddrs: report.multiaddrs, rank: o.rank, alpha, ...(metricsServer != null ? { metrics: metricsServer.url } : {}) },
+    `flora-peer ${peer.peerId}\nswarm ${report.swarmId}\nlistening on (bootstrap other peers to one of these):\n${report.multiaddrs.map((a) => `  ${a}`).join('\n')}` +
+      (metricsServer != null ? `\nmetrics on ${metricsServer.url}` : ''),
   )
 
   const aborted = new Promise<void>((resolve) => stop.signal.addEventListener('abort', () => resolve(), { once: true }))
@@ -453,6 +500,7 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
   }
   // Stop first: an interrupted peer's training is aborted rather than waited for.
   await peer.stop()
+  await stopMetrics()
   await Promise.all(pending)
   await exporter?.idle()
   await setup.close?.()

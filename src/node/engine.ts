@@ -760,6 +760,14 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
       if (p === this.#i.self) continue
       if (!ctx.adapters.has(p) && !ctx.rejected.has(p)) complete = false
     }
+    // Founding round: not complete before the adapters of minPeers founders (ours included)
+    // are in, whatever this peer expects: a peer that started round 1 on a member's
+    // announcement may not have met every founder yet, and proposing as soon as the few it
+    // knows are in founds the chain without the rest (the proposal waits for the deadline).
+    if (ctx.machine.founding) {
+      const held = [...ctx.adapters.keys()].filter((p) => p !== this.#i.self).length + (ctx.ownDone ? 1 : 0)
+      if (held < this.#i.config.round.minPeers) complete = false
+    }
     const now = Date.now()
     // Founding round: announcers that passed the swarm handshake with us take part, and so
     // do announcers whose adapter we fetched and checked (relayed to us by members: in a

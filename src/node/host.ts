@@ -14,8 +14,10 @@ import { gossipsub } from '@libp2p/gossipsub'
 import { bootstrap } from '@libp2p/bootstrap'
 import { mdns } from '@libp2p/mdns'
 import { preSharedKey } from '@libp2p/pnet'
+import { prometheusMetrics } from '@libp2p/prometheus-metrics'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import type { PeerId, PrivateKey } from '@libp2p/interface'
+import type { Registry } from 'prom-client'
 import { flora, type FloraInit, type FloraService } from './service.js'
 import { wireMetrics, type WireCounter } from './wire-metrics.js'
 import { parseSwarmKey } from './swarm-key.js'
@@ -34,6 +36,15 @@ export interface HostOptions {
   flora: FloraInit
   /** Count raw transport bytes into this object. */
   wireCounter?: WireCounter
+  /**
+   * Report libp2p's metrics (bytes by protocol, connections, streams, ...; plus the
+   * process's CPU, memory and event loop) on this prom-client registry, through
+   * @libp2p/prometheus-metrics. libp2p takes one metrics component: with both a registry
+   * and a `wireCounter`, the registry's component is used and also feeds the counter.
+   * Creating the host clears prom-client's default registry (the library resets its
+   * global metrics), so give it a registry of your own.
+   */
+  metrics?: Registry
   /** libp2p's connection monitor (pings every 10 s by default; a connection whose peer does not answer is aborted). */
   connectionMonitor?: NonNullable<Libp2pOptions['connectionMonitor']>
   /**
@@ -68,6 +79,26 @@ export const DEFAULT_CONNECTION_MONITOR = {
   pingTimeout: { minTimeout: 60_000, maxTimeout: 120_000 },
   abortConnectionOnPingFailure: false,
 } as const satisfies NonNullable<Libp2pOptions['connectionMonitor']>
+
+type MetricsFactory = NonNullable<Libp2pOptions['metrics']>
+
+/** libp2p's metrics component: Prometheus (with the wire counter fed too, if any), the wire counter alone, or none. */
+function libp2pMetrics(options: Pick<HostOptions, 'metrics' | 'wireCounter'>): MetricsFactory | undefined {
+  if (options.metrics == null) return options.wireCounter != null ? wireMetrics(options.wireCounter) : undefined
+  const prometheus: MetricsFactory = prometheusMetrics({ registry: options.metrics })
+  const counter = options.wireCounter
+  if (counter == null) return prometheus
+  const wire = wireMetrics(counter)()
+  return (components) => {
+    const metrics = prometheus(components)
+    const track = metrics.trackMultiaddrConnection.bind(metrics)
+    metrics.trackMultiaddrConnection = (maConn) => {
+      wire.trackMultiaddrConnection(maConn)
+      track(maConn)
+    }
+    return metrics
+  }
+}
 
 export type FloraLibp2p = Libp2p<{ identify: unknown; pubsub: unknown; flora: FloraService }>
 
@@ -129,7 +160,7 @@ export async function createHost(options: HostOptions): Promise<FloraLibp2p> {
       denyInboundEncryptedConnection: refuse,
       denyOutboundEncryptedConnection: (peerId) => !isMember(peerId.toString()) || denied.has(peerId.toString()),
     },
-    metrics: options.wireCounter != null ? wireMetrics(options.wireCounter) : undefined,
+    metrics: libp2pMetrics(options),
     services: {
       identify: identify(),
       pubsub: gossipsub({

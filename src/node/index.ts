@@ -41,3 +41,15 @@ export { setupPeerInWorker, type InWorkerOptions } from './worker-trainer.js'
 export { MODEL_TRAINER_DEFAULTS } from './model-defaults.js'
 export { createLogger, type Logger } from './logger.js'
 export { wireMetrics, type WireCounter } from './wire-metrics.js'
+export {
+  DEFAULT_METRICS_HOST,
+  METRICS_ADDRESS_FORMAT,
+  MetricsAddressError,
+  PeerMetrics,
+  parseMetricsAddress,
+  startMetricsServer,
+  type MetricsAddress,
+  type MetricsServer,
+  type MetricsServerOptions,
+  type MetricsSource,
+} from './metrics.js'

@@ -34,6 +34,8 @@ export interface PeerOptions extends FloraInit {
   mdns?: boolean
   /** Count raw transport bytes (benchmarks). */
   wireCounter?: WireCounter
+  /** A prom-client registry for libp2p's metrics (see HostOptions.metrics; flora's own: PeerMetrics). */
+  metrics?: HostOptions['metrics']
   /** Aborting stops the peer. */
   signal?: AbortSignal
   /** libp2p connection monitor settings (ping interval and timeout). */
@@ -202,6 +204,7 @@ export async function createPeer(options: PeerOptions): Promise<FloraPeer> {
     mdns: options.mdns,
     wireCounter: options.wireCounter,
     connectionMonitor: options.connectionMonitor,
+    metrics: options.metrics,
     swarmKey: options.swarmKey,
     deny: options.deny,
     flora: options,
