@@ -1439,7 +1439,14 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
       this.#resolveDone()
       return
     }
-    if (this.#status === 'running') this.#beginRound()
+    // The next round starts on a later turn of the event loop, never in the one that
+    // committed: a swarm that commits rounds without waiting on I/O (one peer with
+    // minPeers 1 and a fast trainer) would otherwise chain rounds through promise
+    // callbacks forever, and signals, timers and sockets would never run (SIGTERM ignored).
+    const head = this.#head.round
+    setImmediate(() => {
+      if (this.#status === 'running' && this.#ctx == null && this.#head.round === head) this.#beginRound()
+    })
   }
 
   #prune(committed: number): void {
