@@ -22,6 +22,7 @@ import { Command, InvalidArgumentError } from 'commander'
 import cliProgress from 'cli-progress'
 import type { PeerReport } from '../src/node/cli.js'
 import { MODEL_TRAINER_DEFAULTS } from '../src/node/model-defaults.js'
+import { VERSION } from '../src/version.js'
 
 /** The FLoRA paper's heterogeneous ranks, cycled for larger swarms. */
 export const PAPER_RANKS = [64, 32, 16, 16, 8, 8, 4, 4, 4, 4]
@@ -326,6 +327,7 @@ function splitArgs(v: string, previous: string[] | undefined): string[] {
 
 async function cli(): Promise<void> {
   const program = new Command('swarm')
+    .version(VERSION, '-V, --version', 'print the version and exit')
     .description(
       "Run a local multi-process flora swarm on 127.0.0.1 and check that every round's state hashes agree. " +
         'With no arguments: 3 peers (ranks 16,8,4) fine-tune the bundled model on a non-IID split of the WordNet task for 3 rounds.',

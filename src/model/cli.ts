@@ -16,6 +16,7 @@ import type { BackendPreference } from './backend.js'
 import { LINEAR_MODULES } from './llama.js'
 import { BACKEND_CHOICES, defaultModelDir, runGenerate, runTrain, TRAIN_DEFAULTS, TrainCommandError, type OutputStream } from './train-command.js'
 import { TrainingAbortedError } from './trainer.js'
+import { VERSION } from '../version.js'
 
 function int(flag: string, min: number) {
   return (value: string): number => {
@@ -112,6 +113,7 @@ export function buildProgram(run: { code: number }, io: CliIo = {}): Command {
   const stderr = io.stderr ?? process.stderr
   const program = new Command('flora')
   program
+    .version(VERSION, '-V, --version', 'print the version and exit')
     .description('Fine-tune a LoRA adapter on one machine (no network) and generate with it. For the peer-to-peer swarm, see flora-peer.')
     .exitOverride()
     .configureOutput({ writeOut: (s) => void stdout.write(s), writeErr: (s) => void stderr.write(s) })

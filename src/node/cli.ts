@@ -19,6 +19,7 @@ import type { WireCounter } from './wire-metrics.js'
 import { listStrategies } from '../aggregation/index.js'
 import { MODEL_TRAINER_DEFAULTS } from './model-defaults.js'
 import { readSwarmKey, swarmKeyFingerprint } from './swarm-key.js'
+import { VERSION } from '../version.js'
 import { Registry } from 'prom-client'
 import {
   DEFAULT_METRICS_HOST,
@@ -104,6 +105,7 @@ function list(value: string, previous: string[] | undefined): string[] {
 export function buildProgram(): Command {
   const program = new Command('flora-peer')
   program
+    .version(VERSION, '-V, --version', 'print the version and exit')
     .description(
       'Join a flora swarm: fine-tune the shared base model with a LoRA of your own rank on your own data, ' +
         'exchange adapters with the other peers over libp2p, and merge every round bit-identically (FLoRA stacking).',

@@ -52,8 +52,9 @@ import { serializeSnapshot } from './snapshot.js'
 import { CumulativeUpdate } from './export.js'
 import { open as openFile } from 'node:fs/promises'
 import type { Trainer } from './trainer.js'
+import { VERSION } from '../version.js'
 
-export const FLORA_AGENT = 'flora/0.1.0'
+export const FLORA_AGENT = `flora/${VERSION}`
 
 /** Addresses dialled per member we were told about (the rest of a hello's list is ignored). */
 export const MAX_LEARNED_ADDRS = 4
