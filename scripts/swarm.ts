@@ -199,7 +199,7 @@ export async function runSwarm(options: SwarmOptions): Promise<SwarmReport> {
       if (ev.event === 'round:complete') {
         completions++
         doing[i] = `r${ev.round} done`
-        const line = `[${elapsed()}] peer ${i} finished round ${ev.round}: state ${ev.stateHash?.slice(0, 12) ?? '?'}, ${ev.contributors?.length ?? '?'} contributors, eval loss ${ev.evalLoss?.toFixed(4) ?? '-'}`
+        const line = `[${elapsed()}] peer ${i} finished round ${ev.round}: state ${ev.stateHash?.slice(0, 12) ?? '?'}, ${ev.contributors?.length ?? '?'} contributor${ev.contributors?.length === 1 ? '' : 's'}, eval loss ${ev.evalLoss?.toFixed(4) ?? '-'}`
         if (bar == null) process.stderr.write(`${line}\n`)
         else showDoing()
       }
@@ -407,7 +407,7 @@ async function cli(): Promise<void> {
   for (const r of report.rounds) {
     const hashes = new Set(Object.values(r.hashes))
     process.stdout.write(
-      `round ${r.round}: ${r.agree ? 'hashes agree' : 'HASHES DISAGREE'} (${[...hashes].map((h) => h?.slice(0, 12) ?? 'missing').join(', ')}), ${r.contributors.length} contributors, eval loss ${lossOf(r)}${trainOf(r)}\n`,
+      `round ${r.round}: ${r.agree ? 'hashes agree' : 'HASHES DISAGREE'} (${[...hashes].map((h) => h?.slice(0, 12) ?? 'missing').join(', ')}), ${r.contributors.length} contributor${r.contributors.length === 1 ? '' : 's'}, eval loss ${lossOf(r)}${trainOf(r)}\n`,
     )
   }
   process.stdout.write(`report: ${join(resolve(out), 'report.json')} (${(report.durationMs / 1000).toFixed(1)} s)\n`)

@@ -1,6 +1,6 @@
 /**
  * State hash: sha256 over a canonical byte layout of named float32 tensors, so peers can
- * prove they hold bit-identical weights (decision 1 in shared/DESIGN.md).
+ * prove they hold bit-identical weights (docs/MERGE.md).
  *
  * Layout (all integers u32 little-endian):
  *   magic   "flora-state-v1" (14 ASCII bytes)      domain separation / versioning

@@ -1,5 +1,5 @@
 /**
- * Core LoRA data types, in HF PEFT conventions (see shared/REFERENCE.md).
+ * Core LoRA data types, in HF PEFT conventions (docs/MERGE.md states the update they define).
  *
  * A frozen linear layer W0 has shape [out, in] (nn.Linear layout, row-major).
  * A rank-r adapter on it has loraA [r, in] and loraB [out, r], and contributes

@@ -446,7 +446,7 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
         emit(
           'round:complete',
           { ...d, evalLoss },
-          `round ${d.round}${o.rounds != null ? `/${o.rounds}` : ''} complete  state ${d.stateHash.slice(0, 16)}  ${d.contributors.length} contributors  ` +
+          `round ${d.round}${o.rounds != null ? `/${o.rounds}` : ''} complete  state ${d.stateHash.slice(0, 16)}  ${d.contributors.length} contributor${d.contributors.length === 1 ? '' : 's'}  ` +
             `eval loss ${evalLoss?.toFixed(4) ?? '-'}${train != null ? `  (local train loss ${train.toFixed(4)})` : ''}  ${(d.metrics.roundMs / 1000).toFixed(1)} s`,
         )
       }),

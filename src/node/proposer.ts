@@ -1,5 +1,5 @@
 /**
- * Rotating proposer (DESIGN decision 3): for round r, members are ordered by
+ * Rotating proposer (docs/FEDERATION.md, "Views"): for round r, members are ordered by
  * sha256(u32be(r) || utf8(peerId)). The order only depends on (r, peer id), so it rotates
  * pseudo-randomly every round and any two peers that know the same members agree on it.
  * The same key ranks competing manifests: the one whose proposer sorts first wins.

@@ -1,7 +1,7 @@
 /**
  * The canonical shared state: the target modules' base weights (named Float32Arrays), the
  * global adapter of strategies that keep one (empty for FLoRA), the round it is at, and
- * its hash. The merge happens here, outside any training backend (DESIGN decision 1), so
+ * its hash. The merge happens here, outside any training backend (docs/MERGE.md), so
  * the next state is a pure function of (state, the manifest's adapters, their order).
  */
 import { getStrategy } from '../aggregation/index.js'
