@@ -58,7 +58,7 @@ export interface FloraPeer {
   readonly head: SwarmState
   /** The chain of committed round records. */
   readonly records: RoundLog
-  /** Addresses others can bootstrap to (with /p2p/<peer id>). */
+  /** Addresses others can bootstrap to (with /p2p/<peer id>), loopback ones last. */
   multiaddrs(): string[]
   /** Starts the host; rounds begin when `config.round.minPeers` members are ready. */
   start(): Promise<void>
@@ -123,7 +123,7 @@ class Peer extends TypedEventEmitter<FloraEvents> implements FloraPeer {
   }
 
   multiaddrs(): string[] {
-    return this.libp2p.getMultiaddrs().map((m) => m.toString())
+    return loopbackLast(this.libp2p.getMultiaddrs().map((m) => m.toString()))
   }
 
   async start(): Promise<void> {
@@ -214,4 +214,14 @@ export async function createPeer(options: PeerOptions): Promise<FloraPeer> {
     bootstrapList.map((b) => ({ addr: b.addr, id: peerIdFromString(b.id) })),
     options.signal,
   )
+}
+
+/**
+ * Addresses in the order to offer them: loopback ones (reachable from this host only) last,
+ * the others in libp2p's order. A user on another machine bootstraps to the first address
+ * a peer prints; with 127.0.0.1 first it waited for swarm members forever.
+ */
+export function loopbackLast(addrs: readonly string[]): string[] {
+  const loopback = (a: string): boolean => a.startsWith('/ip4/127.') || a.startsWith('/ip6/::1/')
+  return [...addrs.filter((a) => !loopback(a)), ...addrs.filter(loopback)]
 }
