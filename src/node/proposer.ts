@@ -55,13 +55,17 @@ export function foundingKey(round: number, view: number, peerId: string): string
 }
 
 /**
- * Whether a founding proposal by `proposer` in `view` is in turn at a peer holding
- * `candidates`: the proposer would be the view's founding proposer were it among them. A
- * founder this peer has not heard from yet (its announcement, or its adapter, still on the
- * way: on a loaded machine, for many seconds) can then still propose in a view whose
- * lowest key is its own, instead of being refused by every peer whose set lacks it; a
- * proposer that ranks below a founder this peer knows is refused as before.
+ * Whether a founding proposal by `proposer` in `view` is in turn at a peer whose founding
+ * proposer of that view is `turn` (foundingProposer over its candidates): the proposer
+ * would be the view's proposer were it among those candidates, i.e. it ranks before
+ * `turn`. A founder this peer has not heard from yet (its announcement, or its adapter,
+ * still on the way: on a loaded machine, for many seconds) can then still propose in a
+ * view whose lowest key is its own, instead of being refused by every peer whose set
+ * lacks it; a proposer that ranks below a founder this peer knows is refused as before.
  */
-export function foundingInTurn(round: number, view: number, proposer: string, candidates: Iterable<string>): boolean {
-  return foundingProposer(round, view, [...candidates, proposer]) === proposer
+export function foundingInTurn(round: number, view: number, proposer: string, turn: string): boolean {
+  if (proposer === turn) return true
+  const a = foundingKey(round, view, proposer)
+  const b = foundingKey(round, view, turn)
+  return a < b || (a === b && proposer < turn)
 }

@@ -193,8 +193,9 @@ export class RoundMachine<P, V> {
    * would be were it among our candidates (see foundingInTurn).
    */
   inTurn(proposer: string, view: number): boolean {
-    if (proposer === this.proposerOf(view)) return true
-    return this.founding && foundingInTurn(this.init.round, view, proposer, this.#candidates)
+    const turn = this.proposerOf(view)
+    if (proposer === turn) return true
+    return this.founding && foundingInTurn(this.init.round, view, proposer, turn)
   }
 
   /**
