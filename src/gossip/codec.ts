@@ -3,6 +3,18 @@ import { canonicalBytes, type CanonicalValue } from './canonical.js'
 import { GossipMessageSchema, MAX_ANNOUNCEMENT_BYTES, MAX_MANIFEST_BYTES, type GossipMessage } from './messages.js'
 import type { RejectReason } from './errors.js'
 
+/**
+ * The largest gossipsub RPC a flora host reads (gossipsub's `maxInboundDataLength`). flora's
+ * gossip messages are small (an announcement ~0.5 KB; a manifest or commit ~4 KiB per member
+ * of the round at most) and payloads travel on their own protocol, so 1 MiB covers honest
+ * swarms of ~250 members with several messages batched in one RPC. A peer that sends a
+ * larger RPC is refused (see FloraService).
+ */
+export const MAX_GOSSIP_RPC_BYTES = 1 << 20
+
+/** The errors it-length-prefixed raises for a frame over the cap or a malformed length prefix (by `name`). */
+export const LENGTH_PREFIX_ERRORS: ReadonlySet<string> = new Set(['InvalidDataLengthError', 'InvalidDataLengthLengthError', 'InvalidMessageLengthError'])
+
 export function encodeGossipMessage(msg: GossipMessage): Uint8Array {
   return canonicalBytes(msg as unknown as CanonicalValue)
 }

@@ -463,6 +463,10 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
     report.rejected[e.detail.reason] = (report.rejected[e.detail.reason] ?? 0) + 1
     emit('peer:rejected', { ...e.detail }, `rejected ${e.detail.peerId}: ${e.detail.reason} (${e.detail.detail})`)
   })
+  peer.addEventListener('bootstrap:unreachable', (e) => {
+    const d = e.detail
+    emit('bootstrap:unreachable', { ...d }, `bootstrap ${d.addr} unreachable (attempt ${d.attempts}: ${d.error}); retrying in ${Math.round(d.retryInMs / 1000)} s`)
+  })
   peer.addEventListener('member:join', (e) => emit('member:join', { ...e.detail }, `member joined: ${e.detail.peerId}`))
   peer.addEventListener('member:leave', (e) => emit('member:leave', { ...e.detail }, `member left: ${e.detail.peerId}`))
 

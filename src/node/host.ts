@@ -21,6 +21,7 @@ import type { Registry } from 'prom-client'
 import { flora, type FloraInit, type FloraService } from './service.js'
 import { wireMetrics, type WireCounter } from './wire-metrics.js'
 import { parseSwarmKey } from './swarm-key.js'
+import { MAX_GOSSIP_RPC_BYTES } from '../gossip/codec.js'
 import type { SwarmConfig } from './config.js'
 
 export interface HostOptions {
@@ -66,13 +67,7 @@ export function memberFilter(config: Pick<SwarmConfig, 'members'>, self?: string
   return (peerId) => peerId === self || members.has(peerId)
 }
 
-/**
- * The largest gossipsub RPC a flora host reads. flora's gossip messages are small (an
- * announcement ~0.5 KB; a manifest or commit ~4 KiB per member of the round at most) and
- * payloads travel on their own protocol, so 1 MiB covers honest swarms of ~250 members
- * with several messages batched in one RPC.
- */
-export const MAX_GOSSIP_RPC_BYTES = 1 << 20
+export { MAX_GOSSIP_RPC_BYTES }
 
 /** libp2p's connection monitor as flora sets it up: late pings are measured, never fatal (see createHost). */
 export const DEFAULT_CONNECTION_MONITOR = {

@@ -15,6 +15,7 @@ import { multiaddr } from '@multiformats/multiaddr'
 import { createHost, memberFilter, type FloraLibp2p, type HostOptions } from './host.js'
 import { loadOrCreateIdentity } from './identity.js'
 import type { FloraEvents, FloraInit, FloraService, FloraStats } from './service.js'
+import { BootstrapDialer, type BootstrapFailure } from './bootstrap-dialer.js'
 import type { RoundLog } from './round-log.js'
 import type { SwarmState } from './state.js'
 import type { WireCounter } from './wire-metrics.js'
@@ -60,7 +61,12 @@ export interface FloraPeer {
   readonly records: RoundLog
   /** Addresses others can bootstrap to (with /p2p/<peer id>), loopback ones last. */
   multiaddrs(): string[]
-  /** Starts the host; rounds begin when `config.round.minPeers` members are ready. */
+  /**
+   * Starts the host (listening, dialling the bootstrap addresses: each is retried with
+   * backoff and every failure is reported as `bootstrap:unreachable`), then the rounds
+   * (unless `autoStart: false`); they begin when `config.round.minPeers` members are ready.
+   * Rejects, with nothing begun, when the host cannot start (e.g. EADDRINUSE).
+   */
   start(): Promise<void>
   /** Leaves the swarm and stops the host (idempotent). */
   stop(): Promise<void>
@@ -73,7 +79,13 @@ export interface FloraPeer {
   removeEventListener: FloraEventTarget['removeEventListener']
 }
 
-type FloraEventTarget = TypedEventEmitter<FloraEvents>
+/** The service's events, and the peer's own. */
+export interface PeerEvents extends FloraEvents {
+  /** A bootstrap address could not be dialled; it is retried with backoff until connected. */
+  'bootstrap:unreachable': CustomEvent<BootstrapFailure>
+}
+
+type FloraEventTarget = TypedEventEmitter<PeerEvents>
 
 export class PeerOptionsError extends Error {
   override readonly name = 'PeerOptionsError'
@@ -81,18 +93,24 @@ export class PeerOptionsError extends Error {
 
 const FORWARDED = ['round:start', 'round:complete', 'round:stalled', 'adapter:received', 'peer:rejected', 'member:join', 'member:leave', 'done'] as const
 
-class Peer extends TypedEventEmitter<FloraEvents> implements FloraPeer {
+class Peer extends TypedEventEmitter<PeerEvents> implements FloraPeer {
   readonly libp2p: FloraLibp2p
   readonly service: FloraService
-  readonly #bootstrap: readonly { id: PeerId; addr: string }[]
-  #timer: NodeJS.Timeout | undefined
+  readonly #bootstrap: BootstrapDialer
+  readonly #autoStart: boolean
   #stopping: Promise<void> | undefined
 
-  constructor(libp2p: FloraLibp2p, bootstrapList: readonly { id: PeerId; addr: string }[], signal?: AbortSignal) {
+  constructor(libp2p: FloraLibp2p, bootstrapList: readonly { id: PeerId; addr: string }[], autoStart: boolean, signal?: AbortSignal) {
     super()
     this.libp2p = libp2p
     this.service = libp2p.services.flora
-    this.#bootstrap = bootstrapList
+    this.#autoStart = autoStart
+    this.#bootstrap = new BootstrapDialer(bootstrapList, {
+      dial: (addr, dialSignal) => libp2p.dial(addr, { signal: dialSignal }),
+      connected: (id) => libp2p.getConnections(id).length > 0,
+      refused: (id) => this.service.isRefused(id.toString()),
+      onFailure: (failure) => this.safeDispatchEvent('bootstrap:unreachable', { detail: failure }),
+    })
     for (const type of FORWARDED) {
       this.service.addEventListener(type, (evt) => {
         this.safeDispatchEvent(type, { detail: (evt as CustomEvent).detail })
@@ -127,23 +145,16 @@ class Peer extends TypedEventEmitter<FloraEvents> implements FloraPeer {
   }
 
   async start(): Promise<void> {
+    // Rounds begin only once the host listens: a port in use fails here, before any round
+    // (or "waiting for swarm members") begins.
     await this.libp2p.start()
-    if (this.#bootstrap.length > 0) {
-      // @libp2p/bootstrap dials once; keep trying so peers may start in any order.
-      const tick = (): void => {
-        for (const b of this.#bootstrap) {
-          if (this.libp2p.getConnections(b.id).length > 0 || this.service.isRefused(b.id.toString())) continue
-          this.libp2p.dial(multiaddr(b.addr)).catch(() => {})
-        }
-      }
-      this.#timer = setInterval(tick, 2000)
-      this.#timer.unref()
-    }
+    this.#bootstrap.start()
+    if (this.#autoStart) this.service.beginRounds()
   }
 
   async stop(): Promise<void> {
     this.#stopping ??= (async () => {
-      if (this.#timer != null) clearInterval(this.#timer)
+      this.#bootstrap.stop()
       await this.libp2p.stop()
       // (also when the node never started: the state dir is released either way)
       this.service.stateDir?.close()
@@ -207,11 +218,13 @@ export async function createPeer(options: PeerOptions): Promise<FloraPeer> {
     metrics: options.metrics,
     swarmKey: options.swarmKey,
     deny: options.deny,
-    flora: options,
+    // The peer starts the rounds itself, once the host is listening (see Peer.start).
+    flora: { ...options, autoStart: false },
   })
   return new Peer(
     libp2p,
     bootstrapList.map((b) => ({ addr: b.addr, id: peerIdFromString(b.id) })),
+    options.autoStart !== false,
     options.signal,
   )
 }

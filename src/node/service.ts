@@ -27,7 +27,7 @@ import { peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
 import type { Logger } from 'pino'
 import type { CanonicalValue } from '../gossip/canonical.js'
-import { decodeGossipMessage, encodeGossipMessage } from '../gossip/codec.js'
+import { decodeGossipMessage, encodeGossipMessage, LENGTH_PREFIX_ERRORS, MAX_GOSSIP_RPC_BYTES } from '../gossip/codec.js'
 import { PayloadFetcher } from '../gossip/fetcher.js'
 import { configDiff, HELLO_PROTOCOL, helloHandler, MAX_HELLO_PEERS, sayHello, type Hello } from '../gossip/hello.js'
 import { messageRound, type GossipMessage } from '../gossip/messages.js'
@@ -199,6 +199,8 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
   readonly #helloFailures = new Map<string, number>()
   #sweep: NodeJS.Timeout | undefined
   readonly #refused = new Map<string, number>()
+  #unwatchGossipStreams: (() => void) | undefined
+  #roundsStarted = false
   /** Head rounds members reported in their handshake. */
   readonly #heads = new Map<string, number>()
   readonly #served = new Map<string, number>()
@@ -434,17 +436,27 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
         onRefused: (info) => this.#onRefused(info),
       }),
     )
+    this.#watchGossipStreams(pubsub)
     pubsub.addEventListener('message', this.#onMessage)
     pubsub.addEventListener('subscription-change', this.#onSubscriptionChange)
     pubsub.addEventListener('gossipsub:heartbeat', this.#onHeartbeat)
     pubsub.subscribe(this.topic)
     this.#c.events.addEventListener('peer:disconnect', this.#onDisconnect)
     this.#log.info({ swarm: this.swarmId.slice(0, 16), topic: this.topic, rank: this.#init.rank, strategy: this.config.strategy }, 'flora started')
-    if (this.#init.autoStart !== false) {
-      this.engine.start(this.#stopController.signal).catch((err: Error) => {
-        if (!this.#stopController.signal.aborted) this.#log.error({ err: err.message }, 'could not start rounds')
-      })
-    }
+    if (this.#init.autoStart !== false) this.beginRounds()
+  }
+
+  /**
+   * `startRounds` without waiting: begins the rounds (once; later calls do nothing) and logs
+   * a failure. The service calls it when it starts unless `autoStart: false`; `createPeer`
+   * calls it once the host is listening.
+   */
+  beginRounds(): void {
+    if (this.#roundsStarted || !this.#started) return
+    this.#roundsStarted = true
+    this.engine.start(this.#stopController.signal).catch((err: Error) => {
+      if (!this.#stopController.signal.aborted) this.#log.error({ err: err.message }, 'could not start rounds')
+    })
   }
 
   async beforeStop(): Promise<void> {
@@ -458,6 +470,7 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
       pubsub.removeEventListener('subscription-change', this.#onSubscriptionChange)
       pubsub.removeEventListener('gossipsub:heartbeat', this.#onHeartbeat)
       pubsub.topicValidators.delete(this.topic)
+      this.#unwatchGossipStreams?.()
       const score = (pubsub as unknown as { score?: { params?: PeerScoreParams } }).score
       if (score?.params?.topics != null) delete score.params.topics[this.topic]
       try {
@@ -615,15 +628,52 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
     if (this.#rejectedFrom.size > 4096) this.#rejectedFrom.clear()
     if (recent.length < MAX_REJECTED_IN_WINDOW || this.isRefused(from)) return
     this.#rejectedFrom.delete(from)
-    this.#refused.set(from, now + (this.#init.refuseMs ?? 60_000))
-    const detail = `${recent.length} rejected gossip messages in ${REJECT_WINDOW_MS / 1000} s: disconnected and refused for ${Math.round((this.#init.refuseMs ?? 60_000) / 1000)} s`
+    this.#refuseFlooder(from, `${recent.length} rejected gossip messages in ${REJECT_WINDOW_MS / 1000} s`)
+  }
+
+  /** Disconnects a peer at once (its connections aborted: what it has in flight is dropped) and refuses it for `refuseMs`. */
+  #refuseFlooder(from: string, why: string): void {
+    const refuseMs = this.#init.refuseMs ?? 60_000
+    this.#refused.set(from, Date.now() + refuseMs)
+    const detail = `${why}: disconnected and refused for ${Math.round(refuseMs / 1000)} s`
     this.#log.warn({ peer: from, reason: 'flood' }, `refusing peer: ${detail}`)
     this.safeDispatchEvent('peer:rejected', { detail: { peerId: from, reason: 'flood', detail } })
     if (this.#members.delete(from)) {
       this.safeDispatchEvent('member:leave', { detail: { peerId: from } })
       this.engine.membersChanged()
     }
-    void this.#c.connectionManager.closeConnections(peerIdFromString(from)).catch(() => {})
+    const err = new Error(`flora refused ${from}: ${why}`)
+    for (const conn of this.#c.connectionManager.getConnections(peerIdFromString(from))) conn.abort(err)
+  }
+
+  /**
+   * gossipsub refuses an RPC above its `maxInboundDataLength` (flora hosts: MAX_GOSSIP_RPC_BYTES; or with a malformed length prefix)
+   * when its prefix arrives, inside gossipsub, before flora's validator sees anything, and
+   * then only stops reading that stream: the sender's bytes already in flight (tens of MB
+   * for a flood of oversized manifests) are still received and buffered. No honest flora
+   * peer sends such an RPC, so the sender is refused at once and its connections aborted.
+   * gossipsub reports read errors through its `handlePeerReadStreamError` method (its
+   * documented hook for spying on them); it is wrapped here and restored on stop.
+   */
+  #watchGossipStreams(pubsub: GossipSub): void {
+    const target = pubsub as unknown as { handlePeerReadStreamError?: (err: unknown, peerId: PeerId) => void }
+    const original = target.handlePeerReadStreamError
+    if (typeof original !== 'function') {
+      this.#log.warn('this gossipsub does not report stream read errors: senders of oversized gossip RPCs are not refused')
+      return
+    }
+    const cap = (pubsub as unknown as { opts?: { maxInboundDataLength?: number } }).opts?.maxInboundDataLength ?? MAX_GOSSIP_RPC_BYTES
+    target.handlePeerReadStreamError = (err: unknown, peerId: PeerId) => {
+      const name = (err as { name?: unknown } | null)?.name
+      if (typeof name === 'string' && LENGTH_PREFIX_ERRORS.has(name) && !this.isRefused(peerId.toString())) {
+        this.#refuseFlooder(peerId.toString(), `a gossip RPC over the ${cap} byte cap or with a malformed length prefix (${(err as Error).message})`)
+      }
+      original.call(pubsub, err, peerId)
+    }
+    this.#unwatchGossipStreams = () => {
+      target.handlePeerReadStreamError = original
+      this.#unwatchGossipStreams = undefined
+    }
   }
 
   /** Our hello; the member list only for a peer whose own hello checked out (`share`). */

@@ -1,8 +1,7 @@
 /** Shared helpers for the multi-peer tests: loopback peers, gates, event waits. */
 import type { PrivateKey } from '@libp2p/interface'
 import { peerIdFromPrivateKey } from '@libp2p/peer-id'
-import { createPeer, type FloraPeer, type PeerOptions } from '../../src/node/peer.js'
-import type { FloraEvents } from '../../src/node/service.js'
+import { createPeer, type FloraPeer, type PeerEvents, type PeerOptions } from '../../src/node/peer.js'
 import { identityFromSeed } from '../../src/node/identity.js'
 import { syntheticSwarm, type SyntheticSwarmOptions } from '../../src/node/synthetic.js'
 import { syntheticTrainer, type Trainer, type TrainContext } from '../../src/node/trainer.js'
@@ -11,18 +10,18 @@ import type { SwarmConfig } from '../../src/node/config.js'
 import { createLogger } from '../../src/node/logger.js'
 
 /** Waits for an event whose detail satisfies `pred`, or fails after `timeoutMs`. */
-export function waitForEvent<K extends keyof FloraEvents>(
+export function waitForEvent<K extends keyof PeerEvents>(
   target: FloraPeer,
   type: K,
-  pred: (detail: FloraEvents[K]['detail']) => boolean = () => true,
+  pred: (detail: PeerEvents[K]['detail']) => boolean = () => true,
   timeoutMs = 20_000,
-): Promise<FloraEvents[K]['detail']> {
+): Promise<PeerEvents[K]['detail']> {
   return new Promise((resolve, reject) => {
     const timer = setTimeout(() => {
       target.removeEventListener(type, listener)
       reject(new Error(`timed out after ${timeoutMs} ms waiting for ${String(type)} on ${target.peerId.slice(-8)}`))
     }, timeoutMs)
-    const listener = (evt: FloraEvents[K]): void => {
+    const listener = (evt: PeerEvents[K]): void => {
       if (!pred(evt.detail)) return
       clearTimeout(timer)
       target.removeEventListener(type, listener)

@@ -14,7 +14,7 @@ import { peerIdFromPrivateKey } from '@libp2p/peer-id'
 import { signAnnouncement, signManifest } from '../../src/gossip/sign.js'
 import { HELLO_PROTOCOL, sayHello, type Hello } from '../../src/gossip/hello.js'
 import { validateGossipMessage } from '../../src/gossip/validator.js'
-import { encodeGossipMessage } from '../../src/gossip/codec.js'
+import { encodeGossipMessage, MAX_GOSSIP_RPC_BYTES } from '../../src/gossip/codec.js'
 import { swarmTopic } from '../../src/gossip/topics.js'
 import type { CanonicalValue } from '../../src/gossip/canonical.js'
 import type { ManifestEntry } from '../../src/gossip/messages.js'
@@ -111,6 +111,34 @@ describe('hostile members against a running swarm', () => {
     await Promise.all(Array.from({ length: 12 }, (_, i) => a.publish(topic, new TextEncoder().encode(`{"kind":"nonsense","n":${i}}`))))
     const d = await flood
     expect(d.detail).toMatch(/rejected gossip messages/)
+    await gone
+    expect(honest.libp2p.getConnections(a.node.peerId)).toHaveLength(0)
+    expect(honest.service.isRefused(a.peerId)).toBe(true)
+  })
+
+  it('a peer that sends a gossip RPC over the cap is disconnected at once, before the rest of its flood arrives', async () => {
+    const a = await attacker('hostile-oversized-rpc')
+    const honest = swarm.peers[0]
+    const topic = swarmTopic(honest.swarmId)
+    await a.join([honest.multiaddrs()[0]], [honest.peerId], topic)
+    const refused = waitForEvent(honest, 'peer:rejected', (d) => d.reason === 'flood' && d.peerId === a.peerId)
+    const gone = new Promise<void>((resolve) => {
+      const onDisconnect = (e: CustomEvent<{ toString(): string }>): void => {
+        if (e.detail.toString() !== a.peerId) return
+        honest.libp2p.removeEventListener('peer:disconnect', onDisconnect)
+        resolve()
+      }
+      honest.libp2p.addEventListener('peer:disconnect', onDisconnect)
+    })
+    // gossipsub refuses the RPC at its length prefix, inside gossipsub: flora's validator never
+    // sees it. One such RPC is enough: no honest flora peer sends one.
+    const big = new Uint8Array(MAX_GOSSIP_RPC_BYTES + 1024).fill(0x20)
+    for (let i = 0; i < 4; i++) {
+      big[0] = i
+      await a.publish(topic, big)
+    }
+    const d = await refused
+    expect(d.detail).toMatch(/gossip RPC over the 1048576 byte cap/)
     await gone
     expect(honest.libp2p.getConnections(a.node.peerId)).toHaveLength(0)
     expect(honest.service.isRefused(a.peerId)).toBe(true)
