@@ -236,6 +236,18 @@ interface RoundContext {
 
 type Status = 'idle' | 'waiting' | 'running' | 'done' | 'stopped'
 
+/**
+ * Whether a member whose handshake reported head `reported` counts as behind (a restarted
+ * peer: not a round participant until it catches up) while our head is `ours`. One round
+ * behind is ordinary lag, not a restart: a member greets us again just as we commit a round
+ * it is still finishing (a loaded machine, a slow replay) and commits it a moment later.
+ * Counting it out dropped its adapter from the next round although nothing was wrong (the
+ * 3-peer swarm test failed this way under CI load).
+ */
+export function handshakeSaysBehind(reported: number | undefined, ours: number): boolean {
+  return reported !== undefined && reported < ours - 1
+}
+
 export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
   readonly #i: RoundEngineInit
   readonly #log: Logger
@@ -459,10 +471,9 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     return (this.#stash.get(this.round) ?? []).some((m) => m.kind === 'announce' && members.has(m.body.author))
   }
 
-  /** A member that said in its handshake that it is behind our head (a restarted peer). */
+  /** A member that said in its handshake that it is behind (see handshakeSaysBehind). */
   #reportsBehind(peer: string): boolean {
-    const h = this.#i.network.reportedHead?.(peer)
-    return h !== undefined && h < this.#head.round
+    return handshakeSaysBehind(this.#i.network.reportedHead?.(peer), this.#head.round)
   }
 
   /** The highest head round any connected member reported. */

@@ -7,7 +7,22 @@ import { syntheticSwarm, type SyntheticSwarmOptions } from '../../src/node/synth
 import { syntheticTrainer, type Trainer, type TrainContext } from '../../src/node/trainer.js'
 import type { AdapterSet } from '../../src/lora/types.js'
 import type { SwarmConfig } from '../../src/node/config.js'
+import path from 'node:path'
+import { pino, type Logger } from 'pino'
 import { createLogger } from '../../src/node/logger.js'
+
+/**
+ * The test peers' logger: none unless FLORA_TEST_LOG names a level; human lines on stderr,
+ * or JSON lines in FLORA_TEST_LOG_DIR/<idSeed>.log (one file per swarm, so the logs of test
+ * files running in parallel stay apart).
+ */
+function testLogger(idSeed: string): Logger | undefined {
+  const level = process.env.FLORA_TEST_LOG
+  if (level == null) return undefined
+  const dir = process.env.FLORA_TEST_LOG_DIR
+  if (dir == null) return createLogger({ level, human: true })
+  return createLogger({ level, destination: pino.destination({ dest: path.join(dir, `${idSeed}.log`), sync: true, append: true }) })
+}
 
 /** Waits for an event whose detail satisfies `pred`, or fails after `timeoutMs`. */
 export function waitForEvent<K extends keyof PeerEvents>(
@@ -118,7 +133,7 @@ export async function startTestSwarm(options: TestSwarmOptions): Promise<TestSwa
       privateKey: keys[i],
       rank: options.ranks[i],
       rounds: options.rounds,
-      logger: process.env.FLORA_TEST_LOG != null ? createLogger({ level: process.env.FLORA_TEST_LOG, human: true }) : undefined,
+      logger: testLogger(options.idSeed ?? 'peer'),
       listen: ['/ip4/127.0.0.1/tcp/0'],
       bootstrap: i === 0 ? [] : [peers[0].multiaddrs()[0]],
       trainer: recordingTrainer(() => self, book, {

@@ -6,7 +6,7 @@
  */
 import { afterEach, describe, expect, it } from 'vitest'
 import { swarmTopic } from '../../src/gossip/topics.js'
-import type { RoundStalledDetail } from '../../src/node/engine.js'
+import { handshakeSaysBehind, type RoundStalledDetail } from '../../src/node/engine.js'
 import { gate, startTestSwarm, waitForEvent, type TestSwarm } from './helpers.js'
 
 describe('a straggler that lost the gossip', () => {
@@ -43,5 +43,17 @@ describe('a straggler that lost the gossip', () => {
     expect(stalls).toEqual([])
     const heads = s.peers.map((p) => p.records.all().map((r) => r.stateHash).join(','))
     expect(new Set(heads).size).toBe(1)
+  })
+})
+
+describe('a member that greets us one round behind', () => {
+  it('is lagging, not restarted: it stays a participant (its next adapter is waited for)', () => {
+    // We just committed round 4; a member still finishing round 4 says head 3.
+    expect(handshakeSaysBehind(3, 4)).toBe(false)
+    expect(handshakeSaysBehind(4, 4)).toBe(false)
+    expect(handshakeSaysBehind(undefined, 4)).toBe(false)
+    // Two rounds or more: restarted or cut off, it catches up before it takes part.
+    expect(handshakeSaysBehind(2, 4)).toBe(true)
+    expect(handshakeSaysBehind(0, 7)).toBe(true)
   })
 })
