@@ -31,6 +31,8 @@ import {
   type MetricsAddress,
   type MetricsServer,
 } from './metrics.js'
+import { startPeerHttpServer, type PeerHttpServer } from './http.js'
+import { StatusTracker } from './status.js'
 
 export interface PeerReport {
   peerId: string
@@ -167,6 +169,7 @@ export function buildProgram(): Command {
     .addOption(new Option('--report <file>', 'write a JSON summary of this peer\'s run here on exit').env('FLORA_REPORT'))
     .addOption(new Option('--linger <ms>', 'after the last round, keep serving payloads this long for slower peers (default: min(grace, 3000), then as long as members still run rounds, up to the stall timeout)').argParser(int('--linger', 0)).env('FLORA_LINGER_MS'))
     .addOption(new Option('--merge-workers <n>', 'merge worker threads (0: main thread)').argParser(int('--merge-workers', 0)).default(0).env('FLORA_MERGE_WORKERS'))
+    .addOption(new Option('--http <[host:]port>', `serve a live status page at http://HOST:PORT/ (members, round and phase, hash agreement, loss per round, rejections), its data at /status.json and the Prometheus metrics at /metrics (host default ${DEFAULT_METRICS_HOST}; port 0: any free port)`).argParser(metricsAddress).env('FLORA_HTTP'))
     .addOption(new Option('--metrics <[host:]port>', `serve Prometheus metrics at http://HOST:PORT/metrics (host default ${DEFAULT_METRICS_HOST}; port 0: any free port; see docs/METRICS.md)`).argParser(metricsAddress).env('FLORA_METRICS'))
     .addOption(new Option('--log-level <level>', 'trace, debug, info, warn, error, silent').default('info').env('FLORA_LOG_LEVEL'))
     .addOption(new Option('--json', 'JSON lines even on a TTY').env('FLORA_JSON'))
@@ -260,6 +263,7 @@ interface CliOptions {
   linger?: number
   mergeWorkers: number
   metrics?: MetricsAddress
+  http?: MetricsAddress
   logLevel: string
   json?: boolean
 }
@@ -364,8 +368,8 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
 
   const wire: WireCounter = { bytesIn: 0, bytesOut: 0 }
   const stateDir = o.state === false ? undefined : (o.stateDir ?? defaultStateDir(o.identity))
-  // flora's and libp2p's metrics on one registry (--metrics).
-  const registry = o.metrics != null ? new Registry() : undefined
+  // flora's and libp2p's metrics on one registry (--metrics, and /metrics of --http).
+  const registry = o.metrics != null || o.http != null ? new Registry() : undefined
   const peer = await createPeer({
     config: setup.config,
     weights: setup.weights,
@@ -409,9 +413,25 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
     }
     log.info({ url: metricsServer.url }, `metrics on ${metricsServer.url}`)
   }
+  const status = o.http != null ? new StatusTracker(peer, { rank: o.rank, rounds: o.rounds }) : undefined
+  let httpServer: PeerHttpServer | undefined
+  if (o.http != null) {
+    try {
+      httpServer = await startPeerHttpServer({ ...o.http, registry, status })
+    } catch (err) {
+      log.error({ host: o.http.host, port: o.http.port, err: (err as Error).message }, 'could not start the status server (--http)')
+      await metricsServer?.close()
+      await peer.stop()
+      await setup.close?.()
+      return 1
+    }
+    log.info({ url: `${httpServer.url}/` }, `status page on ${httpServer.url}/`)
+  }
   const stopMetrics = async (): Promise<void> => {
     peerMetrics?.close()
+    status?.close()
     await metricsServer?.close()
+    await httpServer?.close()
   }
 
   const report: PeerReport = {
@@ -429,7 +449,10 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
     stats: { payloadBytesReceived: 0, payloadBytesSent: 0, gossipBytesReceived: 0, wireBytesIn: 0, wireBytesOut: 0 },
     finished: false,
   }
-  if (report.genesis.evalLoss != null) peerMetrics?.recordEval(0, report.genesis.evalLoss)
+  if (report.genesis.evalLoss != null) {
+    peerMetrics?.recordEval(0, report.genesis.evalLoss)
+    status?.recordEval(0, report.genesis.evalLoss)
+  }
   const pending: Promise<void>[] = []
   const exporter = o.out != null ? new ModelExporter(peer, o.out, setup.baseModelDir, log) : undefined
   peer.addEventListener('round:complete', (e) => {
@@ -440,7 +463,10 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
     if (latest) exporter?.schedule()
     pending.push(
       (latest ? evaluate(weights) : Promise.resolve(null)).then((evalLoss) => {
-        if (evalLoss != null) peerMetrics?.recordEval(d.round, evalLoss)
+        if (evalLoss != null) {
+          peerMetrics?.recordEval(d.round, evalLoss)
+          status?.recordEval(d.round, evalLoss)
+        }
         report.rounds.push({ ...d, evalLoss })
         const train = d.metrics.train?.loss
         emit(
@@ -481,9 +507,10 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
   log.info({ trainer: o.trainer, setup: setup.description }, 'training backend')
   emit(
     'listening',
-    { peerId: peer.peerId, swarmId: report.swarmId, multiaddrs: report.multiaddrs, rank: o.rank, alpha, ...(metricsServer != null ? { metrics: metricsServer.url } : {}) },
+    { peerId: peer.peerId, swarmId: report.swarmId, multiaddrs: report.multiaddrs, rank: o.rank, alpha, ...(metricsServer != null ? { metrics: metricsServer.url } : {}), ...(httpServer != null ? { status: `${httpServer.url}/` } : {}) },
     `flora-peer ${peer.peerId}\nswarm ${report.swarmId}\nlistening on (bootstrap other peers to one of these):\n${report.multiaddrs.map((a) => `  ${a}`).join('\n')}` +
-      (metricsServer != null ? `\nmetrics on ${metricsServer.url}` : ''),
+      (metricsServer != null ? `\nmetrics on ${metricsServer.url}` : '') +
+      (httpServer != null ? `\nstatus page on ${httpServer.url}/` : ''),
   )
 
   const aborted = new Promise<void>((resolve) => stop.signal.addEventListener('abort', () => resolve(), { once: true }))

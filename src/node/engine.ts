@@ -98,6 +98,8 @@ export interface AdapterReceivedDetail {
   readonly rank: number
   readonly alpha: number
   readonly samples: number
+  /** From the announcement to the payload fetched, decoded and checked. */
+  readonly fetchMs: number
 }
 
 export interface PeerRejectedDetail {
@@ -236,6 +238,22 @@ interface RoundContext {
 
 type Status = 'idle' | 'waiting' | 'running' | 'done' | 'stopped'
 
+/** What a running round is doing: training locally, collecting adapters (and proposing, voting), committing a decided value, or catching up by state sync. */
+export type RoundPhase = 'training' | 'collecting' | 'committing' | 'catching-up'
+
+export interface RoundProgress {
+  readonly round: number
+  readonly phase: RoundPhase
+  /** The view (proposer turn) this peer is in. */
+  readonly view: number
+  /** When the round started here (ms since the epoch). */
+  readonly startedAt: number
+  /** Adapters held for the round, this peer's own included once trained. */
+  readonly adapters: number
+  /** Adapters the round waits for (up to its deadline), this peer's own included. */
+  readonly expected: number
+}
+
 /**
  * Whether a member whose handshake reported head `reported` counts as behind (a restarted
  * peer: not a round participant until it catches up) while our head is `ours`. One round
@@ -332,6 +350,22 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
 
   get status(): Status {
     return this.#status
+  }
+
+  /** Where the running round stands (for status pages); undefined between rounds. */
+  get progress(): RoundProgress | undefined {
+    const ctx = this.#ctx
+    if (ctx == null || ctx.ac.signal.aborted) return undefined
+    const phase: RoundPhase = ctx.behind ? 'catching-up' : ctx.machine.decided ? 'committing' : !ctx.ownDone ? 'training' : 'collecting'
+    const others = [...ctx.adapters.keys()].filter((p) => p !== this.#i.self).length
+    return {
+      round: ctx.round,
+      phase,
+      view: ctx.machine.view,
+      startedAt: ctx.startedAt,
+      adapters: others + (ctx.ownDone && !ctx.behind ? 1 : 0),
+      expected: ctx.expected.size,
+    }
   }
 
   /** Resolves when `maxRounds` rounds are committed, or the engine stops. */
@@ -1586,6 +1620,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     // one answers late, not never. A broken stream, a slow transfer or an unreachable author
     // may be honest trouble: we keep trying until the round closes.
     const authorFailed = (source: string, err: PayloadTransferError): boolean => source === b.author && AUTHOR_FAILURES.has(err.code)
+    const fetchStarted = performance.now()
     const got = await this.#obtain(ctx, b.payloadHash, b.payloadSize, [b.author], ctx.ac.signal, undefined, authorFailed, this.#i.config.round.graceMs)
     if (ctx.ac.signal.aborted) return
     if (!got.ok) {
@@ -1604,7 +1639,16 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     ctx.adapters.set(b.author, { adapter: got.adapter, payloadHash: b.payloadHash })
     ctx.heldAt.set(b.author, Date.now())
     this.safeDispatchEvent('adapter:received', {
-      detail: { round: b.round, peerId: b.author, payloadHash: b.payloadHash, bytes: b.payloadSize, rank: b.rank, alpha: b.alpha, samples: b.samples },
+      detail: {
+        round: b.round,
+        peerId: b.author,
+        payloadHash: b.payloadHash,
+        bytes: b.payloadSize,
+        rank: b.rank,
+        alpha: b.alpha,
+        samples: b.samples,
+        fetchMs: Math.round(performance.now() - fetchStarted),
+      },
     })
     this.#feedCollection(ctx)
   }

@@ -1,5 +1,6 @@
 /** Public API of the peer layer: createPeer, the libp2p service factory, config, events. */
-export { createPeer, PeerOptionsError, type FloraPeer, type PeerOptions } from './peer.js'
+export { createPeer, PeerOptionsError, type FloraPeer, type PeerEvents, type PeerOptions } from './peer.js'
+export { BootstrapDialer, type BootstrapFailure } from './bootstrap-dialer.js'
 export { flora, FloraService, FLORA_AGENT, type FloraComponents, type FloraEvents, type FloraInit, type FloraStats } from './service.js'
 export { createHost, type FloraLibp2p, type HostOptions } from './host.js'
 export {
@@ -20,6 +21,8 @@ export {
   type RoundCompleteDetail,
   type RoundMetrics,
   type RoundNetwork,
+  type RoundPhase,
+  type RoundProgress,
   type RoundStalledDetail,
   proposalInfo,
 } from './engine.js'
@@ -53,3 +56,5 @@ export {
   type MetricsServerOptions,
   type MetricsSource,
 } from './metrics.js'
+export { startPeerHttpServer, type PeerHttpServer, type PeerHttpServerOptions } from './http.js'
+export { StatusTracker, type MemberStatus, type PeerStatus, type RejectionStatus, type RoundStatus, type StatusSource, type StatusTrackerOptions } from './status.js'

@@ -18,12 +18,11 @@
  * train loss before the first round, or a trainer that reports none) is registered on
  * its first value, so it is left out of the scrape rather than shown as 0.
  */
-import { createServer, type IncomingMessage, type ServerResponse } from 'node:http'
-import type { AddressInfo } from 'node:net'
 import { Counter, Gauge, Histogram, type Registry } from 'prom-client'
 import type { RejectReason } from '../gossip/errors.js'
 import type { FloraPeer } from './peer.js'
 import type { FloraEvents } from './service.js'
+import { startPeerHttpServer } from './http.js'
 
 /** What PeerMetrics reads from a peer: its events, byte counters and head. */
 export type MetricsSource = Pick<FloraPeer, 'addEventListener' | 'removeEventListener' | 'stats' | 'head'>
@@ -74,6 +73,8 @@ class LateGauge {
 
 /** Round durations: a few seconds (local swarms) to tens of minutes (real training). */
 const ROUND_SECONDS_BUCKETS = [0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1200, 1800, 3600]
+/** Payload fetches: milliseconds on a LAN to a minute for a large adapter on a slow link. */
+const FETCH_SECONDS_BUCKETS = [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60]
 
 /**
  * A flora peer's metrics on a registry (one PeerMetrics per registry: the metric names
@@ -96,6 +97,7 @@ export class PeerMetrics {
   readonly #evalLoss: LateGauge
   readonly #rejections: Counter<'reason'>
   readonly #adapters: Counter
+  readonly #fetchSeconds: Histogram
   readonly #done: Gauge
   readonly #connected = new Set<string>()
   readonly #peer: MetricsSource
@@ -155,6 +157,12 @@ export class PeerMetrics {
       help: "Other members' adapters this peer fetched, decoded and checked against their announcements",
       registers,
     })
+    this.#fetchSeconds = new Histogram({
+      name: 'flora_payload_fetch_seconds',
+      help: "From a member's announcement to its adapter fetched, decoded and checked (the latency a round waits on per adapter)",
+      buckets: FETCH_SECONDS_BUCKETS,
+      registers,
+    })
     this.#done = new Gauge({
       name: 'flora_done',
       help: '1 once this peer committed all the rounds it was asked to run, else 0',
@@ -199,7 +207,10 @@ export class PeerMetrics {
     })
     this.#on('round:stalled', () => this.#roundsStalled.inc())
     this.#on('peer:rejected', (d) => this.#rejections.inc({ reason: d.reason }))
-    this.#on('adapter:received', () => this.#adapters.inc())
+    this.#on('adapter:received', (d) => {
+      this.#adapters.inc()
+      this.#fetchSeconds.observe(d.fetchMs / 1000)
+    })
     this.#on('member:join', (d) => {
       this.#connected.add(d.peerId)
       this.#members.set(this.#connected.size)
@@ -256,47 +267,8 @@ export const DEFAULT_METRICS_HOST = '127.0.0.1'
 
 /** Serves `registry` at `GET /metrics` (HEAD too); 404 for any other path. */
 export async function startMetricsServer(options: MetricsServerOptions): Promise<MetricsServer> {
-  const { registry } = options
-  const server = createServer((req: IncomingMessage, res: ServerResponse) => {
-    const path = (req.url ?? '/').split('?')[0]
-    if (path !== '/metrics') {
-      res.writeHead(404, { 'content-type': 'text/plain; charset=utf-8' }).end('not found: the metrics are at /metrics\n')
-      return
-    }
-    if (req.method !== 'GET' && req.method !== 'HEAD') {
-      res.writeHead(405, { 'content-type': 'text/plain; charset=utf-8', allow: 'GET, HEAD' }).end('method not allowed\n')
-      return
-    }
-    registry.metrics().then(
-      (body) => {
-        res.writeHead(200, { 'content-type': registry.contentType })
-        res.end(req.method === 'HEAD' ? undefined : body)
-      },
-      (err: unknown) => {
-        res.writeHead(500, { 'content-type': 'text/plain; charset=utf-8' }).end(`collecting the metrics failed: ${err instanceof Error ? err.message : String(err)}\n`)
-      },
-    )
-  })
-  await new Promise<void>((resolve, reject) => {
-    server.once('error', reject)
-    server.listen(options.port, options.host ?? DEFAULT_METRICS_HOST, () => {
-      server.off('error', reject)
-      resolve()
-    })
-  })
-  const address = server.address() as AddressInfo
-  const host = address.family === 'IPv6' ? `[${address.address}]` : address.address
-  let closing: Promise<void> | undefined
-  return {
-    url: `http://${host}:${address.port}/metrics`,
-    close: () => {
-      closing ??= new Promise<void>((resolve, reject) => {
-        server.close((err) => (err != null ? reject(err) : resolve()))
-        server.closeAllConnections()
-      })
-      return closing
-    },
-  }
+  const server = await startPeerHttpServer({ host: options.host, port: options.port, registry: options.registry })
+  return { url: `${server.url}/metrics`, close: () => server.close() }
 }
 
 export interface MetricsAddress {

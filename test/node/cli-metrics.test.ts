@@ -118,7 +118,7 @@ describe('a flora-peer process with --metrics 127.0.0.1:0', () => {
       const child = spawn(
         process.execPath,
         [BIN, '--trainer', 'synthetic', '--json', '--rounds', '2', '--min-peers', '1', '--linger', '120000', '--no-state',
-          '--identity', join(dir, 'peer.key'), '--listen', '/ip4/127.0.0.1/tcp/0', '--metrics', '127.0.0.1:0'],
+          '--identity', join(dir, 'peer.key'), '--listen', '/ip4/127.0.0.1/tcp/0', '--metrics', '127.0.0.1:0', '--http', '127.0.0.1:0'],
         { cwd: ROOT, stdio: ['ignore', 'pipe', 'pipe'], env: { ...process.env, FLORA_FROM_SOURCE: '1' } },
       )
       live.add(child)
@@ -161,9 +161,22 @@ describe('a flora-peer process with --metrics 127.0.0.1:0', () => {
       expect(text).toMatch(/^process_cpu_seconds_total /m)
       expect((await fetch(listening.metrics.replace(/\/metrics$/, '/'))).status).toBe(404)
 
+      // --http: the status page, its JSON (with the eval losses flora-peer computed) and the metrics again.
+      const statusUrl = (listening as unknown as { status: string }).status
+      expect(statusUrl).toMatch(/^http:\/\/127\.0\.0\.1:[1-9]\d*\/$/)
+      expect(stderr).toContain(`"msg":"status page on ${statusUrl}"`)
+      expect(await (await fetch(statusUrl)).text()).toMatch(/^<!doctype html>/)
+      const st = (await (await fetch(`${statusUrl}status.json`)).json()) as { head: { round: number }; rank: number; rounds: number; history: Array<{ round: number; evalLoss?: number }> }
+      expect(st.head.round).toBe(2)
+      expect([st.rank, st.rounds]).toEqual([8, 2]) // flora-peer's default rank
+      const evalOf = (round: number): number => (events.find((e) => e.event === 'round:complete' && e.round === round) as { evalLoss: number }).evalLoss
+      expect(st.history.map((r) => [r.round, r.evalLoss])).toEqual([[1, evalOf(1)], [2, evalOf(2)]])
+      expect(await (await fetch(`${statusUrl}metrics`)).text()).toMatch(/^flora_head_round 2$/m)
+
       child.kill('SIGTERM')
       expect(await exit, stderr.slice(-2000)).toBe(130)
       await expect(fetch(listening.metrics)).rejects.toThrow()
+      await expect(fetch(statusUrl)).rejects.toThrow()
     } finally {
       await rm(dir, { recursive: true, force: true })
     }

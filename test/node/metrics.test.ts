@@ -88,6 +88,9 @@ describe('Prometheus metrics of a 2-peer swarm', () => {
       // No faults: both adapters are merged every round, each peer fetched the other's.
       expect(sample(text, 'flora_round_contributors')).toBe(2)
       expect(sample(text, 'flora_adapters_received_total')).toBe(ROUNDS)
+      // One fetch latency per adapter received.
+      expect(sample(text, 'flora_payload_fetch_seconds_count')).toBe(ROUNDS)
+      expect(sample(text, 'flora_payload_fetch_seconds_sum')).toBeGreaterThan(0)
       expect(sample(text, 'flora_payload_received_bytes_total')).toBeGreaterThan(0)
       expect(sample(text, 'flora_payload_sent_bytes_total')).toBeGreaterThan(0)
       expect(sample(text, 'flora_gossip_received_bytes_total')).toBeGreaterThan(0)
