@@ -1,52 +1,59 @@
 #!/usr/bin/env node
 /**
- * Builds the optional native kernels (native/flora_kernels.cc) with node-gyp. npm runs it
- * at install time; run it again with `npm run build:native` to see the compiler output.
+ * Makes the native kernels (native/flora_kernels.cc) available. npm runs it at install time.
  *
- * It never fails the install: without a C++ toolchain (python3, make, g++ or clang) the
- * model layer runs on the wasm kernels, several times slower, and says so when a backend
- * is selected. FLORA_NATIVE=0 skips the build.
+ * - Where the package ships a prebuilt binary for this platform (native/prebuilds/, made by
+ *   scripts/prebuild-native.mjs) and it loads here, nothing is compiled: no toolchain needed.
+ * - Otherwise it builds native/build/Release/flora_kernels.node with node-gyp (python3,
+ *   make and g++ or clang). `npm run build:native` (--force) always builds, printing the
+ *   compiler output; a local build is preferred to the prebuilt one when both exist.
+ *
+ * It never fails the install: without either the model layer runs on the wasm kernels,
+ * several times slower, and says so when a backend is selected. FLORA_NATIVE=0 skips all.
  */
-import { spawnSync } from 'node:child_process'
 import { existsSync } from 'node:fs'
+import { createRequire } from 'node:module'
 import path from 'node:path'
-import { fileURLToPath } from 'node:url'
+import { gypErrors, NATIVE_DIR, prebuiltPath, REQUIRED_EXPORTS, ROOT, runNodeGyp } from './native-gyp.mjs'
 
-const root = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
-const dir = path.join(root, 'native')
 const verbose = process.argv.includes('--verbose')
 const strict = process.argv.includes('--strict')
+const force = process.argv.includes('--force')
 
 function done(ok, message) {
-  const line = `flora: native kernels ${ok ? 'built' : 'not built'}: ${message}`
+  const line = `flora: native kernels ${ok ? 'ready' : 'not built'}: ${message}`
   if (ok) console.log(line)
   else console.warn(`${line}\n  The model runs on the wasm kernels instead (slower). See README "Native kernels".`)
   process.exit(ok || !strict ? 0 : 1)
 }
 
-if (['0', 'false', 'off'].includes(process.env.FLORA_NATIVE ?? '')) done(false, 'skipped (FLORA_NATIVE=0)')
-if (!existsSync(path.join(dir, 'binding.gyp'))) done(false, 'native/binding.gyp is missing')
-
-// npm puts its bundled node-gyp on PATH for lifecycle scripts and names it in
-// npm_config_node_gyp; outside npm, fall back to npm's copy next to this node.
-const candidates = [
-  process.env.npm_config_node_gyp,
-  path.join(path.dirname(process.execPath), '..', 'lib', 'node_modules', 'npm', 'node_modules', 'node-gyp', 'bin', 'node-gyp.js'),
-  '/usr/lib/node_modules/npm/node_modules/node-gyp/bin/node-gyp.js',
-  '/usr/local/lib/node_modules/npm/node_modules/node-gyp/bin/node-gyp.js',
-].filter((p) => p !== undefined && p !== '' && existsSync(p))
-const cmd = candidates.length > 0 ? [process.execPath, candidates[0]] : ['node-gyp']
-// The addon uses only Node-API, whose ABI is stable across Node versions, so any local
-// Node headers will do; without them node-gyp downloads the headers of this node.
-const nodedir =
-  process.env.npm_config_nodedir ||
-  [path.join(path.dirname(process.execPath), '..'), '/usr', '/usr/local'].find((d) => existsSync(path.join(d, 'include', 'node', 'node_api.h')))
-const args = [...cmd.slice(1), 'rebuild', '--directory', dir, ...(nodedir ? [`--nodedir=${nodedir}`] : [])]
-const started = Date.now()
-const res = spawnSync(cmd[0], args, { cwd: root, encoding: 'utf8', stdio: verbose ? 'inherit' : 'pipe' })
-if (res.error !== undefined) done(false, `could not run node-gyp (${res.error.message})`)
-if (res.status !== 0) {
-  const out = `${res.stdout ?? ''}\n${res.stderr ?? ''}`.split('\n').filter((l) => /error|not found|ERR!/i.test(l)).slice(0, 6)
-  done(false, `node-gyp failed (exit ${res.status})${out.length > 0 ? `:\n    ${out.join('\n    ')}` : ''}`)
+/** Why `file` is not a usable addon here (undefined: it is). */
+function unusable(file) {
+  try {
+    const addon = createRequire(import.meta.url)(file)
+    const missing = REQUIRED_EXPORTS.filter((name) => typeof addon[name] !== 'function')
+    return missing.length > 0 ? `it lacks ${missing.join(', ')}` : undefined
+  } catch (err) {
+    return (err instanceof Error ? err.message : String(err)).split('\n')[0]
+  }
 }
-done(true, `native/build/Release/flora_kernels.node in ${((Date.now() - started) / 1000).toFixed(1)} s`)
+
+if (['0', 'false', 'off'].includes(process.env.FLORA_NATIVE ?? '')) done(false, 'skipped (FLORA_NATIVE=0)')
+if (!existsSync(path.join(NATIVE_DIR, 'binding.gyp'))) done(false, 'native/binding.gyp is missing')
+
+const prebuilt = prebuiltPath()
+let prebuiltProblem
+if (!force && existsSync(prebuilt)) {
+  prebuiltProblem = unusable(prebuilt)
+  if (prebuiltProblem === undefined) done(true, `using the prebuilt ${path.relative(ROOT, prebuilt)} (no compiler needed; \`npm run build:native\` compiles your own)`)
+}
+
+const started = Date.now()
+const res = runNodeGyp(NATIVE_DIR, { verbose })
+const why = prebuiltProblem !== undefined ? ` (the prebuilt binary does not load here: ${prebuiltProblem})` : ''
+if (res.error !== undefined) done(false, `could not run node-gyp (${res.error.message})${why}`)
+if (res.status !== 0) {
+  const out = gypErrors(res)
+  done(false, `node-gyp failed (exit ${res.status})${why}${out.length > 0 ? `:\n    ${out.join('\n    ')}` : ''}`)
+}
+done(true, `built native/build/Release/flora_kernels.node in ${((Date.now() - started) / 1000).toFixed(1)} s`)

@@ -51,7 +51,8 @@ export interface BackendSelection {
    * The native kernels (multithreaded GEMM and fused ops, wasm only; see native.ts), or why
    * they do not run: `{ isa: 'avx2-fma', threads: 2 }` / `{ reason: 'the native addon is not built ...' }`.
    */
-  readonly native?: { readonly isa: string; readonly threads: number } | { readonly reason: string }
+  /** The native kernels in use (with the addon file: a local build or the package's prebuilt one), or why not. */
+  readonly native?: { readonly isa: string; readonly threads: number; readonly file?: string; readonly prebuilt?: boolean } | { readonly reason: string }
 }
 
 export interface SelectBackendOptions {
@@ -104,7 +105,10 @@ export async function selectBackend(
     if (patch) {
       const loaded = options.nativeKernels === false ? { kernels: undefined, reason: 'turned off by the caller' } : loadNativeKernels()
       setNativeKernels(loaded.kernels)
-      native = loaded.kernels !== undefined ? loaded.kernels.info() : { reason: loaded.reason ?? 'unavailable' }
+      native =
+        loaded.kernels !== undefined
+          ? { ...loaded.kernels.info(), ...(loaded.file != null ? { file: loaded.file, prebuilt: isPrebuilt(loaded.file) } : {}) }
+          : { reason: loaded.reason ?? 'unavailable' }
     }
     return {
       backend: name,
@@ -121,12 +125,19 @@ export async function selectBackend(
   )
 }
 
+/** Whether an addon file is one of the package's prebuilt binaries (native/prebuilds/...). */
+function isPrebuilt(file: string): boolean {
+  return file.split(/[\\/]/).includes('prebuilds')
+}
+
 /**
- * One line for logs: `wasm + native avx2-fma x2 threads`, `wasm (1 thread; native kernels
+ * One line for logs: `wasm + native avx2-fma x2 threads` (`(prebuilt)` when the package's binary is used), `wasm (1 thread; native kernels
  * off: <why>)`, `tensorflow`.
  */
 export function describeBackend(s: BackendSelection): string {
-  if (s.native !== undefined && 'isa' in s.native) return `${s.backend} + native ${s.native.isa} x${s.native.threads} thread${s.native.threads === 1 ? '' : 's'}`
+  if (s.native !== undefined && 'isa' in s.native) {
+    return `${s.backend} + native ${s.native.isa} x${s.native.threads} thread${s.native.threads === 1 ? '' : 's'}${s.native.prebuilt === true ? ' (prebuilt)' : ''}`
+  }
   const extra: string[] = []
   if (s.threads !== undefined) extra.push(`${s.threads} thread${s.threads === 1 ? '' : 's'}`)
   if (s.native !== undefined && 'reason' in s.native) extra.push(`native kernels off: ${s.native.reason}`)

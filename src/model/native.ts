@@ -82,7 +82,6 @@ export interface NativeLoadResult {
   readonly file?: string
 }
 
-const ADDON = path.join('native', 'build', 'Release', 'flora_kernels.node')
 const REQUIRED = [
   'gemm', 'attention', 'attentionGrad', 'rmsNorm', 'rmsNormGrad', 'rope', 'swiglu', 'swigluGrad',
   'crossEntropy', 'binary', 'transpose0213', 'setThreads', 'setIsa', 'info',
@@ -100,11 +99,17 @@ export function loadNativeKernels(): NativeLoadResult {
 function load(): NativeLoadResult {
   const flag = process.env.FLORA_NATIVE
   if (flag === '0' || flag === 'false' || flag === 'off') return { kernels: undefined, reason: 'disabled by FLORA_NATIVE' }
-  const file = addonCandidates().find((f) => existsSync(f))
-  if (file === undefined) {
+  // node-gyp-build's resolution: a local build (native/build/Release) first, then the
+  // prebuilt binary for this platform the package ships (native/prebuilds/<platform>-<arch>).
+  const dir = nativeDirCandidates().find((d) => existsSync(d))
+  let file: string
+  try {
+    if (dir === undefined) throw new Error('no native/ directory')
+    file = resolveAddon(dir)
+  } catch {
     return {
       kernels: undefined,
-      reason: 'the native addon is not built (npm install builds it with node-gyp; run `npm run build:native` to see why it failed)',
+      reason: `no native addon: no prebuilt binary for ${process.platform}-${process.arch} ships with flora, and none was built (npm install builds one with node-gyp where a C++ toolchain exists; run \`npm run build:native\` to see why it failed)`,
     }
   }
   let kernels: NativeKernels
@@ -131,7 +136,13 @@ function parseThreads(value: string | undefined): number | undefined {
 }
 
 /** The package root holds native/; this file sits in src/model or dist/src/model. */
-function addonCandidates(): string[] {
+function nativeDirCandidates(): string[] {
   const here = path.dirname(fileURLToPath(import.meta.url))
-  return [path.resolve(here, '..', '..', ADDON), path.resolve(here, '..', '..', '..', ADDON)]
+  return [path.resolve(here, '..', '..', 'native'), path.resolve(here, '..', '..', '..', 'native')]
+}
+
+/** node-gyp-build's `path(dir)`: the addon file it would load from `dir` (throws when there is none). */
+function resolveAddon(dir: string): string {
+  const nodeGypBuild = createRequire(import.meta.url)('node-gyp-build') as { path(dir: string): string }
+  return nodeGypBuild.path(dir)
 }
