@@ -14,8 +14,14 @@ export async function runCli(name, modulePath) {
   if (process.env.FLORA_FROM_SOURCE !== '1' && existsSync(built)) {
     cli = await import(built.href)
   } else {
-    const { register } = await import('tsx/esm/api')
-    register()
+    let tsx
+    try {
+      tsx = await import('tsx/esm/api')
+    } catch {
+      process.stderr.write(`${name}: the compiled package (dist/) is missing and tsx, which runs the TypeScript sources, is not installed: run \`npm run build\` (or \`npm ci\` in a clone of the repository)\n`)
+      process.exit(1)
+    }
+    tsx.register()
     cli = await import(new URL(`../src/${modulePath}.ts`, import.meta.url).href)
   }
   try {
