@@ -16,6 +16,7 @@ import { fileURLToPath } from 'node:url'
 import { Command, InvalidArgumentError } from 'commander'
 import { ATTACKS, baseline } from './redteam/attacks.js'
 import { medianRoundMs, runCase, type CaseResult, type RunOptions } from './redteam/run.js'
+import { parseCommandLine } from '../src/exit-codes.js'
 
 export const REDTEAM_DEFAULTS = {
   peers: 3,
@@ -140,7 +141,8 @@ async function cli(): Promise<void> {
     .option('--train-ms <ms>', 'synthetic training time per round, off the CPU', positive('--train-ms'), REDTEAM_DEFAULTS.trainDelayMs)
     .option('--no-baseline', 'skip the clean baseline swarm')
     .option('--keep', 'keep the honest state dirs')
-  program.parse()
+  const usage = parseCommandLine(program, process.argv)
+  if (usage !== undefined) process.exit(usage)
   const o = program.opts<{ only?: string[]; list?: boolean; out: string; seed: number; peers: number; rounds: number; deadline: number; grace: number; trainMs: number; baseline: boolean; keep?: boolean }>()
   if (o.list === true) {
     for (const a of ATTACKS) process.stdout.write(`${a.name.padEnd(18)} ${a.description}\n`)

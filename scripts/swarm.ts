@@ -23,6 +23,7 @@ import cliProgress from 'cli-progress'
 import type { PeerReport } from '../src/node/cli.js'
 import { MODEL_TRAINER_DEFAULTS } from '../src/node/model-defaults.js'
 import { VERSION } from '../src/version.js'
+import { parseCommandLine } from '../src/exit-codes.js'
 
 /** The FLoRA paper's heterogeneous ranks, cycled for larger swarms. */
 export const PAPER_RANKS = [64, 32, 16, 16, 8, 8, 4, 4, 4, 4]
@@ -350,7 +351,8 @@ async function cli(): Promise<void> {
     .option('--timeout <s>', 'stop everything after this many seconds', positive('--timeout'), 900)
     .option('--no-progress', 'no progress bar')
     .allowExcessArguments(false)
-  program.parse(process.argv)
+  const usage = parseCommandLine(program, process.argv)
+  if (usage !== undefined) process.exit(usage)
   const o = program.opts<{
     trainer: string
     peers?: number

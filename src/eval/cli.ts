@@ -4,7 +4,8 @@
  */
 import { mkdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
-import { parseArgs } from 'node:util'
+import { existsSync } from 'node:fs'
+import { Command, CommanderError, Option } from 'commander'
 import { z } from 'zod'
 import { listStrategies } from '../aggregation/strategy.js'
 import { writePlots } from './plots.js'
@@ -13,31 +14,10 @@ import { DEFAULT_CONFIG, QUICK_OVERRIDES, SETTINGS } from './settings.js'
 import { runEvaluation } from './simulate.js'
 import { createToyBackend } from './toy.js'
 import type { EvalConfig, EvalResults, SimBackend } from './types.js'
+import { VERSION } from '../version.js'
+import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE } from '../exit-codes.js'
 
 import '../aggregation/index.js'
-
-export const USAGE = `Usage: npm run eval -- [options] --out DIR
-
-  --clients N            clients (default 10)
-  --rounds R             federated rounds (default 3)
-  --local-steps S        local training steps per client per round (default 5)
-  --ranks LIST           homo16, hetero, or both as "homo16,hetero" (default both)
-  --strategies LIST      comma list of ${listStrategies().join(', ')} (default all)
-  --seeds N              training seeds 0..N-1 (default 3)
-  --global-scale LIST    multiplier(s) x of the aggregated update, e.g. 1 or 0.5,1,2 (default 1)
-  --no-references        skip the centralized and local-only references
-  --train-examples N     training pool shared out to the clients (default 2000)
-  --eval-examples N      held-out examples (default 120)
-  --batch-size N         (default 4)   --lr X (default 3e-3)   --max-len N (default 64)
-  --central-rank N       rank of the centralized reference (default 16)
-  --partition-seed N     seed of the non-IID split (default 0)
-  --shards-per-client N  category shards per client (default 2)
-  --backend model|toy    the bundled Llama (default) or the plain-JS toy task
-  --model-dir DIR        model directory (default models/flora-tiny)
-  --quick                tiny run for CI: 3 clients, 2 rounds, 2 steps, flora + fedit
-  --out DIR              output directory (required)
-  --replot               only re-render DIR/results.md and the plots from DIR/results.json
-`
 
 const list = (s: string): string[] =>
   s
@@ -77,12 +57,12 @@ const ArgsSchema = z
     'eval-examples': posInt.optional(),
     'batch-size': posInt.optional(),
     lr: z.coerce.number().positive().finite().optional(),
-    'max-len': posInt.optional(),
+    'seq-len': posInt.optional(),
     'central-rank': posInt.optional(),
     'partition-seed': z.coerce.number().int().nonnegative().optional(),
     'shards-per-client': posInt.optional(),
     backend: z.enum(['model', 'toy']).optional(),
-    'model-dir': z.string().min(1).optional(),
+    model: z.string().min(1).optional(),
     quick: z.boolean().optional(),
     replot: z.boolean().optional(),
     out: z.string().min(1, 'is required'),
@@ -93,42 +73,64 @@ export class UsageError extends Error {
   override readonly name = 'UsageError'
 }
 
+/** The eval command's flags (values checked by ArgsSchema; the names match the other CLIs'). */
+export function buildEvalProgram(): Command {
+  return new Command('npm run eval --')
+    .description('Simulates K federated clients in one process and compares aggregation strategies; writes results.json, results.md and plots to --out.')
+    .version(VERSION, '-V, --version')
+    .option('--clients <n>', 'clients (default 10)')
+    .option('--rounds <n>', 'federated rounds (default 3)')
+    .option('--local-steps <n>', 'local training steps per client per round (default 5)')
+    .option('--ranks <list>', 'homo16, hetero, or both as "homo16,hetero" (default both)')
+    .option('--strategies <list>', `comma list of ${listStrategies().join(', ')} (default all)`)
+    .option('--seeds <n>', 'training seeds 0..N-1 (default 3)')
+    .option('--global-scale <list>', 'multiplier(s) x of the aggregated update, e.g. 1 or 0.5,1,2 (default 1)')
+    .option('--references', 'run the centralized and local-only references (default)')
+    .option('--no-references', 'skip the centralized and local-only references')
+    .option('--train-examples <n>', 'training pool shared out to the clients (default 2000)')
+    .option('--eval-examples <n>', 'held-out examples (default 120)')
+    .option('--batch-size <n>', 'examples per step (default 4)')
+    .option('--lr <x>', 'learning rate (default 3e-3)')
+    .option('--seq-len <n>', 'tokens per example (default 64)')
+    .addOption(new Option('--max-len <n>', 'old name of --seq-len').hideHelp())
+    .option('--central-rank <n>', 'rank of the centralized reference (default 16)')
+    .option('--partition-seed <n>', 'seed of the non-IID split (default 0)')
+    .option('--shards-per-client <n>', 'category shards per client (default 2)')
+    .addOption(new Option('--backend <name>', 'the bundled Llama (model, default) or the plain-JS toy task').choices(['model', 'toy']))
+    .option('-m, --model <dir>', 'base model directory (default: the bundled models/flora-tiny)')
+    .addOption(new Option('--model-dir <dir>', 'old name of --model').hideHelp())
+    .option('--quick', 'tiny run for CI: 3 clients, 2 rounds, 2 steps, flora + fedit')
+    .option('-o, --out <dir>', 'output directory (required)')
+    .option('--replot', 'only re-render DIR/results.md and the plots from DIR/results.json')
+    .option('--verbose', 'print stack traces of errors')
+    .allowExcessArguments(false)
+}
+
+/** The eval command's help text. */
+export const USAGE = buildEvalProgram().helpInformation()
+
 /** Parses argv (without node and script) into a config: defaults, then --quick, then flags. */
 export function parseEvalArgs(argv: readonly string[]): EvalConfig {
-  let parsed
+  let errors = ''
+  const program = buildEvalProgram()
+    .exitOverride()
+    .configureOutput({ writeErr: (text) => (errors += text), writeOut: () => {} })
   try {
-    parsed = parseArgs({
-      args: [...argv],
-      strict: true,
-      allowPositionals: false,
-      allowNegative: true,
-      options: {
-        clients: { type: 'string' },
-        rounds: { type: 'string' },
-        'local-steps': { type: 'string' },
-        ranks: { type: 'string' },
-        strategies: { type: 'string' },
-        seeds: { type: 'string' },
-        'global-scale': { type: 'string' },
-        references: { type: 'boolean' },
-        'train-examples': { type: 'string' },
-        'eval-examples': { type: 'string' },
-        'batch-size': { type: 'string' },
-        lr: { type: 'string' },
-        'max-len': { type: 'string' },
-        'central-rank': { type: 'string' },
-        'partition-seed': { type: 'string' },
-        'shards-per-client': { type: 'string' },
-        backend: { type: 'string' },
-        'model-dir': { type: 'string' },
-        quick: { type: 'boolean' },
-        replot: { type: 'boolean' },
-        out: { type: 'string' },
-      },
-    })
+    program.parse([...argv], { from: 'user' })
   } catch (err) {
-    throw new UsageError((err as Error).message)
+    if (err instanceof CommanderError) throw new UsageError(errors.trim().replace(/^error: /, '') || err.message)
+    throw err
   }
+  const o = program.opts<Record<string, string | boolean | undefined>>()
+  const kebab = (k: string): string => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)
+  const values: Record<string, string | boolean> = {}
+  for (const [k, v] of Object.entries(o)) if (v !== undefined && k !== 'verbose') values[kebab(k)] = v
+  // Old names (--max-len, --model-dir) still work; the new ones win.
+  if (values['max-len'] !== undefined) values['seq-len'] ??= values['max-len']
+  if (values['model-dir'] !== undefined) values.model ??= values['model-dir']
+  delete values['max-len']
+  delete values['model-dir']
+  const parsed = { values }
   const res = ArgsSchema.safeParse(parsed.values)
   if (!res.success) {
     const issue = res.error.issues[0]
@@ -151,14 +153,17 @@ export function parseEvalArgs(argv: readonly string[]): EvalConfig {
     evalExamples: pick(a['eval-examples'], base.evalExamples),
     batchSize: pick(a['batch-size'], base.batchSize),
     lr: pick(a.lr, base.lr),
-    maxLen: pick(a['max-len'], base.maxLen),
+    maxLen: pick(a['seq-len'], base.maxLen),
     partitionSeed: pick(a['partition-seed'], base.partitionSeed),
     shardsPerClient: pick(a['shards-per-client'], base.shardsPerClient),
     backend: pick(a.backend, base.backend),
     ...(a['central-rank'] !== undefined ? { centralRank: a['central-rank'] } : {}),
-    ...(a['model-dir'] !== undefined ? { modelDir: a['model-dir'] } : {}),
+    ...(a.model !== undefined ? { modelDir: a.model } : {}),
     quick: a.quick === true,
     out: a.out,
+  }
+  if (config.modelDir !== undefined && config.backend === 'model' && !existsSync(join(config.modelDir, 'config.json'))) {
+    throw new UsageError(`--model ${config.modelDir}: not a model directory (no config.json there)`)
   }
   if (config.trainExamples < config.clients * config.shardsPerClient) {
     throw new UsageError(`--train-examples must be at least clients × shards-per-client = ${config.clients * config.shardsPerClient}`)
@@ -190,28 +195,43 @@ export async function writeOutputs(results: EvalResults, dir: string): Promise<s
   return ['results.json', 'results.md', ...plots]
 }
 
-/** The whole command; returns the exit code. */
+/** The whole command; returns the exit code (see src/exit-codes.ts). Errors are one line; --verbose adds the stack. */
 export async function main(argv: readonly string[], log: (line: string) => void = (l) => process.stderr.write(l + '\n')): Promise<number> {
   if (argv.includes('--help') || argv.includes('-h')) {
     process.stdout.write(USAGE)
-    return 0
+    return EXIT_OK
+  }
+  if (argv.includes('--version') || argv.includes('-V')) {
+    process.stdout.write(`${VERSION}\n`)
+    return EXIT_OK
   }
   let config: EvalConfig
   try {
     config = parseEvalArgs(argv)
   } catch (err) {
     if (err instanceof UsageError) {
-      process.stderr.write(`eval: ${err.message}\n\n${USAGE}`)
-      return 2
+      process.stderr.write(`eval: ${err.message} (npm run eval -- --help for usage)\n`)
+      return EXIT_USAGE
     }
     throw err
   }
-  if (argv.includes('--replot')) {
+  try {
+    await run(config, argv.includes('--replot'), log)
+    return EXIT_OK
+  } catch (err) {
+    const e = err instanceof Error ? err : new Error(String(err))
+    process.stderr.write(`eval: ${argv.includes('--verbose') ? (e.stack ?? e.message) : (e.message.split('\n')[0] ?? e.name)}\n`)
+    return EXIT_FAILURE
+  }
+}
+
+async function run(config: EvalConfig, replot: boolean, log: (line: string) => void): Promise<void> {
+  if (replot) {
     const results = JSON.parse(await readFile(join(config.out, 'results.json'), 'utf8')) as EvalResults
     const plots = await writePlots(results, config.out)
     await writeFile(join(config.out, 'results.md'), renderMarkdown(results, plots) + '\n')
     log(`re-rendered results.md and ${plots.join(', ')} in ${config.out}`)
-    return 0
+    return
   }
   const backend = await createBackend(config)
   try {
@@ -229,5 +249,4 @@ export async function main(argv: readonly string[], log: (line: string) => void 
   } finally {
     await backend.dispose()
   }
-  return 0
 }

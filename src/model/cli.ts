@@ -17,6 +17,7 @@ import { LINEAR_MODULES } from './llama.js'
 import { BACKEND_CHOICES, defaultModelDir, runGenerate, runTrain, TRAIN_DEFAULTS, TrainCommandError, type OutputStream } from './train-command.js'
 import { TrainingAbortedError } from './trainer.js'
 import { VERSION } from '../version.js'
+import { commanderExitCode } from '../exit-codes.js'
 
 function int(flag: string, min: number) {
   return (value: string): number => {
@@ -117,7 +118,6 @@ export function buildProgram(run: { code: number }, io: CliIo = {}): Command {
     .description('Fine-tune a LoRA adapter on one machine (no network) and generate with it. For the peer-to-peer swarm, see flora-peer.')
     .exitOverride()
     .configureOutput({ writeOut: (s) => void stdout.write(s), writeErr: (s) => void stderr.write(s) })
-    .showHelpAfterError('(add --help for usage)')
     .addHelpText('after', "\nAlso: flora export --state-dir DIR --out DIR  writes the model a swarm peer agreed on (see flora export --help).")
 
   program
@@ -226,12 +226,8 @@ export async function main(argv: readonly string[] = process.argv, io: CliIo = {
     await program.parseAsync([...argv])
     return run.code
   } catch (err) {
-    if (err instanceof CommanderError) {
-      // --help and --version exit 0; no command prints help and exits 1; bad flags 2.
-      if (err.code === 'commander.helpDisplayed' || err.code === 'commander.version') return 0
-      if (err.code === 'commander.help') return err.exitCode
-      return 2
-    }
+    // --help and --version exit 0; bad flags and no command: 2 (see src/exit-codes.ts).
+    if (err instanceof CommanderError) return commanderExitCode(err)
     if (err instanceof TrainingAbortedError) {
       stderr.write(`flora: interrupted after ${err.stepsCompleted} training step(s); nothing was saved\n`)
       return 130

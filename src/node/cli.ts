@@ -20,6 +20,7 @@ import { listStrategies } from '../aggregation/index.js'
 import { MODEL_TRAINER_DEFAULTS } from './model-defaults.js'
 import { readSwarmKey, swarmKeyFingerprint } from './swarm-key.js'
 import { VERSION } from '../version.js'
+import { parseCommandLine } from '../exit-codes.js'
 import { Registry } from 'prom-client'
 import {
   DEFAULT_METRICS_HOST,
@@ -271,7 +272,8 @@ interface CliOptions {
 /** Runs the CLI; resolves with the process exit code. */
 export async function main(argv: readonly string[] = process.argv): Promise<number> {
   const program = buildProgram()
-  program.parse([...argv])
+  const parsed = parseCommandLine(program, argv)
+  if (parsed !== undefined) return parsed
   const o = program.opts<CliOptions>()
   const human = o.json !== true && process.stdout.isTTY === true
   const log = createLogger({ level: o.logLevel, human: o.json !== true && process.stderr.isTTY === true })

@@ -11,6 +11,7 @@ import { basename, resolve } from 'node:path'
 import { Command, CommanderError, Option } from 'commander'
 import { CumulativeUpdate, exportFederatedModel } from './export.js'
 import { readStateDirMeta, StateDir } from './state-dir.js'
+import { commanderExitCode } from '../exit-codes.js'
 
 export async function main(argv: readonly string[] = process.argv): Promise<number> {
   const program = new Command('flora export')
@@ -23,7 +24,7 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
     // argv: node, bin, 'export', ...flags
     program.parse([...argv.slice(0, 2), ...argv.slice(3)])
   } catch (err) {
-    if (err instanceof CommanderError) return err.code === 'commander.helpDisplayed' ? 0 : 2
+    if (err instanceof CommanderError) return commanderExitCode(err)
     throw err
   }
   const o = program.opts<{ stateDir: string; out: string; model?: string }>()
