@@ -125,28 +125,29 @@ export function buildProgram(run: { code: number }, io: CliIo = {}): Command {
     .summary('fine-tune a LoRA adapter: held-out loss before/after, progress, samples, saved PEFT adapter')
     .description(
       'Fine-tune a fresh LoRA adapter on the base model: prints the held-out loss and perplexity before and after, ' +
-        'a progress bar on a TTY (JSON lines otherwise), a few greedy generations for held-out prompts, and saves the PEFT adapter.',
+        'a progress bar on a TTY (JSON lines otherwise), a few greedy generations for held-out prompts, and saves the PEFT adapter. ' +
+        'Every option can also be set by the FLORA_* environment variable shown (the flag wins), as for flora-peer.',
     )
-    .addOption(new Option('-m, --model <dir>', 'base model directory: config.json, model.safetensors, tokenizer.json (default: the bundled models/flora-tiny)'))
-    .addOption(new Option('-d, --data <spec>', "'wordnet' (bundled WordNet 3.1 definition task) or a JSONL file of Alpaca {instruction, input, output} or Dolly {instruction, context, response} records").default(TRAIN_DEFAULTS.data))
-    .addOption(new Option('--eval-data <file>', 'held-out JSONL file (default: WordNet\'s held-out synsets, or a seeded 5% of --data)'))
-    .addOption(new Option('-r, --rank <n>', 'LoRA rank').argParser(int('--rank', 1)).default(TRAIN_DEFAULTS.rank))
-    .addOption(new Option('--alpha <x>', 'LoRA alpha (default: 2 x rank)').argParser(positive('--alpha')))
-    .addOption(new Option('--targets <list>', `comma-separated linear layers to adapt: ${LINEAR_MODULES.join(', ')}`).argParser(targetList).default([...TRAIN_DEFAULTS.targets], TRAIN_DEFAULTS.targets.join(',')))
-    .addOption(new Option('-s, --steps <n>', 'training steps').argParser(int('--steps', 1)).default(TRAIN_DEFAULTS.steps))
-    .addOption(new Option('-b, --batch-size <n>', 'examples per step').argParser(int('--batch-size', 1)).default(TRAIN_DEFAULTS.batchSize))
-    .addOption(new Option('--seq-len <n>', 'tokens per example (longer ones are cut)').argParser(int('--seq-len', 4)).default(TRAIN_DEFAULTS.seqLen))
-    .addOption(new Option('--lr <x>', 'AdamW learning rate').argParser(positive('--lr')).default(TRAIN_DEFAULTS.lr))
-    .addOption(new Option('--seed <n>', 'seed of the adapter init, batch order and holdout').argParser(int('--seed', 0)).default(TRAIN_DEFAULTS.seed))
-    .addOption(new Option('--backend <name>', 'tfjs backend; auto picks the best available').choices(BACKEND_CHOICES).default(TRAIN_DEFAULTS.backend))
-    .addOption(new Option('--max-train <n>', `cap on training examples (wordnet default: max(${TRAIN_DEFAULTS.wordnetMinTrain}, steps x batch size))`).argParser(int('--max-train', 1)))
-    .addOption(new Option('--max-eval <n>', `cap on held-out examples (wordnet default: ${TRAIN_DEFAULTS.wordnetMaxEval})`).argParser(int('--max-eval', 1)))
-    .addOption(new Option('-o, --out <dir>', 'save the PEFT adapter here (replaced if it holds an earlier adapter)').default('runs/train'))
+    .addOption(new Option('-m, --model <dir>', 'base model directory: config.json, model.safetensors, tokenizer.json (default: the bundled models/flora-tiny)').env('FLORA_MODEL'))
+    .addOption(new Option('-d, --data <spec>', "'wordnet' (bundled WordNet 3.1 definition task) or a JSONL file of Alpaca {instruction, input, output} or Dolly {instruction, context, response} records").default(TRAIN_DEFAULTS.data).env('FLORA_DATA'))
+    .addOption(new Option('--eval-data <file>', 'held-out JSONL file (default: WordNet\'s held-out synsets, or a seeded 5% of --data)').env('FLORA_EVAL_DATA'))
+    .addOption(new Option('-r, --rank <n>', 'LoRA rank').argParser(int('--rank', 1)).default(TRAIN_DEFAULTS.rank).env('FLORA_RANK'))
+    .addOption(new Option('--alpha <x>', 'LoRA alpha (default: 2 x rank)').argParser(positive('--alpha')).env('FLORA_ALPHA'))
+    .addOption(new Option('--targets <list>', `comma-separated linear layers to adapt: ${LINEAR_MODULES.join(', ')}`).argParser(targetList).default([...TRAIN_DEFAULTS.targets], TRAIN_DEFAULTS.targets.join(',')).env('FLORA_TARGETS'))
+    .addOption(new Option('-s, --steps <n>', 'training steps').argParser(int('--steps', 1)).default(TRAIN_DEFAULTS.steps).env('FLORA_STEPS'))
+    .addOption(new Option('-b, --batch-size <n>', 'examples per step').argParser(int('--batch-size', 1)).default(TRAIN_DEFAULTS.batchSize).env('FLORA_BATCH_SIZE'))
+    .addOption(new Option('--seq-len <n>', 'tokens per example (longer ones are cut)').argParser(int('--seq-len', 4)).default(TRAIN_DEFAULTS.seqLen).env('FLORA_SEQ_LEN'))
+    .addOption(new Option('--lr <x>', 'AdamW learning rate').argParser(positive('--lr')).default(TRAIN_DEFAULTS.lr).env('FLORA_LR'))
+    .addOption(new Option('--seed <n>', 'seed of the adapter init, batch order and holdout').argParser(int('--seed', 0)).default(TRAIN_DEFAULTS.seed).env('FLORA_SEED'))
+    .addOption(new Option('--backend <name>', 'tfjs backend; auto picks the best available').choices(BACKEND_CHOICES).default(TRAIN_DEFAULTS.backend).env('FLORA_BACKEND'))
+    .addOption(new Option('--max-train <n>', `cap on training examples (wordnet default: max(${TRAIN_DEFAULTS.wordnetMinTrain}, steps x batch size))`).argParser(int('--max-train', 1)).env('FLORA_MAX_TRAIN'))
+    .addOption(new Option('--max-eval <n>', `cap on held-out examples (wordnet default: ${TRAIN_DEFAULTS.wordnetMaxEval})`).argParser(int('--max-eval', 1)).env('FLORA_MAX_EVAL'))
+    .addOption(new Option('-o, --out <dir>', 'save the PEFT adapter here (replaced if it holds an earlier adapter)').default('runs/train').env('FLORA_OUT'))
     .addOption(new Option('--no-save', 'do not save the adapter'))
-    .addOption(new Option('--init-adapter <dir>', 'start from this PEFT adapter (e.g. a federation\'s export adapter/) instead of a fresh one; its rank, alpha and targets replace --rank, --alpha, --targets'))
+    .addOption(new Option('--init-adapter <dir>', 'start from this PEFT adapter (e.g. a federation\'s export adapter/) instead of a fresh one; its rank, alpha and targets replace --rank, --alpha, --targets').env('FLORA_INIT_ADAPTER'))
     .addOption(new Option('--merge', 'also save the merged model (W + s B A, loadable with --model) into <out>/merged'))
-    .addOption(new Option('--samples <n>', 'greedy generations to show for held-out prompts').argParser(int('--samples', 0)).default(TRAIN_DEFAULTS.samples))
-    .addOption(new Option('--json', 'JSON lines on stdout (events and every step) instead of text and a bar'))
+    .addOption(new Option('--samples <n>', 'greedy generations to show for held-out prompts').argParser(int('--samples', 0)).default(TRAIN_DEFAULTS.samples).env('FLORA_SAMPLES'))
+    .addOption(new Option('--json', 'JSON lines on stdout (events and every step) instead of text and a bar').env('FLORA_JSON'))
     .addHelpText(
       'after',
       `

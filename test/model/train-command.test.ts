@@ -152,5 +152,14 @@ describe('flora train (runTrain) and flora generate', () => {
     expect(await main(['node', 'flora', 'train', '--model', modelDir, '--data', path.join(dir, 'x.jsonl')], { stdout: sink(), stderr: err2, signal: new AbortController().signal })).toBe(2)
     expect(err2.text()).toMatch(/^flora: --data .*x\.jsonl: no such file/)
     expect(await main(['node', 'flora', 'train', '--backend', 'gpu'], { stdout: sink(), stderr: sink(), signal: new AbortController().signal })).toBe(2)
+    // Options come from FLORA_* variables too (checked the same way), as for flora-peer.
+    const err3 = sink()
+    process.env.FLORA_STEPS = 'many'
+    try {
+      expect(await main(['node', 'flora', 'train'], { stdout: sink(), stderr: err3, signal: new AbortController().signal })).toBe(2)
+    } finally {
+      delete process.env.FLORA_STEPS
+    }
+    expect(err3.text()).toMatch(/value 'many' from env 'FLORA_STEPS' is invalid\. --steps must be an integer >= 1/)
   })
 })
