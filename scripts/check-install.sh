@@ -48,7 +48,8 @@ npm install --no-audit --no-fund --foreground-scripts "$tgz" 2>&1 | tee "$work/i
 grep -q "flora: native kernels ready: using the prebuilt" "$work/install.log" || { echo "check-install: the install did not use the prebuilt kernels" >&2; exit 1; }
 echo "installed: $(du -sk node_modules | cut -f1) KiB in node_modules"
 
-out="$(npx --no-install flora train --steps 3 --max-train 24 --max-eval 8 --no-save 2>&1)"
-echo "$out" | grep -E "^backend|^eval|^train" | head -5
-echo "$out" | grep -q "^backend .*native .*(prebuilt)" || { echo "check-install: training did not run on the prebuilt native kernels" >&2; echo "$out" | tail -20 >&2; exit 1; }
+# Piped: JSON lines (one event per line).
+out="$(npx --no-install flora train --steps 3 --max-train 24 --max-eval 8 --no-save --samples 0 2>&1)"
+echo "$out" | grep -E '"event":"(backend|eval|train_done)"' | cut -c1-160
+echo "$out" | grep -q '"event":"backend".*"native":{"isa":"[^"]*".*"prebuilt":true' || { echo "check-install: training did not run on the prebuilt native kernels" >&2; echo "$out" | tail -20 >&2; exit 1; }
 echo "check-install: OK (installed without a toolchain; trained on the prebuilt native kernels)"

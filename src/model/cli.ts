@@ -147,7 +147,7 @@ export function buildProgram(run: { code: number }, io: CliIo = {}): Command {
     .addOption(new Option('--init-adapter <dir>', 'start from this PEFT adapter (e.g. a federation\'s export adapter/) instead of a fresh one; its rank, alpha and targets replace --rank, --alpha, --targets').env('FLORA_INIT_ADAPTER'))
     .addOption(new Option('--merge', 'also save the merged model (W + s B A, loadable with --model) into <out>/merged'))
     .addOption(new Option('--samples <n>', 'greedy generations to show for held-out prompts').argParser(int('--samples', 0)).default(TRAIN_DEFAULTS.samples).env('FLORA_SAMPLES'))
-    .addOption(new Option('--json', 'JSON lines on stdout (events and every step) instead of text and a bar').env('FLORA_JSON'))
+    .addOption(new Option('--json', 'JSON lines on stdout (events and every step) instead of text and a bar; the default when stdout is not a terminal').env('FLORA_JSON'))
     .addHelpText(
       'after',
       `
@@ -180,7 +180,8 @@ Examples:
           initAdapter: flags.initAdapter,
           merge: flags.merge,
           samples: flags.samples,
-          json: flags.json,
+          // JSON lines on stdout whenever stdout is not a terminal (piped, redirected), as flora-peer does.
+          json: flags.json === true || (stdout as { isTTY?: boolean }).isTTY !== true,
           signal: io.signal ?? own?.signal,
           stdout,
           stderr,

@@ -118,6 +118,16 @@ describe('flora train (runTrain) and flora generate', () => {
     expect(again.before.loss).toBe(r.before.loss) // same seed, same holdout
   })
 
+  it('flora train writes JSON lines on stdout when stdout is not a terminal, and nothing on stderr', async () => {
+    const out = sink()
+    const err = sink()
+    const code = await main(['node', 'flora', 'train', '--model', modelDir, '--data', data, '--steps', '1', '--seq-len', '32', '--samples', '0', '--no-save'], { stdout: out, stderr: err, signal: new AbortController().signal })
+    expect(code, err.text()).toBe(0)
+    const events = out.text().trim().split('\n').map((l) => (JSON.parse(l) as { event: string }).event)
+    expect(events).toEqual(['backend', 'model', 'adapter', 'data', 'eval', 'train_step', 'train_done', 'eval', 'done'])
+    expect(err.text()).toBe('')
+  })
+
   it('stops on abort and saves nothing', async () => {
     const ctl = new AbortController()
     const adapterDir = path.join(dir, 'aborted')
