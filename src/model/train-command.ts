@@ -333,15 +333,17 @@ async function evaluateChunked(
   const chunk = o.batchSize * 4
   let sum = 0
   let count = 0
+  let correct = 0
   for (let i = 0; i < examples.length; i += chunk) {
     if (o.signal?.aborted === true) throw new TrainingAbortedError(o.stepsDone)
     const r = evaluate(model, examples.slice(i, i + chunk), { seqLen: o.seqLen, padId: o.padId, batchSize: o.batchSize })
     sum += r.loss * r.tokens
+    correct += (r.accuracy ?? 0) * r.tokens
     count += r.tokens
     await new Promise<void>((resolve) => setImmediate(resolve))
   }
   const loss = sum / count
-  return { loss, perplexity: Math.exp(loss), tokens: count }
+  return { loss, perplexity: Math.exp(loss), tokens: count, accuracy: correct / count }
 }
 
 function promptIds(tok: LlamaTokenizer, ex: Pick<InstructionExample, 'instruction' | 'input'>, raw = false): number[] {

@@ -67,6 +67,8 @@ export interface EvalResult {
   readonly perplexity: number
   /** Target tokens evaluated. */
   readonly tokens: number
+  /** Share of target tokens the model's greedy (argmax) prediction gets right. */
+  readonly accuracy?: number
 }
 
 export interface StepInfo {
@@ -250,24 +252,31 @@ export interface EvalOptions {
   readonly padId?: number
 }
 
-/** Mean target-token loss and perplexity over `examples` (no gradients, no dropout). */
+/** Mean target-token loss, perplexity and greedy token accuracy over `examples` (no gradients, no dropout). */
 export function evaluate(model: LlamaModel, examples: readonly TrainingExample[], options: EvalOptions): EvalResult {
   const bs = options.batchSize ?? 8
   let sum = 0
   let count = 0
+  let correct = 0
   for (let i = 0; i < examples.length; i += bs) {
     const batch = makeBatch(examples.slice(i, i + bs), options.seqLen, options.padId ?? 0, model.config.vocabSize)
     if (batch.rows.length === 0) continue
     const t = batchTensors(batch)
-    const loss = batchLoss(model, batch, t, false)
+    const [loss, predicted] = tf.tidy(() => {
+      const logits = model.lmHead(gatherRows(model.hiddenStates(t.ids, {}), t.rows))
+      return [crossEntropy(logits, t.targets, false), tf.argMax(logits, -1)] as const
+    })
     sum += (loss.dataSync()[0] as number) * batch.rows.length
+    const guesses = predicted.dataSync()
+    for (let k = 0; k < guesses.length; k++) if (guesses[k] === t.targets.values[k]) correct++
     count += batch.rows.length
     loss.dispose()
+    predicted.dispose()
     disposeBatch(t)
   }
   if (count === 0) throw new TrainingError('evaluation examples have no target tokens')
   const loss = sum / count
-  return { loss, perplexity: Math.exp(loss), tokens: count }
+  return { loss, perplexity: Math.exp(loss), tokens: count, accuracy: correct / count }
 }
 
 export interface ModuleGradient {

@@ -10,7 +10,7 @@ import { Command, InvalidArgumentError, Option } from 'commander'
 import { swarmIdOf } from './config.js'
 import { createLogger } from './logger.js'
 import { createPeer } from './peer.js'
-import { defaultTrainerBackend, setupPeer, trainerBackends } from './setup.js'
+import { defaultTrainerBackend, setupPeer, trainerBackends, type EvalScore } from './setup.js'
 import { setupPeerInWorker } from './worker-trainer.js'
 import type { RoundCompleteDetail, RoundStalledDetail } from './engine.js'
 import { lastRecordedRound } from './round-log.js'
@@ -43,8 +43,8 @@ export interface PeerReport {
   rank: number
   alpha: number
   samples: number
-  /** evalLoss: held-out loss of the agreed weights (null: not evaluated, e.g. interrupted). */
-  genesis: { stateHash: string; evalLoss: number | null }
+  /** evalLoss (evalAccuracy): held-out loss (token accuracy, model trainer) of the agreed weights (null: not evaluated, e.g. interrupted). */
+  genesis: { stateHash: string; evalLoss: number | null; evalAccuracy?: number | null }
   rounds: Array<{
     round: number
     stateHash: string
@@ -52,6 +52,7 @@ export interface PeerReport {
     proposer: string
     contributors: readonly string[]
     evalLoss: number | null
+    evalAccuracy?: number | null
     metrics: RoundCompleteDetail['metrics']
   }>
   /** Set when a round could not be certified in time (the peer then exits non-zero). */
@@ -269,6 +270,12 @@ interface CliOptions {
   json?: boolean
 }
 
+/** A report's eval fields from an evaluation (accuracy only where the trainer measures it). */
+function scoreFields(score: EvalScore | null): { evalLoss: number | null; evalAccuracy?: number | null } {
+  if (score == null) return { evalLoss: null }
+  return { evalLoss: score.loss, ...(score.accuracy !== undefined ? { evalAccuracy: score.accuracy } : {}) }
+}
+
 /** Runs the CLI; resolves with the process exit code. */
 export async function main(argv: readonly string[] = process.argv): Promise<number> {
   const program = buildProgram()
@@ -361,8 +368,8 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
   process.on('SIGINT', () => onSignal('SIGINT'))
   process.on('SIGTERM', () => onSignal('SIGTERM'))
 
-  /** Held-out loss of agreed weights; null when interrupted (or failed: logged). */
-  const evaluate = (weights: ReadonlyMap<string, Float32Array>): Promise<number | null> =>
+  /** Held-out loss (and accuracy) of agreed weights; null when interrupted (or failed: logged). */
+  const evaluate = (weights: ReadonlyMap<string, Float32Array>): Promise<EvalScore | null> =>
     setup.evaluate(weights, stop.signal).catch((err: Error) => {
       if (!stop.signal.aborted) log.error({ err: err.message }, 'evaluation failed')
       return null
@@ -444,7 +451,7 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
     rank: o.rank,
     alpha,
     samples: setup.samples,
-    genesis: { stateHash: setup.config.genesisStateHash, evalLoss: await evaluate(peer.head.weights) },
+    genesis: { stateHash: setup.config.genesisStateHash, ...scoreFields(await evaluate(peer.head.weights)) },
     rounds: [],
     stalled: null,
     rejected: {},
@@ -452,8 +459,8 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
     finished: false,
   }
   if (report.genesis.evalLoss != null) {
-    peerMetrics?.recordEval(0, report.genesis.evalLoss)
-    status?.recordEval(0, report.genesis.evalLoss)
+    peerMetrics?.recordEval(0, report.genesis.evalLoss, report.genesis.evalAccuracy ?? undefined)
+    status?.recordEval(0, report.genesis.evalLoss, report.genesis.evalAccuracy ?? undefined)
   }
   const pending: Promise<void>[] = []
   const exporter = o.out != null ? new ModelExporter(peer, o.out, setup.baseModelDir, log) : undefined
@@ -464,18 +471,19 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
     const latest = d.round === peer.head.round
     if (latest) exporter?.schedule()
     pending.push(
-      (latest ? evaluate(weights) : Promise.resolve(null)).then((evalLoss) => {
+      (latest ? evaluate(weights) : Promise.resolve(null)).then((score) => {
+        const { evalLoss, evalAccuracy } = scoreFields(score)
         if (evalLoss != null) {
-          peerMetrics?.recordEval(d.round, evalLoss)
-          status?.recordEval(d.round, evalLoss)
+          peerMetrics?.recordEval(d.round, evalLoss, evalAccuracy ?? undefined)
+          status?.recordEval(d.round, evalLoss, evalAccuracy ?? undefined)
         }
-        report.rounds.push({ ...d, evalLoss })
+        report.rounds.push({ ...d, evalLoss, ...(evalAccuracy !== undefined ? { evalAccuracy } : {}) })
         const train = d.metrics.train?.loss
         emit(
           'round:complete',
-          { ...d, evalLoss },
+          { ...d, evalLoss, ...(evalAccuracy !== undefined ? { evalAccuracy } : {}) },
           `round ${d.round}${o.rounds != null ? `/${o.rounds}` : ''} complete  state ${d.stateHash.slice(0, 16)}  ${d.contributors.length} contributor${d.contributors.length === 1 ? '' : 's'}  ` +
-            `eval loss ${evalLoss?.toFixed(4) ?? '-'}${train != null ? `  (local train loss ${train.toFixed(4)})` : ''}  ${(d.metrics.roundMs / 1000).toFixed(1)} s`,
+            `eval loss ${evalLoss?.toFixed(4) ?? '-'}${evalAccuracy != null ? `  accuracy ${evalAccuracy.toFixed(4)}` : ''}${train != null ? `  (local train loss ${train.toFixed(4)})` : ''}  ${(d.metrics.roundMs / 1000).toFixed(1)} s`,
         )
       }),
     )

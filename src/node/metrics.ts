@@ -95,6 +95,7 @@ export class PeerMetrics {
   readonly #trainSeconds: LateGauge
   readonly #mergeSeconds: LateGauge
   readonly #evalLoss: LateGauge
+  readonly #evalAccuracy: LateGauge
   readonly #rejections: Counter<'reason'>
   readonly #adapters: Counter
   readonly #fetchSeconds: Histogram
@@ -146,6 +147,7 @@ export class PeerMetrics {
     this.#trainSeconds = new LateGauge(registry, 'flora_train_seconds', 'Local training time of the last committed round whose training finished in time')
     this.#mergeSeconds = new LateGauge(registry, 'flora_merge_seconds', "Time this peer spent merging the last committed round's adapters and hashing the new state")
     this.#evalLoss = new LateGauge(registry, 'flora_eval_loss', 'Held-out loss of the agreed weights at the newest evaluated round (flora-peer evaluates them; absent when nothing is evaluated)')
+    this.#evalAccuracy = new LateGauge(registry, 'flora_eval_accuracy', "Held-out token accuracy (greedy next-token prediction) of the agreed weights at the newest evaluated round (model trainer; absent otherwise)")
     this.#rejections = new Counter({
       name: 'flora_rejections_total',
       help: 'Messages, payloads or peers this peer refused, by reason (see RejectReason in src/gossip/errors.ts)',
@@ -226,14 +228,15 @@ export class PeerMetrics {
   }
 
   /**
-   * The held-out loss of the agreed weights after `round` (0: the base model). Evaluation
+   * The held-out loss (and token accuracy, if measured) of the agreed weights after `round` (0: the base model). Evaluation
    * runs outside the peer (flora-peer does it); a result older than one already recorded
    * is ignored.
    */
-  recordEval(round: number, loss: number): void {
+  recordEval(round: number, loss: number, accuracy?: number): void {
     if (round < this.#evalRound || !Number.isFinite(loss)) return
     this.#evalRound = round
     this.#evalLoss.set(loss)
+    if (accuracy !== undefined && Number.isFinite(accuracy)) this.#evalAccuracy.set(accuracy)
   }
 
   /** Stops following the peer's events (the metrics stay on the registry, frozen). */

@@ -39,7 +39,7 @@ import { expectedWeightShapes, LINEAR_MODULES, type LinearModuleKind, LlamaModel
 import { LlamaTokenizer } from '../model/tokenizer.js'
 import { evaluate, type StepInfo, trainLora, type TrainingExample } from '../model/trainer.js'
 import { makeSwarmConfig, SwarmConfigError, type SwarmConfig } from './config.js'
-import type { PeerSetup, SetupOptions } from './setup.js'
+import type { EvalScore, PeerSetup, SetupOptions } from './setup.js'
 import { readSwarmConfig } from './setup.js'
 import { genesisState } from './state.js'
 import type { Trainer } from './trainer.js'
@@ -458,20 +458,22 @@ export async function setupModelPeer(o: SetupOptions): Promise<PeerSetup> {
     })
 
   const evalBatch = Math.max(batchSize, 16)
-  const evaluateWeights = (weights: ReadonlyMap<string, Float32Array>, signal?: AbortSignal): Promise<number> =>
+  const evaluateWeights = (weights: ReadonlyMap<string, Float32Array>, signal?: AbortSignal): Promise<EvalScore> =>
     rt.lock.run(async () => {
       syncWeights(rt, weights)
       rt.model.clearAdapter()
       let sum = 0
+      let correct = 0
       let count = 0
       for (let i = 0; i < held.length; i += evalBatch) {
         signal?.throwIfAborted()
         const r = evaluate(rt.model, held.slice(i, i + evalBatch), { seqLen, padId, batchSize: evalBatch })
         sum += r.loss * r.tokens
+        correct += (r.accuracy ?? 0) * r.tokens
         count += r.tokens
         await yieldNow()
       }
-      return count > 0 ? sum / count : Number.NaN
+      return count > 0 ? { loss: sum / count, accuracy: correct / count } : { loss: Number.NaN }
     })
 
   return {

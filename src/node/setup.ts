@@ -14,12 +14,20 @@ import { parseSwarmConfig, SwarmConfigError, type ContributionPolicy, type Round
 import { syntheticSwarm } from './synthetic.js'
 import { syntheticEvalLoss, syntheticTrainer, type Trainer } from './trainer.js'
 
+/** A held-out evaluation of a state's weights. */
+export interface EvalScore {
+  /** Mean loss (lower is better): target-token cross-entropy (model trainer), squared error (synthetic). */
+  readonly loss: number
+  /** Share of target tokens predicted right by greedy decoding (model trainer only). */
+  readonly accuracy?: number
+}
+
 export interface PeerSetup {
   readonly config: SwarmConfig
   readonly weights: ReadonlyMap<string, Float32Array>
   readonly trainer: Trainer
-  /** Held-out loss of a state's target weights (lower is better); rejects when `signal` aborts. */
-  evaluate(weights: ReadonlyMap<string, Float32Array>, signal?: AbortSignal): Promise<number>
+  /** Held-out loss (and accuracy, where it means something) of a state's target weights; rejects when `signal` aborts. */
+  evaluate(weights: ReadonlyMap<string, Float32Array>, signal?: AbortSignal): Promise<EvalScore>
   /** Local training examples (n_k). */
   readonly samples: number
   /** One line for the logs. */
@@ -242,7 +250,7 @@ registerTrainerBackend('synthetic', async (o) => {
     weights: built.weights,
     samples,
     trainer: syntheticTrainer({ samples, dataSeed, steps: o.localSteps ?? 5, busyMs: o.trainBusyMs, delayMs: o.trainDelayMs }),
-    evaluate: async (weights) => syntheticEvalLoss(weights, config.targets, config.seed),
+    evaluate: async (weights) => ({ loss: syntheticEvalLoss(weights, config.targets, config.seed) }),
     description: `synthetic task (share ${dataSeed}, ${samples} samples) on a ${config.targets.length}-module synthetic base`,
   }
 })

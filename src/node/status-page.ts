@@ -63,7 +63,7 @@ export const STATUS_PAGE_HTML = `<!doctype html>
   </section>
   <section>
     <h2>Hash agreement</h2>
-    <div class="scroll"><table id="history"><thead><tr><th>round</th><th>state hash</th><th>certified by</th><th>contributors</th><th>view</th><th>proposer</th><th>time</th></tr></thead><tbody></tbody></table></div>
+    <div class="scroll"><table id="history"><thead><tr><th>round</th><th>state hash</th><th>certified by</th><th>contributors</th><th>view</th><th>proposer</th><th>time</th><th>eval loss / acc</th></tr></thead><tbody></tbody></table></div>
   </section>
   <section>
     <h2>Rejections</h2>
@@ -117,7 +117,8 @@ function render(s) {
     const hash = el("span", r.stateHash.slice(0, 16), "mono"); hash.title = r.stateHash;
     const cert = el("span", r.certifiedBy.length + " of " + r.members, "badge ok"); cert.title = r.certifiedBy.join("\\n");
     const prop = el("span", short(r.proposer), "mono"); prop.title = r.proposer;
-    hb.appendChild(row([r.round, hash, cert, r.contributors.length, r.view, prop, r.synced ? "caught up (" + r.synced + ")" : secs(r.roundMs)]));
+    const ev = r.evalLoss == null ? "-" : r.evalLoss.toFixed(4) + (r.evalAccuracy == null ? "" : " / " + (100 * r.evalAccuracy).toFixed(1) + "%");
+    hb.appendChild(row([r.round, hash, cert, r.contributors.length, r.view, prop, r.synced ? "caught up (" + r.synced + ")" : secs(r.roundMs), ev]));
   }
 
   plot(s);

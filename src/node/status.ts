@@ -47,6 +47,8 @@ export interface RoundStatus {
   readonly synced?: 'replay' | 'snapshot'
   readonly trainLoss?: number
   readonly evalLoss?: number
+  /** Held-out token accuracy (model trainer), when evaluated. */
+  readonly evalAccuracy?: number
   /** When this peer committed it (ms since the epoch). */
   readonly at: number
 }
@@ -107,7 +109,7 @@ export class StatusTracker {
   readonly #startedAt = Date.now()
   readonly #members = new Map<string, { rank?: number; lastContributed?: number }>()
   readonly #history: RoundStatus[] = []
-  readonly #evals = new Map<number, number>()
+  readonly #evals = new Map<number, { loss: number; accuracy?: number }>()
   readonly #byReason: Record<string, number> = {}
   readonly #recent: RejectionStatus[] = []
   readonly #detach: Array<() => void> = []
@@ -154,10 +156,10 @@ export class StatusTracker {
     })
   }
 
-  /** The held-out loss of the agreed weights after `round` (0: the base model), evaluated by the app. */
-  recordEval(round: number, loss: number): void {
+  /** The held-out loss (and token accuracy) of the agreed weights after `round` (0: the base model), evaluated by the app. */
+  recordEval(round: number, loss: number, accuracy?: number): void {
     if (!Number.isFinite(loss)) return
-    this.#evals.set(round, loss)
+    this.#evals.set(round, { loss, ...(accuracy !== undefined && Number.isFinite(accuracy) ? { accuracy } : {}) })
     if (this.#evals.size > MAX_ROUNDS + 1) this.#evals.delete(Math.min(...this.#evals.keys()))
   }
 
@@ -179,7 +181,7 @@ export class StatusTracker {
       })
     }
     members.sort((a, b) => Number(b.connected) - Number(a.connected) || (a.peerId < b.peerId ? -1 : 1))
-    const genesisEvalLoss = this.#evals.get(0)
+    const genesisEvalLoss = this.#evals.get(0)?.loss
     return {
       version: VERSION,
       peerId: peer.peerId,
@@ -196,8 +198,8 @@ export class StatusTracker {
         : {}),
       members,
       history: this.#history.map((r) => {
-        const evalLoss = this.#evals.get(r.round)
-        return evalLoss != null ? { ...r, evalLoss } : r
+        const e = this.#evals.get(r.round)
+        return e != null ? { ...r, evalLoss: e.loss, ...(e.accuracy !== undefined ? { evalAccuracy: e.accuracy } : {}) } : r
       }),
       ...(genesisEvalLoss != null ? { genesisEvalLoss } : {}),
       rejections: { byReason: { ...this.#byReason }, recent: [...this.#recent].reverse() },

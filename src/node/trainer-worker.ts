@@ -64,8 +64,8 @@ async function handle(msg: Exclude<ToWorker, { type: 'abort' }>, signal: AbortSi
     }
     case 'evaluate': {
       if (setup === undefined) throw new Error('training worker: not set up')
-      const loss = await setup.evaluate(msg.weights, signal)
-      post({ type: 'result', id: msg.id, value: loss })
+      const score = await setup.evaluate(msg.weights, signal)
+      post({ type: 'result', id: msg.id, value: score })
       return
     }
   }

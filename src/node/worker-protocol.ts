@@ -5,7 +5,7 @@
  * worker-side AbortController of a call (AbortSignals cannot cross threads).
  */
 import type { SwarmConfig } from './config.js'
-import type { SetupOptions, TrainProgress } from './setup.js'
+import type { EvalScore, SetupOptions, TrainProgress } from './setup.js'
 import type { TrainContext, TrainResult } from './trainer.js'
 
 /** SetupOptions without the callback (functions cannot cross threads; progress comes back as `step` messages). */
@@ -36,7 +36,7 @@ export interface SerializedError {
 }
 
 export type FromWorker =
-  | { readonly type: 'result'; readonly id: number; readonly value: SetupReply | TrainResult | number }
+  | { readonly type: 'result'; readonly id: number; readonly value: SetupReply | TrainResult | EvalScore }
   | { readonly type: 'error'; readonly id: number; readonly error: SerializedError }
   | { readonly type: 'step'; readonly id: number; readonly progress: TrainProgress }
 

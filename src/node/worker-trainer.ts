@@ -32,7 +32,7 @@ import { createRequire } from 'node:module'
 import { pathToFileURL } from 'node:url'
 import { Worker } from 'node:worker_threads'
 import { SwarmConfigError } from './config.js'
-import type { PeerSetup, SetupOptions, TrainProgress } from './setup.js'
+import type { EvalScore, PeerSetup, SetupOptions, TrainProgress } from './setup.js'
 import type { TrainContext, TrainResult } from './trainer.js'
 import { compactCopies, compactCopy, type FromWorker, type SerializedError, type SetupReply, type ToWorker } from './worker-protocol.js'
 
@@ -141,7 +141,7 @@ class TrainerWorker {
     }, ctx.signal, this.#onTrainStep)
   }
 
-  evaluate(weights: ReadonlyMap<string, Float32Array>, signal?: AbortSignal): Promise<number> {
+  evaluate(weights: ReadonlyMap<string, Float32Array>, signal?: AbortSignal): Promise<EvalScore> {
     return this.#call((id) => {
       const transfer: ArrayBuffer[] = []
       return { msg: { type: 'evaluate', id, weights: compactCopies(weights, transfer) }, transfer }

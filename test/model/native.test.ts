@@ -284,7 +284,7 @@ describe('native kernel switches (environment)', () => {
     const off = backendLine({ FLORA_NATIVE: '0' })
     expect(off.stdout).toMatch(/^wasm \(1 thread; native kernels off: disabled by FLORA_NATIVE\)/)
     if (loaded.kernels !== undefined) {
-      expect(backendLine({ FLORA_THREADS: '1' }).stdout).toMatch(/^wasm \+ native \S+ x1 thread$/m)
+      expect(backendLine({ FLORA_THREADS: '1' }).stdout).toMatch(/^wasm \+ native \S+ x1 thread( \(prebuilt\))?$/m)
       const bad = backendLine({ FLORA_THREADS: 'many' })
       expect(bad.status).not.toBe(0)
       expect(bad.stderr).toMatch(/FLORA_THREADS must be an integer in \[1, 256\], got 'many'/)

@@ -12,6 +12,7 @@ import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { describe, expect, it } from 'vitest'
 import type { NativeKernels } from '../../src/model/native.js'
+import { describeBackend } from '../../src/model/backend.js'
 
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
 const DIR = path.join(ROOT, 'native', 'prebuilds', `${process.platform}-${process.arch}`)
@@ -73,5 +74,11 @@ describe('prebuilt native kernels', () => {
         expect(c[i * n + j]).toBeCloseTo(s, 5)
       }
     }
+  })
+
+  it('are named in the backend line when in use', () => {
+    const sel = { backend: 'wasm' as const, tfBackend: 'wasm', skipped: [], patchedKernels: [] }
+    expect(describeBackend({ ...sel, native: { isa: 'avx2-fma', threads: 2, prebuilt: true } })).toBe('wasm + native avx2-fma x2 threads (prebuilt)')
+    expect(describeBackend({ ...sel, native: { isa: 'avx2-fma', threads: 1, prebuilt: false } })).toBe('wasm + native avx2-fma x1 thread')
   })
 })

@@ -160,10 +160,13 @@ describe('PeerMetrics before any round', () => {
         expect(text).not.toContain(name)
       }
       metrics.recordEval(0, 2.5)
-      metrics.recordEval(3, 1.25)
+      // No accuracy measured (synthetic trainer): no accuracy gauge, not a 0.
+      expect(await registry.metrics()).not.toContain('flora_eval_accuracy')
+      metrics.recordEval(3, 1.25, 0.375)
       // An older round's evaluation finishing late does not overwrite a newer one.
-      metrics.recordEval(2, 1.75)
+      metrics.recordEval(2, 1.75, 0.25)
       expect(sample(await registry.metrics(), 'flora_eval_loss')).toBe(1.25)
+      expect(sample(await registry.metrics(), 'flora_eval_accuracy')).toBe(0.375)
       // A second PeerMetrics on the same registry is refused (the names are fixed).
       expect(() => new PeerMetrics(registry, peer)).toThrow(/already been registered/)
     } finally {

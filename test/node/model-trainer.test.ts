@@ -155,9 +155,15 @@ describe('model trainer: in-process peers over loopback TCP', () => {
     // The shards split the 60-example pool.
     expect(setups.reduce((a, s) => a + s.samples, 0)).toBe(60)
     for (const s of setups) expect(s.description).toMatch(/shard \d\/3 \(by category/)
-    const genesisLoss = await Promise.all(setups.map((s) => s.evaluate(s.weights)))
+    const genesisScores = await Promise.all(setups.map((s) => s.evaluate(s.weights)))
+    const genesisLoss = genesisScores.map((g) => g.loss)
     expect(Number.isFinite(genesisLoss[0])).toBe(true)
     expect(new Set(genesisLoss).size).toBe(1)
+    // Token accuracy of greedy predictions: a share, the same on every peer.
+    const acc = genesisScores.map((g) => g.accuracy)
+    expect(acc[0]).toBeGreaterThanOrEqual(0)
+    expect(acc[0]).toBeLessThanOrEqual(1)
+    expect(new Set(acc).size).toBe(1)
 
     const completes = RANKS.map(() => [] as Array<{ round: number; stateHash: string; contributors: readonly string[]; evalLoss: Promise<number>; trainLoss?: number }>)
     for (let i = 0; i < RANKS.length; i++) {
@@ -175,7 +181,7 @@ describe('model trainer: in-process peers over loopback TCP', () => {
       peers.push(peer)
       peer.addEventListener('round:complete', (e) => {
         // As the CLI does: evaluate the agreed weights right away (the trainer waits for it).
-        completes[i].push({ ...e.detail, evalLoss: setups[i].evaluate(peer.head.weights), trainLoss: e.detail.metrics.train?.loss })
+        completes[i].push({ ...e.detail, evalLoss: setups[i].evaluate(peer.head.weights).then((s) => s.loss), trainLoss: e.detail.metrics.train?.loss })
       })
       await peer.start()
     }
