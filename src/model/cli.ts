@@ -10,6 +10,7 @@
  * 2 bad usage, 130 interrupted.
  */
 import { realpathSync } from 'node:fs'
+import { readFile } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander'
 import type { BackendPreference } from './backend.js'
@@ -148,6 +149,11 @@ export function buildProgram(run: { code: number }, io: CliIo = {}): Command {
     .addOption(new Option('--merge', 'also save the merged model (W + s B A, loadable with --model) into <out>/merged'))
     .addOption(new Option('--samples <n>', 'greedy generations to show for held-out prompts').argParser(int('--samples', 0)).default(TRAIN_DEFAULTS.samples).env('FLORA_SAMPLES'))
     .addOption(new Option('--json', 'JSON lines on stdout (events and every step) instead of text and a bar; the default when stdout is not a terminal').env('FLORA_JSON'))
+    .addOption(new Option('-c, --config <file>', 'JSON file of option values, e.g. {"rank": 16, "steps": 500, "targets": ["q_proj", "v_proj"]}; flags and FLORA_* variables override it').env('FLORA_TRAIN_CONFIG'))
+    .hook('preAction', async (cmd) => {
+      const file = cmd.getOptionValue('config') as string | undefined
+      if (file !== undefined) await applyConfigFile(cmd, file)
+    })
     .addHelpText(
       'after',
       `
@@ -217,6 +223,57 @@ Examples:
       }
     })
   return program
+}
+
+/**
+ * Sets a command's options from a JSON config file: keys are option names (`batch-size` or
+ * `batchSize`), values what the flag takes (numbers, strings, lists for comma lists, booleans
+ * for switches), checked by the same parsers as the flags. Commander's precedence holds: a
+ * flag or a FLORA_* variable wins over the file, the file over the default.
+ */
+export async function applyConfigFile(cmd: Command, file: string): Promise<void> {
+  let raw: string
+  try {
+    raw = await readFile(file, 'utf8')
+  } catch (err) {
+    throw new TrainCommandError(`--config ${file}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message}`)
+  }
+  let values: unknown
+  try {
+    values = JSON.parse(raw)
+  } catch (err) {
+    throw new TrainCommandError(`--config ${file}: not JSON (${(err as Error).message})`)
+  }
+  if (values === null || typeof values !== 'object' || Array.isArray(values)) throw new TrainCommandError(`--config ${file}: expected a JSON object of option values`)
+  const options = cmd.options.filter((o) => o.long !== '--config' && o.long !== '--help')
+  const camel = (k: string): string => k.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase())
+  for (const [key, value] of Object.entries(values)) {
+    const option = options.find((o) => o.attributeName() === camel(key) && !o.negate) ?? options.find((o) => o.attributeName() === camel(key))
+    if (option === undefined) {
+      throw new TrainCommandError(`--config ${file}: unknown option "${key}" (known: ${[...new Set(options.map((o) => o.attributeName()))].join(', ')})`)
+    }
+    const name = option.attributeName()
+    const source = cmd.getOptionValueSource(name)
+    if (source === 'cli' || source === 'env') continue
+    let parsed: unknown
+    // A switch (--merge, --json) or a negated one (--no-save: key "save", false to skip saving).
+    if (option.isBoolean() || option.negate) {
+      if (typeof value !== 'boolean') throw new TrainCommandError(`--config ${file}: "${key}" must be true or false`)
+      parsed = value
+    } else {
+      if (value === null || typeof value === 'object' && !Array.isArray(value)) throw new TrainCommandError(`--config ${file}: "${key}" must be a number, a string or a list`)
+      const text = Array.isArray(value) ? value.map(String).join(',') : String(value)
+      if (option.argChoices !== undefined && !option.argChoices.includes(text)) {
+        throw new TrainCommandError(`--config ${file}: "${key}" must be one of ${option.argChoices.join(', ')} (got ${JSON.stringify(value)})`)
+      }
+      try {
+        parsed = option.parseArg !== undefined ? option.parseArg(text, undefined) : text
+      } catch (err) {
+        throw new TrainCommandError(`--config ${file}: "${key}": ${(err as Error).message}`)
+      }
+    }
+    cmd.setOptionValueWithSource(name, parsed, 'config')
+  }
 }
 
 /** Runs the CLI; resolves with the process exit code. */

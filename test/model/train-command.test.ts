@@ -128,6 +128,37 @@ describe('flora train (runTrain) and flora generate', () => {
     expect(err.text()).toBe('')
   })
 
+  it('flora train --config FILE: option values from JSON, flags and FLORA_* variables win, bad keys and values refused', async () => {
+    const cfg = path.join(dir, 'train.json')
+    await writeFile(cfg, JSON.stringify({ model: modelDir, data, rank: 3, 'seq-len': 32, steps: 1, samples: 0, save: false, targets: ['q_proj', 'v_proj'] }))
+    const adapterOf = async (argv: string[]): Promise<{ rank: number; targets: string[] }> => {
+      const out = sink()
+      const err = sink()
+      expect(await main(['node', 'flora', 'train', ...argv], { stdout: out, stderr: err, signal: new AbortController().signal }), err.text()).toBe(0)
+      const ev = out.text().trim().split('\n').map((l) => JSON.parse(l) as { event: string; rank: number; targets: string[] }).find((e) => e.event === 'adapter')
+      return { rank: ev?.rank ?? -1, targets: ev?.targets ?? [] }
+    }
+    expect(await adapterOf(['--config', cfg])).toEqual({ rank: 3, targets: ['q_proj', 'v_proj'] })
+    expect((await adapterOf(['--config', cfg, '--rank', '2'])).rank).toBe(2)
+    process.env.FLORA_RANK = '5'
+    try {
+      expect((await adapterOf(['--config', cfg])).rank).toBe(5)
+    } finally {
+      delete process.env.FLORA_RANK
+    }
+    const refused = async (content: unknown): Promise<string> => {
+      await writeFile(cfg, JSON.stringify(content))
+      const err = sink()
+      expect(await main(['node', 'flora', 'train', '--config', cfg], { stdout: sink(), stderr: err, signal: new AbortController().signal })).toBe(2)
+      return err.text()
+    }
+    expect(await refused({ rnak: 3 })).toMatch(/--config .*train\.json: unknown option "rnak" \(known: .*rank/)
+    expect(await refused({ rank: 0 })).toMatch(/"rank": --rank must be an integer >= 1/)
+    expect(await refused({ backend: 'gpu' })).toMatch(/"backend" must be one of auto, /)
+    expect(await refused({ save: 'no' })).toMatch(/"save" must be true or false/)
+    expect(await refused([1, 2])).toMatch(/expected a JSON object/)
+  })
+
   it('stops on abort and saves nothing', async () => {
     const ctl = new AbortController()
     const adapterDir = path.join(dir, 'aborted')
