@@ -200,7 +200,6 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
   #sweep: NodeJS.Timeout | undefined
   readonly #refused = new Map<string, number>()
   #unwatchGossipStreams: (() => void) | undefined
-  #roundsStarted = false
   /** Head rounds members reported in their handshake. */
   readonly #heads = new Map<string, number>()
   readonly #served = new Map<string, number>()
@@ -452,8 +451,8 @@ export class FloraService extends TypedEventEmitter<FloraEvents> implements Star
    * calls it once the host is listening.
    */
   beginRounds(): void {
-    if (this.#roundsStarted || !this.#started) return
-    this.#roundsStarted = true
+    // (engine.start does nothing once the engine left 'idle')
+    if (!this.#started) return
     this.engine.start(this.#stopController.signal).catch((err: Error) => {
       if (!this.#stopController.signal.aborted) this.#log.error({ err: err.message }, 'could not start rounds')
     })

@@ -21,10 +21,23 @@ import type { ManifestEntry } from '../../src/gossip/messages.js'
 import { payloadCap, swarmIdOf } from '../../src/node/config.js'
 import { identityFromSeed } from '../../src/node/identity.js'
 import { syntheticTrainer } from '../../src/node/trainer.js'
+import type { FloraPeer } from '../../src/node/peer.js'
 import { startAttacker, type Attacker } from './attacker.js'
 import { gate, startTestSwarm, waitForEvent, type TestSwarm } from './helpers.js'
 
 const HEX = (c: string): string => c.repeat(64)
+
+/** Resolves when `peer` sees `remote` disconnect. */
+function disconnected(peer: FloraPeer, remote: string): Promise<void> {
+  return new Promise<void>((resolve) => {
+    const onDisconnect = (e: CustomEvent<{ toString(): string }>): void => {
+      if (e.detail.toString() !== remote) return
+      peer.libp2p.removeEventListener('peer:disconnect', onDisconnect)
+      resolve()
+    }
+    peer.libp2p.addEventListener('peer:disconnect', onDisconnect)
+  })
+}
 
 describe('hostile members against a running swarm', () => {
   let swarm: TestSwarm
@@ -99,14 +112,7 @@ describe('hostile members against a running swarm', () => {
     const topic = swarmTopic(honest.swarmId)
     await a.join([honest.multiaddrs()[0]], [honest.peerId], topic)
     const flood = waitForEvent(honest, 'peer:rejected', (d) => d.reason === 'flood' && d.peerId === a.peerId)
-    const gone = new Promise<void>((resolve) => {
-      const onDisconnect = (e: CustomEvent<{ toString(): string }>): void => {
-        if (e.detail.toString() !== a.peerId) return
-        honest.libp2p.removeEventListener('peer:disconnect', onDisconnect)
-        resolve()
-      }
-      honest.libp2p.addEventListener('peer:disconnect', onDisconnect)
-    })
+    const gone = disconnected(honest, a.peerId)
     // Malformed messages, published at once: all are validated before the score graylists the sender.
     await Promise.all(Array.from({ length: 12 }, (_, i) => a.publish(topic, new TextEncoder().encode(`{"kind":"nonsense","n":${i}}`))))
     const d = await flood
@@ -122,14 +128,7 @@ describe('hostile members against a running swarm', () => {
     const topic = swarmTopic(honest.swarmId)
     await a.join([honest.multiaddrs()[0]], [honest.peerId], topic)
     const refused = waitForEvent(honest, 'peer:rejected', (d) => d.reason === 'flood' && d.peerId === a.peerId)
-    const gone = new Promise<void>((resolve) => {
-      const onDisconnect = (e: CustomEvent<{ toString(): string }>): void => {
-        if (e.detail.toString() !== a.peerId) return
-        honest.libp2p.removeEventListener('peer:disconnect', onDisconnect)
-        resolve()
-      }
-      honest.libp2p.addEventListener('peer:disconnect', onDisconnect)
-    })
+    const gone = disconnected(honest, a.peerId)
     // gossipsub refuses the RPC at its length prefix, inside gossipsub: flora's validator never
     // sees it. One such RPC is enough: no honest flora peer sends one.
     const big = new Uint8Array(MAX_GOSSIP_RPC_BYTES + 1024).fill(0x20)
