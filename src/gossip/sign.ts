@@ -6,6 +6,7 @@
  * The verifying key is the one embedded in the author's peer id (Ed25519 and secp256k1
  * ids embed it; RSA ids do not and are refused).
  */
+import { createHash, createPublicKey, verify as verifySignature, type KeyObject } from 'node:crypto'
 import { peerIdFromString } from '@libp2p/peer-id'
 import type { PrivateKey, PublicKey } from '@libp2p/interface'
 import { canonicalJson, fromBase64, sha256Hex, toBase64, type CanonicalValue } from './canonical.js'
@@ -47,11 +48,52 @@ export function publicKeyOf(peerId: string): PublicKey | null {
   return key
 }
 
+const ed25519Keys = new Map<string, KeyObject>()
+
+/**
+ * An Ed25519 key as a node KeyObject, made once per peer: libp2p's `verify` imports the key
+ * from JWK on every call, which cost as much as the verification itself in a 48-peer swarm.
+ */
+function ed25519KeyObject(peerId: string, key: PublicKey): KeyObject {
+  let obj = ed25519Keys.get(peerId)
+  if (obj === undefined) {
+    obj = createPublicKey({ format: 'jwk', key: { kty: 'OKP', crv: 'Ed25519', x: Buffer.from(key.raw).toString('base64url') } })
+    if (ed25519Keys.size > 10_000) ed25519Keys.clear()
+    ed25519Keys.set(peerId, obj)
+  }
+  return obj
+}
+
+/**
+ * Signatures that verified, by sha256 of (peer, signed bytes, signature): the same vote
+ * arrives on its own, inside proposals' justifications and inside certificates, and every
+ * message is said again while its round is open (gossipsub delivers each repeat as a new
+ * message). A hit means these exact bytes verified before. Oldest entries go first.
+ */
+const verified = new Set<string>()
+const VERIFIED_CACHE_SIZE = 1 << 16
+
+function verifiedKey(peerId: string, bytes: Uint8Array, sig: string): string {
+  return createHash('sha256').update(peerId).update('\0').update(bytes).update('\0').update(sig).digest('base64')
+}
+
 async function verifyWith(peerId: string, domain: string, body: CanonicalValue, sig: string): Promise<boolean> {
   const key = publicKeyOf(peerId)
   if (key == null) return false
   try {
-    return await key.verify(signedBytes(domain, body), fromBase64(sig))
+    const bytes = signedBytes(domain, body)
+    const cacheKey = verifiedKey(peerId, bytes, sig)
+    if (verified.has(cacheKey)) return true
+    const signature = fromBase64(sig)
+    const ok =
+      key.type === 'Ed25519'
+        ? signature.byteLength === 64 && verifySignature(null, bytes, ed25519KeyObject(peerId, key), signature)
+        : await key.verify(bytes, signature)
+    if (ok) {
+      if (verified.size >= VERIFIED_CACHE_SIZE) verified.delete(verified.values().next().value as string)
+      verified.add(cacheKey)
+    }
+    return ok
   } catch {
     return false
   }

@@ -21,7 +21,7 @@ import type { Registry } from 'prom-client'
 import { flora, type FloraInit, type FloraService } from './service.js'
 import { wireMetrics, type WireCounter } from './wire-metrics.js'
 import { parseSwarmKey } from './swarm-key.js'
-import { MAX_GOSSIP_RPC_BYTES } from '../gossip/codec.js'
+import { fastGossipMessageId, MAX_GOSSIP_RPC_BYTES } from '../gossip/codec.js'
 import type { SwarmConfig } from './config.js'
 
 export interface HostOptions {
@@ -170,6 +170,8 @@ export async function createHost(options: HostOptions): Promise<FloraLibp2p> {
         // are buffered (the default, 4 MB, lets a flood of oversized manifests hold tens of MB
         // in flight). See MAX_GOSSIP_RPC_BYTES.
         maxInboundDataLength: MAX_GOSSIP_RPC_BYTES,
+        // A copy of a message already seen is dropped before its signature is checked again.
+        fastMsgIdFn: fastGossipMessageId,
       }),
       flora: flora(options.flora),
     },
