@@ -17,6 +17,7 @@ import { Command, InvalidArgumentError } from 'commander'
 import { ATTACKS, baseline } from './redteam/attacks.js'
 import { medianRoundMs, runCase, type CaseResult, type RunOptions } from './redteam/run.js'
 import { parseCommandLine } from '../src/exit-codes.js'
+import { withEnvAndConfig } from '../src/cli-options.js'
 
 export const REDTEAM_DEFAULTS = {
   peers: 3,
@@ -119,10 +120,10 @@ export function formatTable(results: CaseResult[], base: RedteamReport['baseline
   return out.join('\n')
 }
 
-function positive(name: string) {
+function intAtLeast(name: string, min: number) {
   return (v: string): number => {
     const x = Number(v)
-    if (!Number.isInteger(x) || x < 0) throw new InvalidArgumentError(`${name} must be a non-negative integer`)
+    if (v.trim() === '' || !Number.isInteger(x) || x < min) throw new InvalidArgumentError(`${name} must be an integer >= ${min}`)
     return x
   }
 }
@@ -133,14 +134,15 @@ async function cli(): Promise<void> {
     .option('--only <names>', 'comma-separated attacks to run (default: all)', (v: string) => v.split(',').map((s) => s.trim()).filter((s) => s.length > 0))
     .option('--list', 'list the attacks and exit')
     .option('-o, --out <dir>', 'output directory', REDTEAM_DEFAULTS.out)
-    .option('--seed <n>', 'seed (identities, adapters, swarm seed)', positive('--seed'), REDTEAM_DEFAULTS.seed)
-    .option('-p, --peers <n>', 'honest peers', positive('--peers'), REDTEAM_DEFAULTS.peers)
-    .option('-r, --rounds <n>', 'rounds per attack (cases may set their own)', positive('--rounds'), REDTEAM_DEFAULTS.rounds)
-    .option('--deadline <ms>', 'round deadline', positive('--deadline'), REDTEAM_DEFAULTS.deadlineMs)
-    .option('--grace <ms>', 'grace per fallback proposer', positive('--grace'), REDTEAM_DEFAULTS.graceMs)
-    .option('--train-ms <ms>', 'synthetic training time per round, off the CPU', positive('--train-ms'), REDTEAM_DEFAULTS.trainDelayMs)
+    .option('--seed <n>', 'seed (identities, adapters, swarm seed)', intAtLeast('--seed', 0), REDTEAM_DEFAULTS.seed)
+    .option('-p, --peers <n>', 'honest peers', intAtLeast('--peers', 2), REDTEAM_DEFAULTS.peers)
+    .option('-r, --rounds <n>', 'rounds per attack (cases may set their own)', intAtLeast('--rounds', 1), REDTEAM_DEFAULTS.rounds)
+    .option('--deadline <ms>', 'round deadline', intAtLeast('--deadline', 100), REDTEAM_DEFAULTS.deadlineMs)
+    .option('--grace <ms>', 'grace per fallback proposer', intAtLeast('--grace', 50), REDTEAM_DEFAULTS.graceMs)
+    .option('--train-ms <ms>', 'synthetic training time per round, off the CPU', intAtLeast('--train-ms', 0), REDTEAM_DEFAULTS.trainDelayMs)
     .option('--no-baseline', 'skip the clean baseline swarm')
     .option('--keep', 'keep the honest state dirs')
+  withEnvAndConfig(program, 'FLORA_REDTEAM_')
   const usage = parseCommandLine(program, process.argv)
   if (usage !== undefined) process.exit(usage)
   const o = program.opts<{ only?: string[]; list?: boolean; out: string; seed: number; peers: number; rounds: number; deadline: number; grace: number; trainMs: number; baseline: boolean; keep?: boolean }>()

@@ -33,6 +33,7 @@ import { Command, InvalidArgumentError } from 'commander'
 import { createPrng } from '../src/lora/prng.js'
 import { PAPER_RANKS } from './swarm.js'
 import { parseCommandLine } from '../src/exit-codes.js'
+import { withEnvAndConfig } from '../src/cli-options.js'
 
 export const SOAK_DEFAULTS = {
   peers: 6,
@@ -960,6 +961,7 @@ async function cli(): Promise<void> {
     .option('--train-ms <ms>', "each peer's training time per round, off this host's CPU (0: as fast as the host allows)", intAtLeast('--train-ms', 0), 1000)
     .option('--peer-args <flags>', "extra flags for every flora-peer, e.g. '--train-busy-ms 1500' (repeatable)", (v: string, prev: string[] | undefined) => [...(prev ?? []), ...v.split(/\s+/).filter((x) => x.length > 0)])
     .allowExcessArguments(false)
+  withEnvAndConfig(program, 'FLORA_SOAK_')
   const usage = parseCommandLine(program, process.argv)
   if (usage !== undefined) process.exit(usage)
   const o = program.opts<{ peers: number; rounds: number; killEvery: number; lateJoinAt: number; pauseAt: number; pauseMs: number; seed: number; deadline: number; grace: number; out: string; timeout: number; trainMs: number; peerArgs?: string[] }>()

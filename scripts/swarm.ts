@@ -24,6 +24,7 @@ import type { PeerReport } from '../src/node/cli.js'
 import { MODEL_TRAINER_DEFAULTS } from '../src/node/model-defaults.js'
 import { VERSION } from '../src/version.js'
 import { parseCommandLine } from '../src/exit-codes.js'
+import { withEnvAndConfig } from '../src/cli-options.js'
 
 /** The FLoRA paper's heterogeneous ranks, cycled for larger swarms. */
 export const PAPER_RANKS = [64, 32, 16, 16, 8, 8, 4, 4, 4, 4]
@@ -351,6 +352,7 @@ async function cli(): Promise<void> {
     .option('--timeout <s>', 'stop everything after this many seconds', positive('--timeout'), 900)
     .option('--no-progress', 'no progress bar')
     .allowExcessArguments(false)
+  withEnvAndConfig(program, 'FLORA_SWARM_')
   const usage = parseCommandLine(program, process.argv)
   if (usage !== undefined) process.exit(usage)
   const o = program.opts<{

@@ -11,6 +11,7 @@
  *   130 interrupted (Ctrl-C / SIGINT, SIGTERM)
  */
 import { CommanderError, type Command } from 'commander'
+import { applyConfigOption, ConfigFileError } from './cli-options.js'
 
 export const EXIT_OK = 0
 export const EXIT_FAILURE = 1
@@ -27,17 +28,23 @@ export function commanderExitCode(err: CommanderError): number {
 }
 
 /**
- * Parses `argv` with `program` (set to throw instead of exiting). Returns undefined when the
- * command should run, or the exit code when it should not (--help, --version: 0; a usage
- * error, whose message commander has printed: 2).
+ * Parses `argv` with `program` (set to throw instead of exiting), then applies its
+ * `--config FILE` if it has one (src/cli-options.ts). Returns undefined when the command
+ * should run, or the exit code when it should not (--help, --version: 0; a usage error,
+ * whose message has been printed: 2).
  */
-export function parseCommandLine(program: Command, argv: readonly string[]): number | undefined {
+export function parseCommandLine(program: Command, argv: readonly string[], stderr: { write(s: string): unknown } = process.stderr): number | undefined {
   program.exitOverride()
   try {
     program.parse([...argv])
+    applyConfigOption(program)
     return undefined
   } catch (err) {
     if (err instanceof CommanderError) return commanderExitCode(err)
+    if (err instanceof ConfigFileError) {
+      stderr.write(`${program.name()}: ${err.message}\n`)
+      return EXIT_USAGE
+    }
     throw err
   }
 }

@@ -16,6 +16,7 @@ import { createToyBackend } from './toy.js'
 import type { EvalConfig, EvalResults, SimBackend } from './types.js'
 import { VERSION } from '../version.js'
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE } from '../exit-codes.js'
+import { applyConfigOption, ConfigFileError, withEnvAndConfig } from '../cli-options.js'
 
 import '../aggregation/index.js'
 
@@ -75,7 +76,7 @@ export class UsageError extends Error {
 
 /** The eval command's flags (values checked by ArgsSchema; the names match the other CLIs'). */
 export function buildEvalProgram(): Command {
-  return new Command('npm run eval --')
+  const program = new Command('npm run eval --')
     .description('Simulates K federated clients in one process and compares aggregation strategies; writes results.json, results.md and plots to --out.')
     .version(VERSION, '-V, --version')
     .option('--clients <n>', 'clients (default 10)')
@@ -104,6 +105,8 @@ export function buildEvalProgram(): Command {
     .option('--replot', 'only re-render DIR/results.md and the plots from DIR/results.json')
     .option('--verbose', 'print stack traces of errors')
     .allowExcessArguments(false)
+  // Every option from a FLORA_EVAL_* variable too, and --config FILE.
+  return withEnvAndConfig(program, 'FLORA_EVAL_')
 }
 
 /** The eval command's help text. */
@@ -117,14 +120,16 @@ export function parseEvalArgs(argv: readonly string[]): EvalConfig {
     .configureOutput({ writeErr: (text) => (errors += text), writeOut: () => {} })
   try {
     program.parse([...argv], { from: 'user' })
+    applyConfigOption(program)
   } catch (err) {
     if (err instanceof CommanderError) throw new UsageError(errors.trim().replace(/^error: /, '') || err.message)
+    if (err instanceof ConfigFileError) throw new UsageError(err.message)
     throw err
   }
   const o = program.opts<Record<string, string | boolean | undefined>>()
   const kebab = (k: string): string => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)
   const values: Record<string, string | boolean> = {}
-  for (const [k, v] of Object.entries(o)) if (v !== undefined && k !== 'verbose') values[kebab(k)] = v
+  for (const [k, v] of Object.entries(o)) if (v !== undefined && k !== 'verbose' && k !== 'config') values[kebab(k)] = v
   // Old names (--max-len, --model-dir) still work; the new ones win.
   if (values['max-len'] !== undefined) values['seq-len'] ??= values['max-len']
   if (values['model-dir'] !== undefined) values.model ??= values['model-dir']

@@ -10,7 +10,6 @@
  * 2 bad usage, 130 interrupted.
  */
 import { realpathSync } from 'node:fs'
-import { readFile } from 'node:fs/promises'
 import { fileURLToPath } from 'node:url'
 import { Command, CommanderError, InvalidArgumentError, Option } from 'commander'
 import type { BackendPreference } from './backend.js'
@@ -19,6 +18,7 @@ import { BACKEND_CHOICES, defaultModelDir, runGenerate, runTrain, TRAIN_DEFAULTS
 import { TrainingAbortedError } from './trainer.js'
 import { VERSION } from '../version.js'
 import { commanderExitCode } from '../exit-codes.js'
+import { applyConfigOption, ConfigFileError, withEnvAndConfig } from '../cli-options.js'
 
 function int(flag: string, min: number) {
   return (value: string): number => {
@@ -121,13 +121,13 @@ export function buildProgram(run: { code: number }, io: CliIo = {}): Command {
     .configureOutput({ writeOut: (s) => void stdout.write(s), writeErr: (s) => void stderr.write(s) })
     .addHelpText('after', "\nAlso: flora export --state-dir DIR --out DIR  writes the model a swarm peer agreed on (see flora export --help).")
 
-  program
+  const train = program
     .command('train')
     .summary('fine-tune a LoRA adapter: held-out loss before/after, progress, samples, saved PEFT adapter')
     .description(
       'Fine-tune a fresh LoRA adapter on the base model: prints the held-out loss and perplexity before and after, ' +
         'a progress bar on a TTY (JSON lines otherwise), a few greedy generations for held-out prompts, and saves the PEFT adapter. ' +
-        'Every option can also be set by the FLORA_* environment variable shown (the flag wins), as for flora-peer.',
+        'Every option can also be set by the FLORA_* environment variable shown, or in a JSON --config file (a flag wins over the variable, the variable over the file), as for every flora command.',
     )
     .addOption(new Option('-m, --model <dir>', 'base model directory: config.json, model.safetensors, tokenizer.json (default: the bundled models/flora-tiny)').env('FLORA_MODEL'))
     .addOption(new Option('-d, --data <spec>', "'wordnet' (bundled WordNet 3.1 definition task) or a JSONL file of Alpaca {instruction, input, output} or Dolly {instruction, context, response} records").default(TRAIN_DEFAULTS.data).env('FLORA_DATA'))
@@ -149,11 +149,9 @@ export function buildProgram(run: { code: number }, io: CliIo = {}): Command {
     .addOption(new Option('--merge', 'also save the merged model (W + s B A, loadable with --model) into <out>/merged'))
     .addOption(new Option('--samples <n>', 'greedy generations to show for held-out prompts').argParser(int('--samples', 0)).default(TRAIN_DEFAULTS.samples).env('FLORA_SAMPLES'))
     .addOption(new Option('--json', 'JSON lines on stdout (events and every step) instead of text and a bar; the default when stdout is not a terminal').env('FLORA_JSON'))
-    .addOption(new Option('-c, --config <file>', 'JSON file of option values, e.g. {"rank": 16, "steps": 500, "targets": ["q_proj", "v_proj"]}; flags and FLORA_* variables override it').env('FLORA_TRAIN_CONFIG'))
-    .hook('preAction', async (cmd) => {
-      const file = cmd.getOptionValue('config') as string | undefined
-      if (file !== undefined) await applyConfigFile(cmd, file)
-    })
+  // Every option from a FLORA_* variable too, and --config FILE (e.g. {"rank": 16, "targets": ["q_proj", "v_proj"]}).
+  withEnvAndConfig(train, 'FLORA_', 'FLORA_TRAIN_CONFIG')
+    .hook('preAction', (cmd) => applyConfigOption(cmd))
     .addHelpText(
       'after',
       `
@@ -198,7 +196,7 @@ Examples:
       }
     })
 
-  program
+  const generate = program
     .command('generate')
     .summary('generate a reply for one prompt, with or without an adapter')
     .description('Generate a reply for one prompt with a base model and, optionally, a PEFT adapter (greedy unless --top-p).')
@@ -222,58 +220,8 @@ Examples:
         own?.dispose()
       }
     })
+  withEnvAndConfig(generate, 'FLORA_', 'FLORA_GENERATE_CONFIG').hook('preAction', (cmd) => applyConfigOption(cmd))
   return program
-}
-
-/**
- * Sets a command's options from a JSON config file: keys are option names (`batch-size` or
- * `batchSize`), values what the flag takes (numbers, strings, lists for comma lists, booleans
- * for switches), checked by the same parsers as the flags. Commander's precedence holds: a
- * flag or a FLORA_* variable wins over the file, the file over the default.
- */
-export async function applyConfigFile(cmd: Command, file: string): Promise<void> {
-  let raw: string
-  try {
-    raw = await readFile(file, 'utf8')
-  } catch (err) {
-    throw new TrainCommandError(`--config ${file}: ${(err as NodeJS.ErrnoException).code === 'ENOENT' ? 'no such file' : (err as Error).message}`)
-  }
-  let values: unknown
-  try {
-    values = JSON.parse(raw)
-  } catch (err) {
-    throw new TrainCommandError(`--config ${file}: not JSON (${(err as Error).message})`)
-  }
-  if (values === null || typeof values !== 'object' || Array.isArray(values)) throw new TrainCommandError(`--config ${file}: expected a JSON object of option values`)
-  const options = cmd.options.filter((o) => o.long !== '--config' && o.long !== '--help')
-  const camel = (k: string): string => k.replace(/-([a-z])/g, (_, c: string) => c.toUpperCase())
-  for (const [key, value] of Object.entries(values)) {
-    const option = options.find((o) => o.attributeName() === camel(key) && !o.negate) ?? options.find((o) => o.attributeName() === camel(key))
-    if (option === undefined) {
-      throw new TrainCommandError(`--config ${file}: unknown option "${key}" (known: ${[...new Set(options.map((o) => o.attributeName()))].join(', ')})`)
-    }
-    const name = option.attributeName()
-    const source = cmd.getOptionValueSource(name)
-    if (source === 'cli' || source === 'env') continue
-    let parsed: unknown
-    // A switch (--merge, --json) or a negated one (--no-save: key "save", false to skip saving).
-    if (option.isBoolean() || option.negate) {
-      if (typeof value !== 'boolean') throw new TrainCommandError(`--config ${file}: "${key}" must be true or false`)
-      parsed = value
-    } else {
-      if (value === null || typeof value === 'object' && !Array.isArray(value)) throw new TrainCommandError(`--config ${file}: "${key}" must be a number, a string or a list`)
-      const text = Array.isArray(value) ? value.map(String).join(',') : String(value)
-      if (option.argChoices !== undefined && !option.argChoices.includes(text)) {
-        throw new TrainCommandError(`--config ${file}: "${key}" must be one of ${option.argChoices.join(', ')} (got ${JSON.stringify(value)})`)
-      }
-      try {
-        parsed = option.parseArg !== undefined ? option.parseArg(text, undefined) : text
-      } catch (err) {
-        throw new TrainCommandError(`--config ${file}: "${key}": ${(err as Error).message}`)
-      }
-    }
-    cmd.setOptionValueWithSource(name, parsed, 'config')
-  }
 }
 
 /** Runs the CLI; resolves with the process exit code. */
@@ -291,7 +239,7 @@ export async function main(argv: readonly string[] = process.argv, io: CliIo = {
       stderr.write(`flora: interrupted after ${err.stepsCompleted} training step(s); nothing was saved\n`)
       return 130
     }
-    if (err instanceof TrainCommandError) {
+    if (err instanceof TrainCommandError || err instanceof ConfigFileError) {
       stderr.write(`flora: ${err.message}\n`)
       return 2
     }

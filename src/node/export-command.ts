@@ -8,26 +8,28 @@
  *   OUT/flora.json provenance (swarm, round, state hash)
  */
 import { basename, resolve } from 'node:path'
-import { Command, CommanderError, Option } from 'commander'
+import { Command, Option } from 'commander'
 import { CumulativeUpdate, exportFederatedModel } from './export.js'
 import { readStateDirMeta, StateDir } from './state-dir.js'
-import { commanderExitCode } from '../exit-codes.js'
+import { EXIT_USAGE, parseCommandLine } from '../exit-codes.js'
+import { withEnvAndConfig } from '../cli-options.js'
 
 export async function main(argv: readonly string[] = process.argv): Promise<number> {
   const program = new Command('flora export')
     .description("Write the federated model from a peer's state dir: the agreed weights (model/) and the cumulative update as a PEFT adapter (adapter/).")
     .exitOverride()
     .addOption(new Option('-s, --state-dir <dir>', "the peer's state dir (flora-peer --state-dir; default next to its identity: .flora/peer.state)").default('.flora/peer.state'))
-    .addOption(new Option('-o, --out <dir>', 'where to write model/, adapter/ and flora.json').makeOptionMandatory())
+    .addOption(new Option('-o, --out <dir>', 'where to write model/, adapter/ and flora.json (required)'))
     .addOption(new Option('-m, --model <dir>', 'the base checkpoint the swarm started from (for a full Hugging Face model dir; without it, model/ holds the target weights only)'))
-  try {
-    // argv: node, bin, 'export', ...flags
-    program.parse([...argv.slice(0, 2), ...argv.slice(3)])
-  } catch (err) {
-    if (err instanceof CommanderError) return commanderExitCode(err)
-    throw err
+  withEnvAndConfig(program, 'FLORA_', 'FLORA_EXPORT_CONFIG')
+  // argv: node, bin, 'export', ...flags
+  const usage = parseCommandLine(program, [...argv.slice(0, 2), ...argv.slice(3)])
+  if (usage !== undefined) return usage
+  const o = program.opts<{ stateDir: string; out?: string; model?: string }>()
+  if (o.out === undefined) {
+    process.stderr.write("flora export: error: required option '-o, --out <dir>' not specified\n")
+    return EXIT_USAGE
   }
-  const o = program.opts<{ stateDir: string; out: string; model?: string }>()
   const meta = readStateDirMeta(o.stateDir)
   const sd = StateDir.open(o.stateDir, { swarmId: meta.swarmId, genesisStateHash: meta.genesisStateHash, peerId: meta.peerId })
   try {
