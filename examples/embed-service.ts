@@ -9,7 +9,7 @@ import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { identify } from '@libp2p/identify'
 import { gossipsub } from '@libp2p/gossipsub'
-import { flora, syntheticSwarm, syntheticTrainer } from '../src/node/index.js'
+import { flora, floraGossipsubOptions, syntheticSwarm, syntheticTrainer } from '../src/node/index.js'
 
 const { config, weights } = syntheticSwarm({ round: { deadlineMs: 30_000, graceMs: 5_000, minPeers: 2 } })
 
@@ -21,7 +21,8 @@ async function appNode(rank: number, dataSeed: number) {
     streamMuxers: [yamux()],
     services: {
       identify: identify(),
-      pubsub: gossipsub(), // flora finds it under this name (option `pubsubService`)
+      // flora finds it under this name (option `pubsubService`); its options: see floraGossipsubOptions
+      pubsub: gossipsub(floraGossipsubOptions()),
       flora: flora({ config, weights, rank, trainer: syntheticTrainer({ dataSeed }), rounds: 2 }),
     },
   })

@@ -17,7 +17,8 @@ import { Command, InvalidArgumentError } from 'commander'
 import { ATTACKS, baseline } from './redteam/attacks.js'
 import { medianRoundMs, runCase, type CaseResult, type RunOptions } from './redteam/run.js'
 import { parseCommandLine } from '../src/exit-codes.js'
-import { withEnvAndConfig } from '../src/cli-options.js'
+import { jsonOption, jsonOutput, withEnvAndConfig } from '../src/cli-options.js'
+import { VERSION } from '../src/version.js'
 
 export const REDTEAM_DEFAULTS = {
   peers: 3,
@@ -130,6 +131,7 @@ function intAtLeast(name: string, min: number) {
 
 async function cli(): Promise<void> {
   const program = new Command('redteam')
+    .version(VERSION, '-V, --version', 'print the version and exit')
     .description('Attack a local swarm of honest flora-peer processes with hostile peers, one attack after another; print a table, write DIR/<attack>.json and DIR/report.json, exit 1 when a target fails.')
     .option('--only <names>', 'comma-separated attacks to run (default: all)', (v: string) => v.split(',').map((s) => s.trim()).filter((s) => s.length > 0))
     .option('--list', 'list the attacks and exit')
@@ -142,12 +144,16 @@ async function cli(): Promise<void> {
     .option('--train-ms <ms>', 'synthetic training time per round, off the CPU', intAtLeast('--train-ms', 0), REDTEAM_DEFAULTS.trainDelayMs)
     .option('--no-baseline', 'skip the clean baseline swarm')
     .option('--keep', 'keep the honest state dirs')
+    .addOption(jsonOption())
   withEnvAndConfig(program, 'FLORA_REDTEAM_')
   const usage = parseCommandLine(program, process.argv)
   if (usage !== undefined) process.exit(usage)
-  const o = program.opts<{ only?: string[]; list?: boolean; out: string; seed: number; peers: number; rounds: number; deadline: number; grace: number; trainMs: number; baseline: boolean; keep?: boolean }>()
+  const o = program.opts<{ only?: string[]; list?: boolean; out: string; seed: number; peers: number; rounds: number; deadline: number; grace: number; trainMs: number; baseline: boolean; keep?: boolean; json?: boolean }>()
+  // Text on a terminal; piped, the text goes to stderr and stdout carries JSON lines.
+  const json = jsonOutput(o.json)
+  const text = json ? process.stderr : process.stdout
   if (o.list === true) {
-    for (const a of ATTACKS) process.stdout.write(`${a.name.padEnd(18)} ${a.description}\n`)
+    for (const a of ATTACKS) process.stdout.write(json ? `${JSON.stringify({ attack: a.name, description: a.description })}\n` : `${a.name.padEnd(18)} ${a.description}\n`)
     return
   }
   const stop = (): void => {
@@ -167,8 +173,9 @@ async function cli(): Promise<void> {
     noBaseline: !o.baseline,
     keep: o.keep,
   })
-  process.stdout.write(`${formatTable(results, report.baseline)}\n`)
-  process.stdout.write(`report: ${join(resolve(o.out), 'report.json')} (${(report.durationMs / 1000).toFixed(0)} s)\n`)
+  text.write(`${formatTable(results, report.baseline)}\n`)
+  text.write(`report: ${join(resolve(o.out), 'report.json')} (${(report.durationMs / 1000).toFixed(0)} s)\n`)
+  if (json) process.stdout.write(`${JSON.stringify({ event: 'redteam:report', report: join(resolve(o.out), 'report.json'), ...report })}\n`)
   if (!report.ok) {
     process.stderr.write(`redteam: targets failed in ${report.failed.join(', ')}\n`)
     process.exit(1)

@@ -33,7 +33,8 @@ import { Command, InvalidArgumentError } from 'commander'
 import { createPrng } from '../src/lora/prng.js'
 import { PAPER_RANKS } from './swarm.js'
 import { parseCommandLine } from '../src/exit-codes.js'
-import { withEnvAndConfig } from '../src/cli-options.js'
+import { jsonOption, jsonOutput, withEnvAndConfig } from '../src/cli-options.js'
+import { VERSION } from '../src/version.js'
 
 export const SOAK_DEFAULTS = {
   peers: 6,
@@ -942,6 +943,7 @@ function intAtLeast(name: string, min: number) {
 async function cli(): Promise<void> {
   const d = SOAK_DEFAULTS
   const program = new Command('soak')
+    .version(VERSION, '-V, --version', 'print the version and exit')
     .description(
       'Chaos soak of a local flora swarm of real flora-peer processes (synthetic trainer): SIGKILL and restart peers, a late joiner, ' +
         'a partition simulated with SIGSTOP/SIGCONT; checks that every round has one state hash, that no committed round is lost, ' +
@@ -960,11 +962,12 @@ async function cli(): Promise<void> {
     .option('--timeout <s>', 'kill everything after this many seconds', intAtLeast('--timeout', 1), d.timeoutS)
     .option('--train-ms <ms>', "each peer's training time per round, off this host's CPU (0: as fast as the host allows)", intAtLeast('--train-ms', 0), 1000)
     .option('--peer-args <flags>', "extra flags for every flora-peer, e.g. '--train-busy-ms 1500' (repeatable)", (v: string, prev: string[] | undefined) => [...(prev ?? []), ...v.split(/\s+/).filter((x) => x.length > 0)])
+    .addOption(jsonOption())
     .allowExcessArguments(false)
   withEnvAndConfig(program, 'FLORA_SOAK_')
   const usage = parseCommandLine(program, process.argv)
   if (usage !== undefined) process.exit(usage)
-  const o = program.opts<{ peers: number; rounds: number; killEvery: number; lateJoinAt: number; pauseAt: number; pauseMs: number; seed: number; deadline: number; grace: number; out: string; timeout: number; trainMs: number; peerArgs?: string[] }>()
+  const o = program.opts<{ peers: number; rounds: number; killEvery: number; lateJoinAt: number; pauseAt: number; pauseMs: number; seed: number; deadline: number; grace: number; out: string; timeout: number; trainMs: number; peerArgs?: string[]; json?: boolean }>()
   const report = await runSoak({
     peers: o.peers,
     rounds: o.rounds,
@@ -980,7 +983,10 @@ async function cli(): Promise<void> {
     trainMs: o.trainMs,
     peerArgs: o.peerArgs,
   })
-  process.stdout.write(formatSummary(report, resolve(o.out)))
+  // Text on a terminal; piped, the text goes to stderr and stdout carries the report as one JSON line.
+  const json = jsonOutput(o.json)
+  ;(json ? process.stderr : process.stdout).write(formatSummary(report, resolve(o.out)))
+  if (json) process.stdout.write(`${JSON.stringify({ event: 'soak:report', report: join(resolve(o.out), 'report.json'), ...report })}\n`)
   process.exit(report.ok ? 0 : report.interrupted ? 130 : 1)
 }
 

@@ -24,7 +24,7 @@ import type { PeerReport } from '../src/node/cli.js'
 import { MODEL_TRAINER_DEFAULTS } from '../src/node/model-defaults.js'
 import { VERSION } from '../src/version.js'
 import { parseCommandLine } from '../src/exit-codes.js'
-import { withEnvAndConfig } from '../src/cli-options.js'
+import { jsonOption, jsonOutput, withEnvAndConfig } from '../src/cli-options.js'
 
 /** The FLoRA paper's heterogeneous ranks, cycled for larger swarms. */
 export const PAPER_RANKS = [64, 32, 16, 16, 8, 8, 4, 4, 4, 4]
@@ -351,6 +351,7 @@ async function cli(): Promise<void> {
     .option('--grace <ms>', 'grace per fallback proposer', positive('--grace'))
     .option('--timeout <s>', 'stop everything after this many seconds', positive('--timeout'), 900)
     .option('--no-progress', 'no progress bar')
+    .addOption(jsonOption())
     .allowExcessArguments(false)
   withEnvAndConfig(program, 'FLORA_SWARM_')
   const usage = parseCommandLine(program, process.argv)
@@ -371,7 +372,11 @@ async function cli(): Promise<void> {
     grace?: number
     timeout: number
     progress: boolean
+    json?: boolean
   }>()
+  // The summary below is text on a terminal; piped, stdout carries the report as one JSON line.
+  const json = jsonOutput(o.json)
+  const text = json ? process.stderr : process.stdout
   const defaults = o.trainer === 'synthetic' ? SYNTHETIC_SWARM_DEFAULTS : MODEL_SWARM_DEFAULTS
   if (o.trainer === 'synthetic' && (o.model != null || o.localSteps != null || o.evalExamples != null || o.data !== 'wordnet')) {
     throw new Error('--model, --data, --local-steps and --eval-examples are for the model trainer')
@@ -406,18 +411,19 @@ async function cli(): Promise<void> {
     const v = values(r.trainLoss)
     return v.length === 0 ? '' : `, train loss ${(v.reduce((a, b) => a + b, 0) / v.length).toFixed(4)} (peer mean)`
   }
-  process.stdout.write(`swarm ${report.swarmId ?? '?'}: ${report.options.peers} ${report.options.trainer} peers, ranks ${report.options.ranks.join(',')}, ${report.options.strategy}\n`)
-  process.stdout.write(`round 0: state ${report.genesis.stateHash?.slice(0, 12) ?? '?'}, eval loss ${report.genesis.evalLoss?.toFixed(4) ?? '-'}\n`)
+  text.write(`swarm ${report.swarmId ?? '?'}: ${report.options.peers} ${report.options.trainer} peers, ranks ${report.options.ranks.join(',')}, ${report.options.strategy}\n`)
+  text.write(`round 0: state ${report.genesis.stateHash?.slice(0, 12) ?? '?'}, eval loss ${report.genesis.evalLoss?.toFixed(4) ?? '-'}\n`)
   for (const r of report.rounds) {
     const hashes = new Set(Object.values(r.hashes))
-    process.stdout.write(
+    text.write(
       `round ${r.round}: ${r.agree ? 'hashes agree' : 'HASHES DISAGREE'} (${[...hashes].map((h) => h?.slice(0, 12) ?? 'missing').join(', ')}), ${r.contributors.length} contributor${r.contributors.length === 1 ? '' : 's'}, eval loss ${lossOf(r)}${trainOf(r)}\n`,
     )
   }
-  process.stdout.write(`report: ${join(resolve(out), 'report.json')} (${(report.durationMs / 1000).toFixed(1)} s)\n`)
+  text.write(`report: ${join(resolve(out), 'report.json')} (${(report.durationMs / 1000).toFixed(1)} s)\n`)
   if (existsSync(join(resolve(out), 'federated', 'flora.json'))) {
-    process.stdout.write(`federated model: ${join(resolve(out), 'federated')} (model/: the agreed weights; adapter/: the cumulative update as a PEFT adapter)\n`)
+    text.write(`federated model: ${join(resolve(out), 'federated')} (model/: the agreed weights; adapter/: the cumulative update as a PEFT adapter)\n`)
   }
+  if (json) process.stdout.write(`${JSON.stringify({ event: 'swarm:report', report: join(resolve(out), 'report.json'), ...report })}\n`)
   const failed = report.peers.filter((p) => p.exitCode !== 0)
   if (!report.agreement || failed.length > 0 || !report.allFinished) {
     process.stderr.write(

@@ -126,3 +126,13 @@ export function applyConfigFile(cmd: Command, file: string): void {
     cmd.setOptionValueWithSource(name, parsed, 'config')
   }
 }
+
+/** `--json`, as flora-peer and flora train have it: JSON lines on stdout instead of text. */
+export function jsonOption(): Option {
+  return new Option('--json', 'JSON lines on stdout instead of text (the default when stdout is not a terminal; the text then goes to stderr)')
+}
+
+/** JSON lines on stdout when asked, or whenever stdout is not a terminal (piped, redirected). */
+export function jsonOutput(flag: boolean | undefined, stdout: { isTTY?: boolean } = process.stdout): boolean {
+  return flag === true || stdout.isTTY !== true
+}

@@ -16,7 +16,7 @@ import { createToyBackend } from './toy.js'
 import type { EvalConfig, EvalResults, SimBackend } from './types.js'
 import { VERSION } from '../version.js'
 import { EXIT_FAILURE, EXIT_OK, EXIT_USAGE } from '../exit-codes.js'
-import { applyConfigOption, ConfigFileError, withEnvAndConfig } from '../cli-options.js'
+import { applyConfigOption, ConfigFileError, jsonOption, jsonOutput, withEnvAndConfig } from '../cli-options.js'
 
 import '../aggregation/index.js'
 
@@ -104,6 +104,7 @@ export function buildEvalProgram(): Command {
     .option('-o, --out <dir>', 'output directory (required)')
     .option('--replot', 'only re-render DIR/results.md and the plots from DIR/results.json')
     .option('--verbose', 'print stack traces of errors')
+    .addOption(jsonOption())
     .allowExcessArguments(false)
   // Every option from a FLORA_EVAL_* variable too, and --config FILE.
   return withEnvAndConfig(program, 'FLORA_EVAL_')
@@ -129,7 +130,7 @@ export function parseEvalArgs(argv: readonly string[]): EvalConfig {
   const o = program.opts<Record<string, string | boolean | undefined>>()
   const kebab = (k: string): string => k.replace(/[A-Z]/g, (c) => `-${c.toLowerCase()}`)
   const values: Record<string, string | boolean> = {}
-  for (const [k, v] of Object.entries(o)) if (v !== undefined && k !== 'verbose' && k !== 'config') values[kebab(k)] = v
+  for (const [k, v] of Object.entries(o)) if (v !== undefined && k !== 'verbose' && k !== 'config' && k !== 'json') values[kebab(k)] = v
   // Old names (--max-len, --model-dir) still work; the new ones win.
   if (values['max-len'] !== undefined) values['seq-len'] ??= values['max-len']
   if (values['model-dir'] !== undefined) values.model ??= values['model-dir']
@@ -221,7 +222,9 @@ export async function main(argv: readonly string[], log: (line: string) => void 
     throw err
   }
   try {
-    await run(config, argv.includes('--replot'), log)
+    const files = await run(config, argv.includes('--replot'), log)
+    // Progress and the summary go to stderr; piped (or --json), stdout gets one JSON line.
+    if (jsonOutput(argv.includes('--json'))) process.stdout.write(`${JSON.stringify({ event: 'eval:done', out: config.out, files: files.map((f) => join(config.out, f)) })}\n`)
     return EXIT_OK
   } catch (err) {
     const e = err instanceof Error ? err : new Error(String(err))
@@ -230,13 +233,14 @@ export async function main(argv: readonly string[], log: (line: string) => void 
   }
 }
 
-async function run(config: EvalConfig, replot: boolean, log: (line: string) => void): Promise<void> {
+/** Runs (or re-plots) the evaluation; returns the files written into config.out. */
+async function run(config: EvalConfig, replot: boolean, log: (line: string) => void): Promise<string[]> {
   if (replot) {
     const results = JSON.parse(await readFile(join(config.out, 'results.json'), 'utf8')) as EvalResults
     const plots = await writePlots(results, config.out)
     await writeFile(join(config.out, 'results.md'), renderMarkdown(results, plots) + '\n')
     log(`re-rendered results.md and ${plots.join(', ')} in ${config.out}`)
-    return
+    return ['results.md', ...plots]
   }
   const backend = await createBackend(config)
   try {
@@ -251,6 +255,7 @@ async function run(config: EvalConfig, replot: boolean, log: (line: string) => v
     await rm(partial, { force: true })
     const files = await writeOutputs(results, config.out)
     log(`wrote ${files.map((f) => join(config.out, f)).join(', ')} in ${(results.seconds / 60).toFixed(1)} min`)
+    return files
   } finally {
     await backend.dispose()
   }

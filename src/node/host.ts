@@ -10,7 +10,7 @@ import { tcp } from '@libp2p/tcp'
 import { noise } from '@chainsafe/libp2p-noise'
 import { yamux } from '@chainsafe/libp2p-yamux'
 import { identify } from '@libp2p/identify'
-import { gossipsub } from '@libp2p/gossipsub'
+import { gossipsub, type GossipsubOpts } from '@libp2p/gossipsub'
 import { bootstrap } from '@libp2p/bootstrap'
 import { mdns } from '@libp2p/mdns'
 import { preSharedKey } from '@libp2p/pnet'
@@ -68,6 +68,29 @@ export function memberFilter(config: Pick<SwarmConfig, 'members'>, self?: string
 }
 
 export { MAX_GOSSIP_RPC_BYTES }
+
+/**
+ * The gossipsub options flora's hosts use; an app that embeds the flora service in its own
+ * libp2p node should pass them too (`pubsub: gossipsub(floraGossipsubOptions())`).
+ */
+export function floraGossipsubOptions(): Partial<GossipsubOpts> {
+  return {
+    allowPublishToZeroTopicPeers: true,
+    emitSelf: false,
+    // gossipsub's IP-colocation penalty graylists a host's 11th+ peer from one IP, which
+    // silently partitions a local swarm (the swarm script, tests, benches) above 10
+    // peers. Loopback is exempt; flora's own validation (signatures, manifests) does
+    // not rely on gossipsub scores.
+    scoreParams: { IPColocationFactorWhitelist: new Set(['127.0.0.1', '::1']) },
+    // An RPC larger than this is refused when its length prefix arrives, before its bytes
+    // are buffered (the default, 4 MB, lets a flood of oversized manifests hold tens of MB
+    // in flight). See MAX_GOSSIP_RPC_BYTES.
+    maxInboundDataLength: MAX_GOSSIP_RPC_BYTES,
+    // A copy of a message already seen is dropped before its signature is checked again
+    // (without it, a quarter of a 48-peer swarm's CPU went to verifying copies).
+    fastMsgIdFn: fastGossipMessageId,
+  }
+}
 
 /** libp2p's connection monitor as flora sets it up: late pings are measured, never fatal (see createHost). */
 export const DEFAULT_CONNECTION_MONITOR = {
@@ -158,21 +181,7 @@ export async function createHost(options: HostOptions): Promise<FloraLibp2p> {
     metrics: libp2pMetrics(options),
     services: {
       identify: identify(),
-      pubsub: gossipsub({
-        allowPublishToZeroTopicPeers: true,
-        emitSelf: false,
-        // gossipsub's IP-colocation penalty graylists a host's 11th+ peer from one IP, which
-        // silently partitions a local swarm (the swarm script, tests, benches) above 10
-        // peers. Loopback is exempt; flora's own validation (signatures, manifests) does
-        // not rely on gossipsub scores.
-        scoreParams: { IPColocationFactorWhitelist: new Set(['127.0.0.1', '::1']) },
-        // An RPC larger than this is refused when its length prefix arrives, before its bytes
-        // are buffered (the default, 4 MB, lets a flood of oversized manifests hold tens of MB
-        // in flight). See MAX_GOSSIP_RPC_BYTES.
-        maxInboundDataLength: MAX_GOSSIP_RPC_BYTES,
-        // A copy of a message already seen is dropped before its signature is checked again.
-        fastMsgIdFn: fastGossipMessageId,
-      }),
+      pubsub: gossipsub(floraGossipsubOptions()),
       flora: flora(options.flora),
     },
   })

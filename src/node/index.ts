@@ -2,7 +2,7 @@
 export { createPeer, PeerOptionsError, type FloraPeer, type PeerEvents, type PeerOptions } from './peer.js'
 export { BootstrapDialer, type BootstrapFailure } from './bootstrap-dialer.js'
 export { flora, FloraService, FLORA_AGENT, type FloraComponents, type FloraEvents, type FloraInit, type FloraStats } from './service.js'
-export { createHost, type FloraLibp2p, type HostOptions } from './host.js'
+export { createHost, floraGossipsubOptions, type FloraLibp2p, type HostOptions } from './host.js'
 export {
   DEFAULT_ROUND_POLICY,
   makeSwarmConfig,

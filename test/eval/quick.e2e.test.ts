@@ -6,7 +6,7 @@
 import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import path from 'node:path'
-import { afterAll, describe, expect, it } from 'vitest'
+import { afterAll, describe, expect, it, vi } from 'vitest'
 import { main } from '../../src/eval/cli.js'
 import type { EvalResults } from '../../src/eval/types.js'
 
@@ -19,7 +19,17 @@ describe('npm run eval -- --quick', () => {
   it('writes results.json, results.md and PNG plots; FLoRA is exact and FedIT is not', async () => {
     dir = await mkdtemp(path.join(tmpdir(), 'flora-eval-'))
     const lines: string[] = []
-    expect(await main(['--quick', '--out', dir], (l) => lines.push(l))).toBe(0)
+    const stdout: string[] = []
+    const spy = vi.spyOn(process.stdout, 'write').mockImplementation((chunk: string | Uint8Array) => stdout.push(String(chunk)) > 0)
+    try {
+      expect(await main(['--quick', '--out', dir, '--json'], (l) => lines.push(l))).toBe(0)
+    } finally {
+      spy.mockRestore()
+    }
+    // --json (the default when piped): one JSON line naming what was written.
+    const done = JSON.parse(stdout.join('').trim()) as { event: string; files: string[] }
+    expect(done.event).toBe('eval:done')
+    expect(done.files).toContain(path.join(dir, 'results.json'))
     const results = JSON.parse(await readFile(path.join(dir, 'results.json'), 'utf8')) as EvalResults
     const flora = results.runs.find((r) => r.setting === 'homo16' && r.method === 'flora')
     const fedit = results.runs.find((r) => r.setting === 'homo16' && r.method === 'fedit')

@@ -26,7 +26,11 @@ describe('npm run swarm', () => {
     try {
       const { code, stdout, stderr } = await run(['--trainer', 'synthetic', '--peers', '3', '--rounds', '2', '--ranks', '8,4,2', '--out', out, '--no-progress'])
       expect(code, stderr).toBe(0)
-      expect(stdout).toMatch(/round 2: hashes agree/)
+      // Piped: the summary text on stderr, the report as one JSON line on stdout.
+      expect(stderr).toMatch(/round 2: hashes agree/)
+      const line = JSON.parse(stdout.trim().split('\n').at(-1) ?? '') as SwarmReport & { event: string }
+      expect(line.event).toBe('swarm:report')
+      expect(line.agreement).toBe(true)
       const report = JSON.parse(await readFile(join(out, 'report.json'), 'utf8')) as SwarmReport
       expect(report.agreement).toBe(true)
       expect(report.allFinished).toBe(true)

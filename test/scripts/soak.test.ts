@@ -61,7 +61,9 @@ describe('npm run soak', () => {
         expect(p.peerId).toBe(first?.peerId)
         expect(p.firstRound ?? 0).toBeGreaterThan(1)
       }
-      expect(stdout).toMatch(/hash disagreements: 0/)
+      // Piped: the summary text on stderr, the report as one JSON line on stdout.
+      expect(stderr).toMatch(/hash disagreements: 0/)
+      expect((JSON.parse(stdout.trim().split('\n').at(-1) ?? '') as { event: string; hashDisagreements: number }).event).toBe('soak:report')
       passed = true
     } finally {
       // A failed run keeps its logs (every process's events and stderr) for a look.
