@@ -1,10 +1,14 @@
 /**
- * The Llama configuration: a plain object, and its mapping to and from HF `config.json`.
+ * The Llama-family configuration: a plain object, and its mapping to and from HF `config.json`.
  *
- * Supported: `model_type: "llama"` (LlamaForCausalLM) and `"mistral"` without a sliding
- * window (then it is the same network). Anything that changes the equations (attention or
- * MLP biases, rope scaling, another activation, sliding-window attention) is refused with
- * UnsupportedModelError rather than silently computed wrong.
+ * Supported `model_type`s:
+ * - `llama` (LlamaForCausalLM: Llama 1-3.x, TinyLlama, SmolLM/SmolLM2, ...), with
+ *   `attention_bias` (q/k/v/o biases) and RoPE scaling `llama3` (Llama 3.1/3.2) or `linear`;
+ * - `qwen2` (Qwen2ForCausalLM: Qwen2, Qwen2.5): q/k/v biases, o_proj none;
+ * - `mistral` (MistralForCausalLM), with its sliding window.
+ * Anything else that changes the equations (MLP biases, another RoPE scaling, another
+ * activation, Qwen2's use_sliding_window) is refused with UnsupportedModelError, by name,
+ * rather than silently computed wrong.
  */
 import { z } from 'zod'
 
@@ -25,7 +29,34 @@ export interface LlamaConfig {
   readonly bosTokenId?: number
   readonly eosTokenId?: number
   readonly padTokenId?: number
+  /** RoPE frequency scaling (HF `rope_scaling`); absent: plain RoPE. */
+  readonly ropeScaling?: RopeScaling
+  /** q_proj, k_proj and v_proj have biases (Qwen2; Llama with attention_bias). */
+  readonly qkvBias?: boolean
+  /** o_proj has a bias (Llama with attention_bias). */
+  readonly oBias?: boolean
+  /** Sliding-window attention (Mistral): a query sees the last `slidingWindow` positions, itself included. */
+  readonly slidingWindow?: number
+  /** The HF model_type the config was read from (written back by toHfConfig); default 'llama'. */
+  readonly modelType?: SupportedModelType
 }
+
+/**
+ * HF's RoPE scalings that change only the rotary frequencies (attention factor 1):
+ * `linear` divides every frequency by `factor`; `llama3` (Llama 3.1/3.2) divides the low
+ * frequencies by `factor`, keeps the high ones and interpolates between.
+ */
+export type RopeScaling =
+  | { readonly type: 'linear'; readonly factor: number }
+  | {
+      readonly type: 'llama3'
+      readonly factor: number
+      readonly lowFreqFactor: number
+      readonly highFreqFactor: number
+      readonly originalMaxPositionEmbeddings: number
+    }
+
+export type SupportedModelType = 'llama' | 'mistral' | 'qwen2'
 
 /** A config.json this implementation cannot run faithfully. */
 export class UnsupportedModelError extends Error {
@@ -73,6 +104,17 @@ export function validateConfig(c: LlamaConfig): void {
   if (c.headDim % 2 !== 0) throw new ModelConfigError(`headDim must be even for rotary embeddings, got ${c.headDim}`)
   if (!(c.rmsNormEps > 0) || !Number.isFinite(c.rmsNormEps)) throw new ModelConfigError(`rmsNormEps must be > 0, got ${c.rmsNormEps}`)
   if (!(c.ropeTheta > 0) || !Number.isFinite(c.ropeTheta)) throw new ModelConfigError(`ropeTheta must be > 0, got ${c.ropeTheta}`)
+  const s = c.ropeScaling
+  if (s !== undefined) {
+    if (!(s.factor > 0) || !Number.isFinite(s.factor)) throw new ModelConfigError(`rope scaling factor must be > 0, got ${s.factor}`)
+    if (s.type === 'llama3') {
+      posInt('rope scaling original_max_position_embeddings')(s.originalMaxPositionEmbeddings)
+      if (!(s.lowFreqFactor > 0) || !(s.highFreqFactor > s.lowFreqFactor)) {
+        throw new ModelConfigError(`llama3 rope scaling needs 0 < low_freq_factor < high_freq_factor, got ${s.lowFreqFactor}, ${s.highFreqFactor}`)
+      }
+    }
+  }
+  if (c.slidingWindow !== undefined) posInt('slidingWindow')(c.slidingWindow)
 }
 
 const tokenId = z.union([z.number().int().nonnegative(), z.array(z.number().int().nonnegative())]).nullish()
@@ -103,7 +145,32 @@ const HfConfigSchema = z
   })
   .passthrough()
 
-const SUPPORTED: Record<string, string> = { llama: 'LlamaForCausalLM', mistral: 'MistralForCausalLM' }
+const SUPPORTED: Record<SupportedModelType, string> = { llama: 'LlamaForCausalLM', mistral: 'MistralForCausalLM', qwen2: 'Qwen2ForCausalLM' }
+
+/** HF `rope_scaling` -> RopeScaling; null for none (or `default`). */
+function parseRopeScaling(raw: unknown): RopeScaling | undefined {
+  if (raw == null) return undefined
+  if (typeof raw !== 'object' || Array.isArray(raw)) throw new ModelConfigError(`rope_scaling must be an object or null, got ${JSON.stringify(raw)}`)
+  const r = raw as Record<string, unknown>
+  const kind = r.rope_type ?? r.type
+  const num = (key: string): number => {
+    const v = r[key]
+    if (typeof v !== 'number' || !Number.isFinite(v)) throw new UnsupportedModelError(`rope_scaling type '${String(kind)}' needs a number ${key}, got ${JSON.stringify(v)}`)
+    return v
+  }
+  if (kind === 'default') return undefined
+  if (kind === 'linear') return { type: 'linear', factor: num('factor') }
+  if (kind === 'llama3') {
+    return {
+      type: 'llama3',
+      factor: num('factor'),
+      lowFreqFactor: num('low_freq_factor'),
+      highFreqFactor: num('high_freq_factor'),
+      originalMaxPositionEmbeddings: num('original_max_position_embeddings'),
+    }
+  }
+  throw new UnsupportedModelError(`rope_scaling type '${String(kind)}' is not supported (supported: llama3, linear)`)
+}
 
 /** Parse and check an HF config.json object. */
 export function fromHfConfig(json: unknown): LlamaConfig {
@@ -135,16 +202,19 @@ export function fromHfConfig(json: unknown): LlamaConfig {
   if (h.hidden_act !== undefined && h.hidden_act !== 'silu') {
     throw new UnsupportedModelError(`unsupported hidden_act '${h.hidden_act}' (only silu)`)
   }
-  if (h.attention_bias === true) throw new UnsupportedModelError('attention_bias = true is not supported')
+  // The model type: given, or the one of the architecture named.
+  const type = (modelType ?? Object.entries(SUPPORTED).find(([, a]) => archs.includes(a))?.[0] ?? 'llama') as SupportedModelType
   if (h.mlp_bias === true) throw new UnsupportedModelError('mlp_bias = true is not supported')
-  if (h.rope_scaling != null) {
-    throw new UnsupportedModelError(`rope_scaling ${JSON.stringify(h.rope_scaling)} is not supported (plain RoPE only)`)
-  }
+  if (h.attention_bias === true && type !== 'llama') throw new UnsupportedModelError(`attention_bias = true is not supported for model_type ${type}`)
+  const ropeScaling = parseRopeScaling(h.rope_scaling)
   const maxPos = h.max_position_embeddings ?? 2048
-  if (h.sliding_window != null && h.sliding_window < maxPos) {
-    throw new UnsupportedModelError(
-      `sliding_window ${h.sliding_window} < max_position_embeddings ${maxPos}: sliding-window attention is not supported`,
-    )
+  let slidingWindow: number | undefined
+  if (type === 'qwen2') {
+    // Qwen2 configs carry a sliding_window that only applies with use_sliding_window (off in every release).
+    if (raw.use_sliding_window === true) throw new UnsupportedModelError('qwen2 with use_sliding_window = true is not supported')
+  } else if (h.sliding_window != null && h.sliding_window < maxPos) {
+    if (type !== 'mistral') throw new UnsupportedModelError(`sliding_window ${h.sliding_window} is not part of model_type ${type}`)
+    slidingWindow = h.sliding_window
   }
   const config: LlamaConfig = {
     vocabSize: h.vocab_size,
@@ -161,9 +231,26 @@ export function fromHfConfig(json: unknown): LlamaConfig {
     ...optionalId('bosTokenId', h.bos_token_id),
     ...optionalId('eosTokenId', h.eos_token_id),
     ...optionalId('padTokenId', h.pad_token_id),
+    ...(ropeScaling !== undefined ? { ropeScaling } : {}),
+    ...(type === 'qwen2' || h.attention_bias === true ? { qkvBias: true } : {}),
+    ...(type === 'qwen2' ? { oBias: false } : h.attention_bias === true ? { oBias: true } : {}),
+    ...(slidingWindow !== undefined ? { slidingWindow } : {}),
+    ...(type !== 'llama' ? { modelType: type } : {}),
   }
   validateConfig(config)
   return config
+}
+
+function hfRopeScaling(s: RopeScaling | undefined): Record<string, unknown> | null {
+  if (s === undefined) return null
+  if (s.type === 'linear') return { rope_type: 'linear', factor: s.factor }
+  return {
+    rope_type: 'llama3',
+    factor: s.factor,
+    low_freq_factor: s.lowFreqFactor,
+    high_freq_factor: s.highFreqFactor,
+    original_max_position_embeddings: s.originalMaxPositionEmbeddings,
+  }
 }
 
 function optionalId(key: string, v: number | number[] | null | undefined): Record<string, number> {
@@ -171,11 +258,12 @@ function optionalId(key: string, v: number | number[] | null | undefined): Recor
   return id == null ? {} : { [key]: id }
 }
 
-/** The HF config.json object for a config (model_type llama). */
+/** The HF config.json object for a config (its model_type; llama by default). */
 export function toHfConfig(c: LlamaConfig): Record<string, unknown> {
+  const type = c.modelType ?? 'llama'
   return {
-    architectures: ['LlamaForCausalLM'],
-    model_type: 'llama',
+    architectures: [SUPPORTED[type]],
+    model_type: type,
     vocab_size: c.vocabSize,
     hidden_size: c.hiddenSize,
     intermediate_size: c.intermediateSize,
@@ -186,11 +274,12 @@ export function toHfConfig(c: LlamaConfig): Record<string, unknown> {
     max_position_embeddings: c.maxPositionEmbeddings,
     rms_norm_eps: c.rmsNormEps,
     rope_theta: c.ropeTheta,
-    rope_scaling: null,
+    rope_scaling: hfRopeScaling(c.ropeScaling),
     tie_word_embeddings: c.tieWordEmbeddings,
     hidden_act: 'silu',
-    attention_bias: false,
-    mlp_bias: false,
+    ...(type === 'llama' ? { attention_bias: c.qkvBias === true, mlp_bias: false } : {}),
+    ...(type === 'qwen2' ? { use_sliding_window: false } : {}),
+    ...(type === 'mistral' ? { sliding_window: c.slidingWindow ?? null } : {}),
     torch_dtype: 'float32',
     ...(c.bosTokenId !== undefined ? { bos_token_id: c.bosTokenId } : {}),
     ...(c.eosTokenId !== undefined ? { eos_token_id: c.eosTokenId } : {}),
@@ -201,7 +290,11 @@ export function toHfConfig(c: LlamaConfig): Record<string, unknown> {
 /** Parameter count of the base model (embeddings counted once when tied). */
 export function parameterCount(c: LlamaConfig): number {
   const d = c.hiddenSize
-  const attn = d * c.numHeads * c.headDim * 2 + d * c.numKvHeads * c.headDim * 2
+  const attn =
+    d * c.numHeads * c.headDim * 2 +
+    d * c.numKvHeads * c.headDim * 2 +
+    (c.qkvBias === true ? (c.numHeads + 2 * c.numKvHeads) * c.headDim : 0) +
+    (c.oBias === true ? d : 0)
   const mlp = 3 * d * c.intermediateSize
   const perLayer = attn + mlp + 2 * d
   const embed = c.vocabSize * d

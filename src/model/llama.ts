@@ -19,7 +19,7 @@ import { createPrng, type SeedLike } from '../lora/prng.js'
 import type { AdapterSet, LoraModule, ModuleShape } from '../lora/types.js'
 import { compareModuleNames, validateAdapterAgainstShapes } from '../lora/validate.js'
 import { nativeKernelsActive } from './backend.js'
-import { type LlamaConfig, validateConfig } from './config.js'
+import { type LlamaConfig, type RopeScaling, validateConfig } from './config.js'
 import { fusedAttention, fusedAttentionAvailable, fusedCausalSoftmax, fusedKernelsAvailable, fusedRmsNorm, fusedRope, fusedSwiglu } from './kernels.js'
 import { type DropoutFn, frozenMatMul, LoraLinear, transpose2d } from './lora-layer.js'
 
@@ -82,6 +82,12 @@ function linearShapes(c: LlamaConfig): Record<LinearModuleKind, [number, number]
   }
 }
 
+/** Whether a linear layer has a bias: q/k/v with `qkvBias` (Qwen2, Llama attention_bias), o with `oBias`. */
+export function hasBias(c: LlamaConfig, kind: LinearModuleKind): boolean {
+  if (kind === 'q_proj' || kind === 'k_proj' || kind === 'v_proj') return c.qkvBias === true
+  return kind === 'o_proj' && c.oBias === true
+}
+
 /** Module name of a linear layer, e.g. `model.layers.0.self_attn.q_proj`. */
 export function moduleName(layer: number, kind: LinearModuleKind): string {
   const block = kind === 'gate_proj' || kind === 'up_proj' || kind === 'down_proj' ? 'mlp' : 'self_attn'
@@ -95,7 +101,10 @@ export function expectedWeightShapes(c: LlamaConfig): Map<string, number[]> {
   const lin = linearShapes(c)
   for (let i = 0; i < c.numLayers; i++) {
     out.set(`model.layers.${i}.input_layernorm.weight`, [c.hiddenSize])
-    for (const kind of LINEAR_MODULES) out.set(`${moduleName(i, kind)}.weight`, lin[kind])
+    for (const kind of LINEAR_MODULES) {
+      out.set(`${moduleName(i, kind)}.weight`, lin[kind])
+      if (hasBias(c, kind)) out.set(`${moduleName(i, kind)}.bias`, [lin[kind][0]])
+    }
     out.set(`model.layers.${i}.post_attention_layernorm.weight`, [c.hiddenSize])
   }
   out.set('model.norm.weight', [c.hiddenSize])
@@ -177,7 +186,7 @@ export class LlamaModel {
     const linear = (layer: number, kind: LinearModuleKind): LoraLinear => {
       const name = moduleName(layer, kind)
       const [out, inF] = shapes[kind]
-      const l = new LoraLinear(name, get(`${name}.weight`), out, inF, this.copies)
+      const l = new LoraLinear(name, get(`${name}.weight`), out, inF, this.copies, hasBias(c, kind) ? get(`${name}.bias`) : undefined)
       this.linears.set(name, l)
       return l
     }
@@ -226,11 +235,14 @@ export class LlamaModel {
     const eps = this.config.rmsNormEps
     return tf.tidy(() => {
       const { cos, sin } = this.ropeTables(t)
-      const mask = causalMask(t)
+      // Sliding-window attention (Mistral) differs from causal attention only past the window.
+      const window = this.config.slidingWindow !== undefined && t > this.config.slidingWindow ? this.config.slidingWindow : undefined
+      const mask = causalMask(t, window)
+      const causalSoftmax = window === undefined ? ops.causalSoftmax : undefined
       let x = tf.gather(this.embed, inputIds.reshape([b * t])) as tf.Tensor2D
       for (const blk of this.blocks) {
         const n = ops.rmsNorm(x, blk.inputNorm, eps)
-        x = x.add(this.attention(n, blk, b, t, (z) => ops.rope(z, cos, sin), mask, ops.causalSoftmax, dropout))
+        x = x.add(this.attention(n, blk, b, t, (z) => ops.rope(z, cos, sin), mask, causalSoftmax, dropout))
         const m = ops.rmsNorm(x, blk.postNorm, eps)
         x = x.add(this.mlp(m, blk, ops.swiglu, dropout))
       }
@@ -296,7 +308,7 @@ export class LlamaModel {
       this.rope?.cos.dispose()
       this.rope?.sin.dispose()
       const length = Math.min(this.config.maxPositionEmbeddings, Math.max(t, 2 ** Math.ceil(Math.log2(Math.max(t, 16)))))
-      const { cos, sin } = ropeTableValues(length, this.config.headDim, this.config.ropeTheta)
+      const { cos, sin } = ropeTableValues(length, this.config.headDim, this.config.ropeTheta, this.config.ropeScaling)
       this.rope = {
         cos: tf.keep(tf.tensor2d(cos, [length, this.config.headDim])),
         sin: tf.keep(tf.tensor2d(sin, [length, this.config.headDim])),
@@ -378,6 +390,8 @@ export class LlamaModel {
     switch (kind) {
       case 'linear':
         return (this.linears.get(key) as LoraLinear).getWeight()
+      case 'bias':
+        return (this.linears.get(key) as LoraLinear).getBias() as Float32Array
       case 'embed':
         return this.embed.dataSync().slice() as Float32Array
       case 'lm_head':
@@ -392,11 +406,14 @@ export class LlamaModel {
     this.assertLive()
     const [kind, key] = this.resolveWeight(name)
     const c = this.config
-    const shape = expectedWeightShapes(c).get(kind === 'linear' ? `${key}.weight` : key) as number[]
+    const shape = expectedWeightShapes(c).get(kind === 'linear' ? `${key}.weight` : kind === 'bias' ? `${key}.bias` : key) as number[]
     checkSize(name, data, shape)
     switch (kind) {
       case 'linear':
         ;(this.linears.get(key) as LoraLinear).setWeight(data)
+        return
+      case 'bias':
+        ;(this.linears.get(key) as LoraLinear).setBias(data)
         return
       case 'embed': {
         const old = this.embed
@@ -437,7 +454,12 @@ export class LlamaModel {
     tf.dispose(old.filter((t): t is tf.Tensor2D => t !== undefined))
   }
 
-  private resolveWeight(name: string): ['linear' | 'embed' | 'lm_head' | 'norm', string] {
+  private resolveWeight(name: string): ['linear' | 'bias' | 'embed' | 'lm_head' | 'norm', string] {
+    if (name.endsWith('.bias')) {
+      const key = name.slice(0, -'.bias'.length)
+      if (this.linears.get(key)?.getBias() !== undefined) return ['bias', key]
+      throw new ModelWeightError('no such base weight', name)
+    }
     const moduleKey = name.endsWith('.weight') ? name.slice(0, -'.weight'.length) : name
     if (this.linears.has(moduleKey)) return ['linear', moduleKey]
     if (name === 'model.embed_tokens.weight') return ['embed', name]
@@ -555,12 +577,12 @@ function rotateHalf(x: tf.Tensor4D, transposed: boolean): tf.Tensor4D {
 /**
  * cos/sin of the rotary angles, row-major [length, hd]:
  *   inv_freq_i = 1 / theta^(2i / hd),  angle(p, i) = p * inv_freq_i,  emb = [angles, angles]
- * computed in float32 steps like HF's LlamaRotaryEmbedding, so real checkpoints match.
+ * computed in float32 steps like HF's LlamaRotaryEmbedding, so real checkpoints match;
+ * `scaling` rescales inv_freq as HF's rope initialisation functions do (ropeInvFreq).
  */
-export function ropeTableValues(length: number, hd: number, theta: number): { cos: Float32Array; sin: Float32Array } {
+export function ropeTableValues(length: number, hd: number, theta: number, scaling?: RopeScaling): { cos: Float32Array; sin: Float32Array } {
   const half = hd / 2
-  const invFreq = new Float32Array(half)
-  for (let i = 0; i < half; i++) invFreq[i] = 1 / Math.fround(theta ** Math.fround((2 * i) / hd))
+  const invFreq = ropeInvFreq(hd, theta, scaling)
   const cos = new Float32Array(length * hd)
   const sin = new Float32Array(length * hd)
   for (let p = 0; p < length; p++) {
@@ -577,10 +599,42 @@ export function ropeTableValues(length: number, hd: number, theta: number): { co
   return { cos, sin }
 }
 
-/** Additive causal mask [T, T]: 0 where key <= query, a large negative value above. */
-function causalMask(t: number): tf.Tensor2D {
+/**
+ * The rotary inverse frequencies [hd / 2] (float32), after HF's
+ * _compute_default_rope_parameters, and with scaling:
+ * - linear (_compute_linear_scaling_rope_parameters): inv_freq / factor;
+ * - llama3 (_compute_llama3_parameters): wavelengths 2 pi / inv_freq above
+ *   original_max / low_freq_factor are divided by factor, those below
+ *   original_max / high_freq_factor are kept, and those between interpolate:
+ *   (1 - s) inv_freq / factor + s inv_freq, s = (original_max / wavelen - low) / (high - low).
+ */
+export function ropeInvFreq(hd: number, theta: number, scaling?: RopeScaling): Float32Array {
+  const half = hd / 2
+  const f = new Float32Array(half)
+  for (let i = 0; i < half; i++) f[i] = 1 / Math.fround(theta ** Math.fround((2 * i) / hd))
+  if (scaling === undefined) return f
+  if (scaling.type === 'linear') return f.map((x) => x / scaling.factor)
+  const { factor, lowFreqFactor: low, highFreqFactor: high, originalMaxPositionEmbeddings: old } = scaling
+  const lowWavelen = old / low
+  const highWavelen = old / high
+  return f.map((x) => {
+    const wavelen = Math.fround((2 * Math.PI) / x)
+    if (wavelen > lowWavelen) return x / factor
+    if (wavelen < highWavelen) return x
+    const smooth = Math.fround((old / wavelen - low) / (high - low))
+    return Math.fround((1 - smooth) * Math.fround(x / factor) + smooth * x)
+  })
+}
+
+/**
+ * Additive attention mask [T, T]: 0 where the query sees the key (key <= query, and with
+ * a sliding window W also query - key < W, as in HF Mistral), a large negative value elsewhere.
+ */
+function causalMask(t: number, window?: number): tf.Tensor2D {
   const m = new Float32Array(t * t)
-  for (let i = 0; i < t; i++) for (let j = i + 1; j < t; j++) m[i * t + j] = MASK_VALUE
+  for (let i = 0; i < t; i++) {
+    for (let j = 0; j < t; j++) if (j > i || (window !== undefined && i - j >= window)) m[i * t + j] = MASK_VALUE
+  }
   return tf.tensor2d(m, [t, t])
 }
 

@@ -33,19 +33,29 @@ export class LoraLinear {
   private wT: tf.Tensor2D // [in, out]
   private w: tf.Tensor2D | undefined // [out, in], backward only
   private lora: LoraState | undefined
+  private bias: tf.Tensor1D | undefined // [out], frozen (Qwen2's q/k/v, Llama's attention_bias)
 
-  /** `weight` in HF layout [out, in]; `backwardCopy` keeps W for the backward product. */
-  constructor(name: string, weight: Float32Array, outFeatures: number, inFeatures: number, private readonly backwardCopy: boolean) {
+  /** `weight` in HF layout [out, in]; `backwardCopy` keeps W for the backward product; `bias` [out] if the layer has one. */
+  constructor(
+    name: string,
+    weight: Float32Array,
+    outFeatures: number,
+    inFeatures: number,
+    private readonly backwardCopy: boolean,
+    bias?: Float32Array,
+  ) {
     this.name = name
     this.inFeatures = inFeatures
     this.outFeatures = outFeatures
     this.wT = tf.tensor2d(transpose2d(weight, outFeatures, inFeatures), [inFeatures, outFeatures])
     this.w = backwardCopy ? tf.tensor2d(weight, [outFeatures, inFeatures]) : undefined
+    if (bias !== undefined) this.setBias(bias)
   }
 
-  /** y = x W^T + scaling * (dropout(x) A^T) B^T for x [N, in]. */
+  /** y = x W^T (+ b) + scaling * (dropout(x) A^T) B^T for x [N, in]. */
   forward(x: tf.Tensor2D, dropout?: DropoutFn): tf.Tensor2D {
-    const y = frozenMatMul(x, this.wT, this.w)
+    const base = frozenMatMul(x, this.wT, this.w)
+    const y = this.bias === undefined ? base : (base.add(this.bias) as tf.Tensor2D)
     if (this.lora === undefined) return y
     const { loraA, loraB, scaling } = this.lora
     // Scale the rank-r intermediate rather than the output: r << out.
@@ -112,10 +122,23 @@ export class LoraLinear {
     tf.dispose(old.filter((t): t is tf.Tensor2D => t !== undefined))
   }
 
+  /** The bias [out] (a copy), or undefined when the layer has none. */
+  getBias(): Float32Array | undefined {
+    return this.bias === undefined ? undefined : (this.bias.dataSync().slice() as Float32Array)
+  }
+
+  /** Set the frozen bias [out]; the values are copied. */
+  setBias(bias: Float32Array): void {
+    if (bias.length !== this.outFeatures) throw new RangeError(`${this.name}: bias of ${bias.length} values, expected ${this.outFeatures}`)
+    this.bias?.dispose()
+    this.bias = tf.tensor1d(bias.slice())
+  }
+
   dispose(): void {
     this.clearAdapter()
     this.wT.dispose()
     this.w?.dispose()
+    this.bias?.dispose()
   }
 }
 

@@ -35,12 +35,12 @@ describe('HF config', () => {
   })
 
   it.each([
-    [{ ...HF, model_type: 'qwen2', architectures: ['Qwen2ForCausalLM'] }, /unsupported model_type 'qwen2'/],
+    [{ ...HF, model_type: 'gemma', architectures: ['GemmaForCausalLM'] }, /unsupported model_type 'gemma'/],
     [{ ...HF, model_type: undefined, architectures: ['GPT2LMHeadModel'] }, /unsupported architecture 'GPT2LMHeadModel'/],
-    [{ ...HF, rope_scaling: { rope_type: 'llama3', factor: 8 } }, /rope_scaling/],
-    [{ ...HF, attention_bias: true }, /attention_bias/],
+    [{ ...HF, rope_scaling: { rope_type: 'yarn', factor: 8 } }, /rope_scaling type 'yarn'/],
+    [{ ...HF, model_type: 'mistral', architectures: ['MistralForCausalLM'], attention_bias: true }, /attention_bias/],
     [{ ...HF, hidden_act: 'gelu' }, /hidden_act 'gelu'/],
-    [{ ...HF, model_type: 'mistral', sliding_window: 16 }, /sliding_window/],
+    [{ ...HF, sliding_window: 16 }, /sliding_window 16 is not part of model_type llama/],
     [{ vocab_size: 3 }, /neither model_type nor architectures/],
   ])('refuses unsupported models (%#)', (json, msg) => {
     expect(() => fromHfConfig(json)).toThrow(UnsupportedModelError)

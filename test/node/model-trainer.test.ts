@@ -259,7 +259,9 @@ describe('model trainer: npm run swarm with real flora-peer processes', () => {
       child.on('exit', (c) => res({ code: c, stdout: so, stderr: se }))
     })
     expect(code, `${stdout}\n${stderr}`).toBe(0)
-    expect(stdout).toMatch(/round 2: hashes agree/)
+    // Piped: the text summary on stderr, the report as one JSON line on stdout.
+    expect(stderr).toMatch(/round 2: hashes agree/)
+    expect(stdout).toMatch(/"event":"swarm:report"/)
     expect(stderr).toMatch(/peer \d finished round 1: state [0-9a-f]{12}, 3 contributors, eval loss \d/)
     const report = JSON.parse(await readFile(join(out, 'report.json'), 'utf8')) as SwarmReport
     expect(report.options.trainer).toBe('model')
@@ -278,7 +280,7 @@ describe('model trainer: npm run swarm with real flora-peer processes', () => {
     expect(report.peers.reduce((a, p) => a + (p.samples ?? 0), 0)).toBe(24)
     // The federated model to take home: an HF model dir whose target weights are the agreed
     // ones (it loads and hashes to the last round's state), and the cumulative PEFT adapter.
-    expect(stdout).toMatch(/federated model: /)
+    expect(stderr).toMatch(/federated model: /)
     const fed = JSON.parse(await readFile(join(out, 'federated', 'flora.json'), 'utf8')) as { round: number; stateHash: string }
     const last = report.rounds.at(-1)
     expect(fed.round).toBe(2)
