@@ -59,11 +59,51 @@ constexpr int KC = FLORA_KC;
 constexpr int MC = FLORA_MC;  // multiple of MR
 constexpr int NC = 2048;      // multiple of NR
 
+// Storage of a B operand: float32, or half precision widened to float32 as it is packed
+// (frozen base weights kept as the checkpoint stores them; see "frozen weights" below).
+enum Dtype : int { F32 = 0, BF16 = 1, F16 = 2 };
+
 struct Operand {
   const float* p;
   int64_t rs;  // stride between rows of op(X)
   int64_t cs;  // stride between columns of op(X)
+  const uint16_t* h = nullptr;  // half-precision elements (instead of p), B operands only
+  int dtype = F32;
 };
+
+inline float bf16_to_f32(uint16_t v) {
+  const uint32_t u = (uint32_t)v << 16;
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+// IEEE binary16 -> binary32, exact (subnormals, infinities and NaNs included).
+inline float f16_to_f32(uint16_t v) {
+  const uint32_t sign = (uint32_t)(v & 0x8000) << 16;
+  uint32_t exp = (v >> 10) & 0x1f;
+  uint32_t man = v & 0x3ff;
+  uint32_t u;
+  if (exp == 0x1f) {
+    u = sign | 0x7f800000u | (man << 13);
+  } else if (exp != 0) {
+    u = sign | ((exp + 112) << 23) | (man << 13);
+  } else if (man == 0) {
+    u = sign;
+  } else {  // subnormal: normalise
+    exp = 113;
+    while ((man & 0x400) == 0) {
+      man <<= 1;
+      exp--;
+    }
+    u = sign | (exp << 23) | ((man & 0x3ff) << 13);
+  }
+  float f;
+  std::memcpy(&f, &u, sizeof f);
+  return f;
+}
+
+inline float half_to_f32(uint16_t v, int dtype) { return dtype == BF16 ? bf16_to_f32(v) : f16_to_f32(v); }
 
 // ---------------------------------------------------------------------------------------
 // packing
@@ -86,6 +126,19 @@ void pack_a(const Operand& a, int i0, int mc, int p0, int kc, float* dst) {
 
 // op(B)[p0 .. p0+kc) x [j0 .. j0+nc) into slivers of NR columns, zero-padded past nc.
 void pack_b(const Operand& b, int p0, int kc, int j0, int nc, float* dst) {
+  if (b.dtype != F32) {
+    for (int s = 0; s < nc; s += NR) {
+      const int cols = std::min(NR, nc - s);
+      for (int p = 0; p < kc; p++) {
+        const uint16_t* src = b.h + (int64_t)(p0 + p) * b.rs + (int64_t)(j0 + s) * b.cs;
+        int c = 0;
+        for (; c < cols; c++) dst[c] = half_to_f32(src[c * b.cs], b.dtype);
+        for (; c < NR; c++) dst[c] = 0.f;
+        dst += NR;
+      }
+    }
+    return;
+  }
   for (int s = 0; s < nc; s += NR) {
     const int cols = std::min(NR, nc - s);
     for (int p = 0; p < kc; p++) {
@@ -351,7 +404,7 @@ class Pool {
 Pool& g_pool = *new Pool();
 
 void gemm(const float* a, const float* b, float* c, int batch, int m, int n, int k, bool ta, bool tb,
-          int64_t stride_a, int64_t stride_b, bool accumulate) {
+          int64_t stride_a, int64_t stride_b, bool accumulate, const uint16_t* bh = nullptr, int bdtype = F32) {
   const int64_t ldc = n;
   const double flops = 2.0 * batch * m * n * (double)k;
   const int threads = flops < 2e5 ? 1 : g_pool.threads();
@@ -374,7 +427,8 @@ void gemm(const float* a, const float* b, float* c, int batch, int m, int n, int
     const int bi = t / per_item;
     const int part = t % per_item;
     Operand A{a + bi * stride_a, ta ? 1 : k, ta ? m : 1};
-    Operand B{b + bi * stride_b, tb ? 1 : n, tb ? k : 1};
+    Operand B{b == nullptr ? nullptr : b + bi * stride_b, tb ? 1 : n, tb ? k : 1,
+              bh == nullptr ? nullptr : bh + bi * stride_b, bdtype};
     // op(A) is m x k: row i, col p at A.p[i*rs + p*cs]. Stored A is m x k (rs=k, cs=1) or
     // k x m when transposed (rs=1, cs=m). Likewise op(B) k x n.
     float* C = c + (int64_t)bi * m * n;
@@ -1153,6 +1207,148 @@ napi_value SetIsa(napi_env env, napi_callback_info info) {
   return nullptr;
 }
 
+// ---------------------------------------------------------------------------------------
+// frozen weights: a linear layer's base weight W [rows = out, cols = in], owned here (out
+// of the JS and wasm heaps) in the checkpoint's precision, for y = x W^T and dx = dy W.
+// Half-precision values are widened exactly as they are packed, so the products equal the
+// float32 GEMM of the widened weights, bit for bit.
+// ---------------------------------------------------------------------------------------
+
+struct FrozenWeight {
+  int64_t rows = 0, cols = 0;
+  int dtype = F32;
+  void* data = nullptr;
+  int64_t bytes = 0;
+};
+
+void frozen_finalize(napi_env env, void* data, void*) {
+  auto* w = static_cast<FrozenWeight*>(data);
+  if (w->data != nullptr) {
+    std::free(w->data);
+    int64_t ignored;
+    napi_adjust_external_memory(env, -w->bytes, &ignored);
+  }
+  delete w;
+}
+
+bool frozen_arg(napi_env env, napi_value v, FrozenWeight** out) {
+  void* p = nullptr;
+  napi_valuetype t;
+  if (napi_typeof(env, v, &t) != napi_ok || t != napi_external) return false;
+  if (napi_get_value_external(env, v, &p) != napi_ok || p == nullptr) return false;
+  *out = static_cast<FrozenWeight*>(p);
+  return (*out)->data != nullptr;
+}
+
+// frozenCreate(values: Float32Array | Uint16Array, rows, cols, dtype 0 f32 | 1 bf16 | 2 f16) -> handle (copies values)
+napi_value FrozenCreate(napi_env env, napi_callback_info info) {
+  size_t argc = 4;
+  napi_value argv[4];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  int64_t rows, cols, dtype;
+  if (argc != 4 || !int_arg(env, argv[1], &rows) || !int_arg(env, argv[2], &cols) || !int_arg(env, argv[3], &dtype) ||
+      dtype > F16 || rows == 0 || cols == 0 || rows > INT32_MAX || cols > INT32_MAX) {
+    napi_throw_type_error(env, "FLORA_NATIVE", "frozenCreate(values, rows, cols, dtype 0|1|2)");
+    return nullptr;
+  }
+  bool is_typed = false;
+  napi_typedarray_type type;
+  size_t length = 0;
+  void* src = nullptr;
+  if (napi_is_typedarray(env, argv[0], &is_typed) != napi_ok || !is_typed ||
+      napi_get_typedarray_info(env, argv[0], &type, &length, &src, nullptr, nullptr) != napi_ok ||
+      type != (dtype == F32 ? napi_float32_array : napi_uint16_array) || (int64_t)length != rows * cols) {
+    napi_throw_type_error(env, "FLORA_NATIVE", "frozenCreate: values must be a Float32Array (dtype 0) or Uint16Array (1, 2) of rows * cols");
+    return nullptr;
+  }
+  auto* w = new FrozenWeight();
+  w->rows = rows;
+  w->cols = cols;
+  w->dtype = (int)dtype;
+  w->bytes = rows * cols * (dtype == F32 ? 4 : 2);
+  w->data = std::malloc((size_t)w->bytes);
+  if (w->data == nullptr) {
+    delete w;
+    napi_throw_error(env, "FLORA_NATIVE", "frozenCreate: out of memory");
+    return nullptr;
+  }
+  std::memcpy(w->data, src, (size_t)w->bytes);
+  int64_t ignored;
+  napi_adjust_external_memory(env, w->bytes, &ignored);
+  napi_value handle;
+  CHECK(env, napi_create_external(env, w, frozen_finalize, nullptr, &handle));
+  return handle;
+}
+
+// frozenFree(handle): releases the memory now (the handle is unusable afterwards).
+napi_value FrozenFree(napi_env env, napi_callback_info info) {
+  size_t argc = 1;
+  napi_value argv[1];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  FrozenWeight* w;
+  if (argc != 1 || !frozen_arg(env, argv[0], &w)) return nullptr;
+  std::free(w->data);
+  w->data = nullptr;
+  int64_t ignored;
+  napi_adjust_external_memory(env, -w->bytes, &ignored);
+  return nullptr;
+}
+
+// frozenMatMul(handle, x, y, m, transposed): y[m, rows] = x[m, cols] W^T, or with
+// transposed y[m, cols] = x[m, rows] W.
+napi_value FrozenMatMul(napi_env env, napi_callback_info info) {
+  size_t argc = 5;
+  napi_value argv[5];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  FrozenWeight* w;
+  float *x, *y;
+  size_t lx, ly;
+  int64_t m;
+  bool transposed;
+  if (argc != 5 || !frozen_arg(env, argv[0], &w) || !float_array(env, argv[1], &x, &lx) ||
+      !float_array(env, argv[2], &y, &ly) || !int_arg(env, argv[3], &m) || m > INT32_MAX ||
+      napi_get_value_bool(env, argv[4], &transposed) != napi_ok) {
+    napi_throw_type_error(env, "FLORA_NATIVE", "frozenMatMul(handle, x: Float32Array, y: Float32Array, m, transposed)");
+    return nullptr;
+  }
+  const int64_t in = transposed ? w->rows : w->cols, out = transposed ? w->cols : w->rows;
+  if ((int64_t)lx < m * in || (int64_t)ly < m * out) {
+    napi_throw_range_error(env, "FLORA_NATIVE", "frozenMatMul: x or y is shorter than its shape needs");
+    return nullptr;
+  }
+  if (m == 0) return nullptr;
+  // op(B) is k x n: W^T (stored rows x cols, transposed) for the forward product, W for the backward.
+  const bool tb = !transposed;
+  if (w->dtype == F32) {
+    gemm(x, static_cast<const float*>(w->data), y, 1, (int)m, (int)out, (int)in, false, tb, 0, 0, false);
+  } else {
+    gemm(x, nullptr, y, 1, (int)m, (int)out, (int)in, false, tb, 0, 0, false, static_cast<const uint16_t*>(w->data), w->dtype);
+  }
+  return nullptr;
+}
+
+// frozenRead(handle, out: Float32Array): the weight widened to float32, [rows, cols].
+napi_value FrozenRead(napi_env env, napi_callback_info info) {
+  size_t argc = 2;
+  napi_value argv[2];
+  CHECK(env, napi_get_cb_info(env, info, &argc, argv, nullptr, nullptr));
+  FrozenWeight* w;
+  float* out;
+  size_t lo;
+  if (argc != 2 || !frozen_arg(env, argv[0], &w) || !float_array(env, argv[1], &out, &lo) || (int64_t)lo < w->rows * w->cols) {
+    napi_throw_type_error(env, "FLORA_NATIVE", "frozenRead(handle, out: Float32Array of rows * cols)");
+    return nullptr;
+  }
+  const int64_t n = w->rows * w->cols;
+  if (w->dtype == F32) {
+    std::memcpy(out, w->data, (size_t)n * sizeof(float));
+  } else {
+    const auto* h = static_cast<const uint16_t*>(w->data);
+    for (int64_t i = 0; i < n; i++) out[i] = half_to_f32(h[i], w->dtype);
+  }
+  return nullptr;
+}
+
 napi_value Init(napi_env env, napi_value exports) {
   static std::once_flag once;
   std::call_once(once, [] {
@@ -1180,6 +1376,10 @@ napi_value Init(napi_env env, napi_value exports) {
       {"swigluGrad", nullptr, SwigluGrad, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"binary", nullptr, Binary, nullptr, nullptr, nullptr, napi_default, nullptr},
       {"transpose0213", nullptr, Transpose0213, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"frozenCreate", nullptr, FrozenCreate, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"frozenFree", nullptr, FrozenFree, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"frozenMatMul", nullptr, FrozenMatMul, nullptr, nullptr, nullptr, napi_default, nullptr},
+      {"frozenRead", nullptr, FrozenRead, nullptr, nullptr, nullptr, napi_default, nullptr},
   };
   CHECK(env, napi_define_properties(env, exports, sizeof props / sizeof props[0], props));
   return exports;

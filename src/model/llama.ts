@@ -18,8 +18,9 @@ import * as tf from '@tensorflow/tfjs'
 import { createPrng, type SeedLike } from '../lora/prng.js'
 import type { AdapterSet, LoraModule, ModuleShape } from '../lora/types.js'
 import { compareModuleNames, validateAdapterAgainstShapes } from '../lora/validate.js'
-import { nativeKernelsActive } from './backend.js'
-import { type LlamaConfig, type RopeScaling, validateConfig } from './config.js'
+import { activeNativeKernels, nativeKernelsActive } from './backend.js'
+import { canHoldFrozenWeights, type FrozenDtype } from './frozen-weight.js'
+import { type LlamaConfig, parameterCount, type RopeScaling, validateConfig } from './config.js'
 import { fusedAttention, fusedAttentionAvailable, fusedCausalSoftmax, fusedKernelsAvailable, fusedRmsNorm, fusedRope, fusedSwiglu } from './kernels.js'
 import { type DropoutFn, frozenMatMul, LoraLinear, transpose2d } from './lora-layer.js'
 
@@ -54,6 +55,17 @@ export interface LlamaModelOptions {
   readonly backwardWeightCopies?: boolean
   /** Use the fused JS kernels of kernels.ts (RMSNorm, RoPE) on wasm/cpu (default true). */
   readonly fusedKernels?: boolean
+  /**
+   * Where the frozen weights of the linear layers that take no LoRA (those outside
+   * targetModules) live: 'native' in the native addon's memory, out of the 4 GiB wasm
+   * heap, in BF16/F16 when the checkpoint's values are (frozen-weight.ts); 'tfjs' as
+   * float32 tensors. Default 'auto': native when the native kernels run and the base
+   * weights in float32 would take more than AUTO_NATIVE_FROZEN_BYTES of the wasm heap
+   * (the glue around each product costs ~1.2x step time on a 135M model, measured by
+   * bench/frozen-weights.ts, so small models keep tfjs tensors). Target modules stay
+   * float32 tensors either way (merges write them).
+   */
+  readonly frozenWeights?: 'auto' | 'native' | 'tfjs'
 }
 
 export interface ForwardOptions {
@@ -64,6 +76,44 @@ export interface ForwardOptions {
 }
 
 const MASK_VALUE = -1e9
+
+/** frozenWeights 'auto' moves frozen weights to the native addon above this many float32 bytes of base weights. */
+export const AUTO_NATIVE_FROZEN_BYTES = 1 << 30
+
+/**
+ * The most float32 base-weight bytes a model keeps as tensors on the wasm backend: its heap
+ * holds 4 GiB at most (the wasm32 address space), and activations, gradients and the
+ * optimizer's state need the rest.
+ */
+export const WASM_BASE_WEIGHT_CEILING = 3 * 2 ** 30
+
+/** Bytes of base-weight tensors a model of `c` keeps on the tfjs backend. */
+export function tfjsBaseWeightBytes(c: LlamaConfig, targets: readonly LinearModuleKind[], nativeFrozen: boolean, copies: boolean): number {
+  const vd = c.vocabSize * c.hiddenSize
+  // embedding, the transposed lm_head (and its backward copy when untied)
+  let floats = vd + vd + (copies && !c.tieWordEmbeddings ? vd : 0)
+  const lin = linearShapes(c)
+  for (const kind of LINEAR_MODULES) {
+    if (nativeFrozen && !targets.includes(kind)) continue
+    floats += c.numLayers * lin[kind][0] * lin[kind][1] * (copies ? 2 : 1)
+  }
+  return floats * 4
+}
+
+/** Refuses, with the reason and the way out, a model whose tensors cannot fit the wasm heap. */
+function checkWasmCeiling(c: LlamaConfig, targets: readonly LinearModuleKind[], nativeFrozen: boolean, copies: boolean, nativeKernels: boolean): void {
+  const bytes = tfjsBaseWeightBytes(c, targets, nativeFrozen, copies)
+  if (bytes <= WASM_BASE_WEIGHT_CEILING) return
+  const gib = (b: number): string => `${(b / 2 ** 30).toFixed(1)} GiB`
+  const way = !nativeKernels
+    ? 'with the native kernels (npm run build:native) the layers that take no LoRA live outside the heap, in the checkpoint\'s precision'
+    : !nativeFrozen
+      ? "frozenWeights 'native' (the default for models this size) keeps the layers that take no LoRA outside the heap"
+      : 'fewer LoRA target modules (their weights stay float32 tensors) or a smaller model'
+  throw new ModelWeightError(
+    `this ${(parameterCount(c) / 1e9).toFixed(2)}B-parameter model needs ${gib(bytes)} of float32 weight tensors on the wasm backend, more than the ${gib(WASM_BASE_WEIGHT_CEILING)} its 4 GiB heap leaves for weights; ${way}`,
+  )
+}
 
 // ---------------------------------------------------------------------------------
 // Weight names and shapes
@@ -162,6 +212,16 @@ export class LlamaModel {
     for (const t of this.targetModules) {
       if (!LINEAR_MODULES.includes(t)) throw new ModelWeightError(`unknown target module '${String(t)}' (one of ${LINEAR_MODULES.join(', ')})`)
     }
+    // Where the frozen weights of non-target layers live (see LlamaModelOptions.frozenWeights).
+    const kernels = activeNativeKernels()
+    const storage = options.frozenWeights ?? 'auto'
+    if (storage === 'native' && !canHoldFrozenWeights(kernels)) {
+      throw new ModelWeightError(`frozenWeights 'native' needs the native kernels on the wasm backend (${tf.getBackend()} is active; see npm run build:native)`)
+    }
+    const wanted = storage === 'native' || (storage === 'auto' && parameterCount(config) * 4 > AUTO_NATIVE_FROZEN_BYTES)
+    const nativeFrozen = wanted && canHoldFrozenWeights(kernels) ? kernels : undefined
+    this.copies = options.backwardWeightCopies ?? (tf.getBackend() !== 'tensorflow' && !nativeKernelsActive())
+    if (tf.getBackend() === 'wasm') checkWasmCeiling(config, this.targetModules, nativeFrozen !== undefined, this.copies, kernels !== undefined)
     const expected = expectedWeightShapes(config)
     for (const [name, shape] of expected) {
       const w = weights.get(name)
@@ -175,7 +235,6 @@ export class LlamaModel {
     }
     const get = (name: string): Float32Array => weights.get(name) as Float32Array
     const c = config
-    this.copies = options.backwardWeightCopies ?? (tf.getBackend() !== 'tensorflow' && !nativeKernelsActive())
     this.fused = options.fusedKernels ?? true
     this.embed = tf.tensor2d(get('model.embed_tokens.weight'), [c.vocabSize, c.hiddenSize])
     const head = c.tieWordEmbeddings ? get('model.embed_tokens.weight') : get('lm_head.weight')
@@ -186,7 +245,8 @@ export class LlamaModel {
     const linear = (layer: number, kind: LinearModuleKind): LoraLinear => {
       const name = moduleName(layer, kind)
       const [out, inF] = shapes[kind]
-      const l = new LoraLinear(name, get(`${name}.weight`), out, inF, this.copies, hasBias(c, kind) ? get(`${name}.bias`) : undefined)
+      const holder = this.targetModules.includes(kind) ? undefined : nativeFrozen
+      const l = new LoraLinear(name, get(`${name}.weight`), out, inF, this.copies, hasBias(c, kind) ? get(`${name}.bias`) : undefined, holder)
       this.linears.set(name, l)
       return l
     }
@@ -478,6 +538,17 @@ export class LlamaModel {
     const m = /^model\.layers\.(\d+)\.(input_layernorm|post_attention_layernorm)\.weight$/.exec(name) as RegExpExecArray
     const blk = this.blocks[Number(m[1])]
     return m[2] === 'input_layernorm' ? blk.inputNorm : blk.postNorm
+  }
+
+  /** Where each linear layer's frozen weight lives ('tfjs', or the addon's 'f32' / 'bf16' / 'f16') and the addon's bytes. */
+  frozenWeightStorage(): { modules: Record<string, 'tfjs' | FrozenDtype>; nativeBytes: number } {
+    const modules: Record<string, 'tfjs' | FrozenDtype> = {}
+    let nativeBytes = 0
+    for (const [name, l] of this.linears) {
+      modules[name] = l.weightStorage
+      if (l.weightStorage !== 'tfjs') nativeBytes += l.outFeatures * l.inFeatures * (l.weightStorage === 'f32' ? 4 : 2)
+    }
+    return { modules, nativeBytes }
   }
 
   /** Number of base parameters (embedding once when tied). */

@@ -11,6 +11,8 @@
  */
 import * as tf from '@tensorflow/tfjs'
 import type { LoraModule } from '../lora/types.js'
+import { NativeFrozenWeight, type FrozenDtype } from './frozen-weight.js'
+import type { NativeKernels } from './native.js'
 
 export interface LoraState {
   readonly rank: number
@@ -30,12 +32,16 @@ export class LoraLinear {
   readonly name: string
   readonly inFeatures: number
   readonly outFeatures: number
-  private wT: tf.Tensor2D // [in, out]
+  private wT: tf.Tensor2D | undefined // [in, out] (undefined when the addon holds W)
   private w: tf.Tensor2D | undefined // [out, in], backward only
+  private native: NativeFrozenWeight | undefined // W held by the native addon (frozen-weight.ts)
   private lora: LoraState | undefined
   private bias: tf.Tensor1D | undefined // [out], frozen (Qwen2's q/k/v, Llama's attention_bias)
 
-  /** `weight` in HF layout [out, in]; `backwardCopy` keeps W for the backward product; `bias` [out] if the layer has one. */
+  /**
+   * `weight` in HF layout [out, in]; `backwardCopy` keeps W for the backward product; `bias`
+   * [out] if the layer has one; with `nativeKernels` the addon holds W instead of tfjs.
+   */
   constructor(
     name: string,
     weight: Float32Array,
@@ -43,18 +49,24 @@ export class LoraLinear {
     inFeatures: number,
     private readonly backwardCopy: boolean,
     bias?: Float32Array,
+    nativeKernels?: NativeKernels,
   ) {
     this.name = name
     this.inFeatures = inFeatures
     this.outFeatures = outFeatures
-    this.wT = tf.tensor2d(transpose2d(weight, outFeatures, inFeatures), [inFeatures, outFeatures])
-    this.w = backwardCopy ? tf.tensor2d(weight, [outFeatures, inFeatures]) : undefined
+    if (nativeKernels !== undefined) this.native = new NativeFrozenWeight(nativeKernels, weight, outFeatures, inFeatures)
+    else this.setTfWeight(weight)
     if (bias !== undefined) this.setBias(bias)
+  }
+
+  /** Where W lives: 'tfjs' (float32 tensors) or the addon's storage ('f32', 'bf16', 'f16'). */
+  get weightStorage(): 'tfjs' | FrozenDtype {
+    return this.native?.dtype ?? 'tfjs'
   }
 
   /** y = x W^T (+ b) + scaling * (dropout(x) A^T) B^T for x [N, in]. */
   forward(x: tf.Tensor2D, dropout?: DropoutFn): tf.Tensor2D {
-    const base = frozenMatMul(x, this.wT, this.w)
+    const base = this.native !== undefined ? this.native.matMul(x) : frozenMatMul(x, this.wT as tf.Tensor2D, this.w)
     const y = this.bias === undefined ? base : (base.add(this.bias) as tf.Tensor2D)
     if (this.lora === undefined) return y
     const { loraA, loraB, scaling } = this.lora
@@ -110,12 +122,18 @@ export class LoraLinear {
 
   /** W in HF layout [out, in] (exact float32 values). */
   getWeight(): Float32Array {
+    if (this.native !== undefined) return this.native.read()
     if (this.w !== undefined) return this.w.dataSync().slice() as Float32Array
-    return transpose2d(this.wT.dataSync() as Float32Array, this.inFeatures, this.outFeatures)
+    return transpose2d((this.wT as tf.Tensor2D).dataSync() as Float32Array, this.inFeatures, this.outFeatures)
   }
 
-  /** Replace W (HF layout [out, in]); the values are copied. */
+  /** Replace W (HF layout [out, in]); the values are copied, exactly. */
   setWeight(weight: Float32Array): void {
+    if (this.native !== undefined) this.native.set(weight)
+    else this.setTfWeight(weight)
+  }
+
+  private setTfWeight(weight: Float32Array): void {
     const old = [this.wT, this.w]
     this.wT = tf.tensor2d(transpose2d(weight, this.outFeatures, this.inFeatures), [this.inFeatures, this.outFeatures])
     this.w = this.backwardCopy ? tf.tensor2d(weight.slice(), [this.outFeatures, this.inFeatures]) : undefined
@@ -136,8 +154,9 @@ export class LoraLinear {
 
   dispose(): void {
     this.clearAdapter()
-    this.wT.dispose()
+    this.wT?.dispose()
     this.w?.dispose()
+    this.native?.dispose()
     this.bias?.dispose()
   }
 }

@@ -25,6 +25,9 @@ import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 
+/** An opaque handle to a frozen weight the addon owns. */
+export type NativeFrozenHandle = { readonly __nativeFrozen: unique symbol }
+
 /** The addon's functions (see native/flora_kernels.cc). */
 export interface NativeKernels {
   /**
@@ -68,6 +71,17 @@ export interface NativeKernels {
   binary(op: 0 | 1 | 2, a: Float32Array, b: Float32Array, out: Float32Array, n: number): void
   /** x [d0, d1, d2, d3] -> [d0, d2, d1, d3]. */
   transpose0213(x: Float32Array, y: Float32Array, d0: number, d1: number, d2: number, d3: number): void
+  /**
+   * Copies a frozen base weight W [rows, cols] into memory the addon owns (out of the JS and
+   * wasm heaps), as float32 (dtype 0) or as bf16 (1) / f16 (2) bits; returns its handle.
+   */
+  frozenCreate(values: Float32Array | Uint16Array, rows: number, cols: number, dtype: 0 | 1 | 2): NativeFrozenHandle
+  /** Releases a frozen weight's memory now (its handle is unusable afterwards). */
+  frozenFree(handle: NativeFrozenHandle): void
+  /** y[m, rows] = x[m, cols] W^T, or with `transposed` y[m, cols] = x[m, rows] W (half precision widened exactly). */
+  frozenMatMul(handle: NativeFrozenHandle, x: Float32Array, y: Float32Array, m: number, transposed: boolean): void
+  /** W widened to float32 into `out` [rows, cols]. */
+  frozenRead(handle: NativeFrozenHandle, out: Float32Array): void
   setThreads(n: number): void
   /** 'generic' forces the portable micro-kernel; 'avx2-fma' restores the fast one. */
   setIsa(isa: 'generic' | 'avx2-fma'): void
@@ -85,6 +99,7 @@ export interface NativeLoadResult {
 const REQUIRED = [
   'gemm', 'attention', 'attentionGrad', 'rmsNorm', 'rmsNormGrad', 'rope', 'swiglu', 'swigluGrad',
   'crossEntropy', 'binary', 'transpose0213', 'setThreads', 'setIsa', 'info',
+  'frozenCreate', 'frozenFree', 'frozenMatMul', 'frozenRead',
 ] as const satisfies readonly (keyof NativeKernels)[]
 
 let cached: NativeLoadResult | undefined
