@@ -6,6 +6,7 @@
  * this measures what they cost.
  *
  *   npx tsx bench/frozen-weights.ts [--config smollm2-135m|tinyllama-1.1b] [--steps 3] [--seq 128] [--batch 1] [--storage both|native|tfjs] [--json]
+ *   npx tsx bench/frozen-weights.ts --model DIR ...   # load a checkpoint (bench/make-checkpoint.ts writes one) tensor by tensor
  *
  * Each storage runs in its own process (RSS is a process high-water mark).
  */
@@ -14,16 +15,13 @@ import { fileURLToPath } from 'node:url'
 import * as tf from '@tensorflow/tfjs'
 import { initAdapter } from '../src/lora/init.js'
 import { describeBackend, selectBackend } from '../src/model/backend.js'
-import { llamaConfig, parameterCount, type LlamaConfig } from '../src/model/config.js'
+import { readdirSync, statSync } from 'node:fs'
+import { join } from 'node:path'
+import { parameterCount } from '../src/model/config.js'
+import { loadModel } from '../src/model/checkpoint.js'
+import { CONFIGS } from './model-shapes.js'
 import { LlamaModel, randomLlamaWeights } from '../src/model/llama.js'
 import { trainLora, type TrainingExample } from '../src/model/trainer.js'
-
-const CONFIGS: Record<string, LlamaConfig> = {
-  // HuggingFaceTB/SmolLM2-135M's shapes.
-  'smollm2-135m': llamaConfig({ vocabSize: 49152, hiddenSize: 576, intermediateSize: 1536, numLayers: 30, numHeads: 9, numKvHeads: 3, maxPositionEmbeddings: 2048, tieWordEmbeddings: true, ropeTheta: 100000 }),
-  // TinyLlama-1.1B's shapes.
-  'tinyllama-1.1b': llamaConfig({ vocabSize: 32000, hiddenSize: 2048, intermediateSize: 5632, numLayers: 22, numHeads: 32, numKvHeads: 4, maxPositionEmbeddings: 2048 }),
-}
 
 function arg(name: string, fallback: string): string {
   const i = process.argv.indexOf(`--${name}`)
@@ -39,6 +37,9 @@ interface Result {
   nativeBytes: number
   rssMb: number
   buildS: number
+  /** With --model: the checkpoint's bytes on disk and the peak RSS once it is loaded. */
+  checkpointBytes?: number
+  loadRssMb?: number
   stepMs: number[]
 }
 
@@ -49,17 +50,28 @@ function roundToBf16(x: Float32Array): void {
 }
 
 async function runOne(storage: 'native' | 'tfjs', name: string): Promise<Result> {
-  const config = CONFIGS[name]
-  if (config === undefined) throw new Error(`unknown --config ${name} (${Object.keys(CONFIGS).join(', ')})`)
+  const dir = process.argv.includes('--model') ? arg('model', '') : undefined
   const steps = Number(arg('steps', '3'))
   const seqLen = Number(arg('seq', '128'))
   const batchSize = Number(arg('batch', '1'))
   const backend = await selectBackend('wasm', { fallback: false })
   const t0 = performance.now()
-  const weights = randomLlamaWeights(config, 'frozen-bench')
-  for (const w of weights.values()) roundToBf16(w)
-  const model = new LlamaModel(config, weights, { frozenWeights: storage, targetModules: ['q_proj', 'v_proj'] })
-  weights.clear()
+  let model: LlamaModel
+  let checkpointBytes: number | undefined
+  let loadRssMb: number | undefined
+  if (dir !== undefined) {
+    checkpointBytes = readdirSync(dir).filter((f) => f.endsWith('.safetensors')).reduce((n, f) => n + statSync(join(dir, f)).size, 0)
+    model = await loadModel(dir, { frozenWeights: storage, targetModules: ['q_proj', 'v_proj'] })
+    loadRssMb = process.resourceUsage().maxRSS / 1024
+  } else {
+    const c = CONFIGS[name]
+    if (c === undefined) throw new Error(`unknown --config ${name} (${Object.keys(CONFIGS).join(', ')})`)
+    const weights = randomLlamaWeights(c, 'frozen-bench')
+    for (const w of weights.values()) roundToBf16(w)
+    model = new LlamaModel(c, weights, { frozenWeights: storage, targetModules: ['q_proj', 'v_proj'] })
+    weights.clear()
+  }
+  const config = model.config
   const buildS = (performance.now() - t0) / 1000
   model.setAdapter(initAdapter({ shapes: model.targetModuleShapes(), rank: 16, alpha: 32, seed: 1 }))
   const data: TrainingExample[] = Array.from({ length: batchSize * 2 }, (_, e) => ({
@@ -81,13 +93,15 @@ async function runOne(storage: 'native' | 'tfjs', name: string): Promise<Result>
   })
   const result: Result = {
     storage,
-    config: name,
+    config: dir ?? name,
     parameters: parameterCount(config),
     backend: describeBackend(backend),
     wasmTensorBytes: tf.memory().numBytes,
     nativeBytes: model.frozenWeightStorage().nativeBytes,
     rssMb: process.resourceUsage().maxRSS / 1024,
     buildS,
+    checkpointBytes,
+    loadRssMb,
     stepMs,
   }
   model.dispose()
@@ -109,11 +123,11 @@ if (only === 'native' || only === 'tfjs') {
   if (process.argv.includes('--json')) process.stdout.write(`${JSON.stringify(results)}\n`)
   else {
     const r0 = results[0]
-    process.stdout.write(`${r0.config}: ${(r0.parameters / 1e6).toFixed(1)}M parameters, random BF16 weights, LoRA r=16 on q_proj,v_proj; ${r0.backend}\n`)
+    process.stdout.write(`${r0.config}: ${(r0.parameters / 1e6).toFixed(1)}M parameters, ${r0.checkpointBytes !== undefined ? 'loaded from disk' : 'random BF16 weights'}, LoRA r=16 on q_proj,v_proj; ${r0.backend}\n`)
     for (const r of results) {
       const median = [...r.stepMs].sort((a, b) => a - b)[Math.floor(r.stepMs.length / 2)]
       process.stdout.write(
-        `  ${r.storage.padEnd(6)} wasm tensors ${(r.wasmTensorBytes / 2 ** 20).toFixed(0).padStart(6)} MiB, addon ${(r.nativeBytes / 2 ** 20).toFixed(0).padStart(6)} MiB, peak RSS ${r.rssMb.toFixed(0).padStart(6)} MB, build ${r.buildS.toFixed(1)} s, step ${median.toFixed(0)} ms (median of ${r.stepMs.length})\n`,
+        `  ${r.storage.padEnd(6)}${r.loadRssMb !== undefined && r.checkpointBytes !== undefined ? ` load: peak RSS ${r.loadRssMb.toFixed(0)} MB = ${((r.loadRssMb * 2 ** 20) / r.checkpointBytes).toFixed(2)}x the ${(r.checkpointBytes / 2 ** 20).toFixed(0)} MiB checkpoint;` : ''} wasm tensors ${(r.wasmTensorBytes / 2 ** 20).toFixed(0).padStart(6)} MiB, addon ${(r.nativeBytes / 2 ** 20).toFixed(0).padStart(6)} MiB, peak RSS ${r.rssMb.toFixed(0).padStart(6)} MB, build ${r.buildS.toFixed(1)} s, step ${median.toFixed(0)} ms (median of ${r.stepMs.length})\n`,
       )
     }
   }

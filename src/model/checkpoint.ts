@@ -17,6 +17,7 @@ import type { AdapterSet, LoraModule, ModuleShape } from '../lora/types.js'
 import { compareModuleNames, validateAdapter, validateAdapterAgainstShapes } from '../lora/validate.js'
 import { fromHfConfig, type LlamaConfig, ModelConfigError, toHfConfig, UnsupportedModelError } from './config.js'
 import { expectedWeightShapes, LlamaModel, type LlamaModelOptions } from './llama.js'
+import { StreamedWeights } from './streamed-weights.js'
 import {
   decodeTensor,
   parseSafetensorsHeader,
@@ -49,34 +50,60 @@ export interface Checkpoint {
 /** Tensors some exporters add that carry nothing we need. */
 const IGNORED_TENSOR = /\.rotary_emb\.inv_freq$/
 
-/** Read and validate a model directory (config, all weights). */
+/** Read and validate a model directory (config, all weights, decoded to float32). */
 export async function readCheckpoint(dir: string): Promise<Checkpoint> {
+  const { config, weights: streamed } = await openCheckpoint(dir)
+  try {
+    const weights = new Map<string, Float32Array>()
+    for (const name of expectedWeightShapes(config).keys()) weights.set(name, streamed.get(name) as Float32Array)
+    return { dir, config, weights, hasTokenizer: await exists(path.join(dir, 'tokenizer.json')) }
+  } finally {
+    streamed.close()
+  }
+}
+
+/**
+ * Load a model directory into a LlamaModel, tensor by tensor: each is read, copied where
+ * the model keeps it (tfjs tensors, or the native addon for frozen layers) and dropped, so
+ * the file and its tensors are never held twice.
+ */
+export async function loadModel(dir: string, options: LlamaModelOptions = {}): Promise<LlamaModel> {
+  const { config, weights } = await openCheckpoint(dir)
+  try {
+    return new LlamaModel(config, weights, options)
+  } finally {
+    weights.close()
+  }
+}
+
+/**
+ * A model directory's config and its weights opened for streaming (headers read, names and
+ * shapes checked against the config; no tensor data read yet). The caller closes the weights.
+ */
+export async function openCheckpoint(dir: string): Promise<{ config: LlamaConfig; weights: StreamedWeights }> {
   await requireDir(dir)
   const configPath = path.join(dir, 'config.json')
   const config = parseConfig(configPath, await readJson(configPath))
-  const expected = expectedWeightShapes(config)
-  const found = await readWeightTensors(dir)
-  const weights = new Map<string, Float32Array>()
-  for (const [name, shape] of expected) {
-    const t = found.get(name)
-    if (t === undefined) throw new CheckpointError(`tensor '${name}' is missing`, dir)
-    if (t.shape.length !== shape.length || t.shape.some((d, i) => d !== shape[i])) {
-      throw new CheckpointError(`tensor '${name}' has shape [${t.shape.join(', ')}], config.json implies [${shape.join(', ')}]`, t.file)
+  const weights = await openWeightFiles(dir)
+  try {
+    const expected = expectedWeightShapes(config)
+    for (const [name, shape] of expected) {
+      const found = weights.shapeOf(name)
+      if (found === undefined) throw new CheckpointError(`tensor '${name}' is missing`, dir)
+      if (found.length !== shape.length || found.some((d, i) => d !== shape[i])) {
+        throw new CheckpointError(`tensor '${name}' has shape [${found.join(', ')}], config.json implies [${shape.join(', ')}]`, weights.fileOf(name))
+      }
     }
-    weights.set(name, t.data)
+    for (const name of weights.keys()) {
+      if (expected.has(name) || IGNORED_TENSOR.test(name)) continue
+      if (name === 'lm_head.weight' && config.tieWordEmbeddings) continue // tied: the embedding is used
+      throw new CheckpointError(`unexpected tensor '${name}' (not part of a ${config.numLayers}-layer ${config.modelType ?? 'llama'})`, weights.fileOf(name))
+    }
+    return { config, weights }
+  } catch (err) {
+    weights.close()
+    throw err
   }
-  for (const [name, t] of found) {
-    if (expected.has(name) || IGNORED_TENSOR.test(name)) continue
-    if (name === 'lm_head.weight' && config.tieWordEmbeddings) continue // tied: the embedding is used
-    throw new CheckpointError(`unexpected tensor '${name}' (not part of a ${config.numLayers}-layer llama)`, t.file)
-  }
-  return { dir, config, weights, hasTokenizer: await exists(path.join(dir, 'tokenizer.json')) }
-}
-
-/** Load a model directory into a LlamaModel. */
-export async function loadModel(dir: string, options: LlamaModelOptions = {}): Promise<LlamaModel> {
-  const ckpt = await readCheckpoint(dir)
-  return new LlamaModel(ckpt.config, ckpt.weights, options)
 }
 
 function parseConfig(file: string, json: unknown): LlamaConfig {
@@ -89,20 +116,11 @@ function parseConfig(file: string, json: unknown): LlamaConfig {
   }
 }
 
-interface FoundTensor {
-  readonly shape: readonly number[]
-  readonly data: Float32Array
-  readonly file: string
-}
-
-async function readWeightTensors(dir: string): Promise<Map<string, FoundTensor>> {
+/** The weight files of a model directory (model.safetensors, or the shards its index names), opened. */
+async function openWeightFiles(dir: string): Promise<StreamedWeights> {
   const single = path.join(dir, 'model.safetensors')
   const index = path.join(dir, 'model.safetensors.index.json')
-  const out = new Map<string, FoundTensor>()
-  if (await exists(single)) {
-    await readShard(single, out, undefined)
-    return out
-  }
+  if (await exists(single)) return new StreamedWeights(new Map([[single, undefined]]))
   if (!(await exists(index))) {
     const hint = (await exists(path.join(dir, 'pytorch_model.bin'))) ? ' (pytorch_model.bin is not supported: convert to safetensors)' : ''
     throw new CheckpointError(`no model.safetensors or model.safetensors.index.json${hint}`, dir)
@@ -114,35 +132,12 @@ async function readWeightTensors(dir: string): Promise<Map<string, FoundTensor>>
     if (file.includes('/') || file.includes('\\') || file === '..' || file === '.') {
       throw new CheckpointError(`shard file name '${file}' of tensor '${name}' must be a plain file name`, index)
     }
-    if (!byFile.has(file)) byFile.set(file, new Set())
-    ;(byFile.get(file) as Set<string>).add(name)
+    const key = path.join(dir, file)
+    if (!byFile.has(key)) byFile.set(key, new Set())
+    ;(byFile.get(key) as Set<string>).add(name)
   }
-  for (const [file, names] of byFile) await readShard(path.join(dir, file), out, names)
-  return out
-}
-
-async function readShard(file: string, out: Map<string, FoundTensor>, listed: Set<string> | undefined): Promise<void> {
-  let bytes: Uint8Array
-  try {
-    const buf = await readFile(file)
-    bytes = new Uint8Array(buf.buffer, buf.byteOffset, buf.byteLength)
-  } catch {
-    throw new CheckpointError('cannot read the file', file)
-  }
-  try {
-    const header = parseSafetensorsHeader(bytes)
-    for (const name of listed ?? header.tensors.keys()) {
-      if (!header.tensors.has(name)) throw new CheckpointError(`tensor '${name}' is listed in the index but not in this shard`, file)
-    }
-    for (const name of header.tensors.keys()) {
-      if (out.has(name)) throw new CheckpointError(`tensor '${name}' appears in more than one shard`, file)
-      const t = decodeTensor(bytes, header, name)
-      out.set(name, { shape: t.shape, data: t.data, file })
-    }
-  } catch (err) {
-    if (err instanceof SafetensorsError) throw new SafetensorsError(err.detail, err.tensor, file)
-    throw err
-  }
+  for (const file of byFile.keys()) if (!(await exists(file))) throw new CheckpointError('cannot read the file (a shard the index names)', file)
+  return new StreamedWeights(byFile)
 }
 
 export interface SaveCheckpointOptions {

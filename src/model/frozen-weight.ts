@@ -16,6 +16,12 @@ import type { NativeFrozenHandle, NativeKernels } from './native.js'
 
 export type FrozenDtype = 'f32' | 'bf16' | 'f16'
 
+/** A tensor's half-precision bits as stored in a checkpoint (little-endian u16 per value). */
+export interface HalfBits {
+  readonly dtype: 'bf16' | 'f16'
+  readonly bits: Uint16Array
+}
+
 const DTYPE_CODE: Record<FrozenDtype, 0 | 1 | 2> = { f32: 0, bf16: 1, f16: 2 }
 
 /** The float32 value's bits as IEEE binary16 when it is exactly one, else undefined. */
@@ -73,8 +79,8 @@ export class NativeFrozenWeight {
   #dtype: FrozenDtype = 'f32'
   readonly #kernels: NativeKernels
 
-  /** `weight` in HF layout [out, in] (copied into the addon). */
-  constructor(kernels: NativeKernels, weight: Float32Array, outFeatures: number, inFeatures: number) {
+  /** `weight` in HF layout [out, in], as float32 values or a checkpoint's half bits (copied into the addon). */
+  constructor(kernels: NativeKernels, weight: Float32Array | HalfBits, outFeatures: number, inFeatures: number) {
     this.#kernels = kernels
     this.outFeatures = outFeatures
     this.inFeatures = inFeatures
@@ -116,11 +122,12 @@ export class NativeFrozenWeight {
   }
 
   /** Replace W (HF layout [out, in]); stored exactly, in half precision where the values allow. */
-  set(weight: Float32Array): void {
-    if (weight.length !== this.outFeatures * this.inFeatures) {
-      throw new RangeError(`frozen weight of ${weight.length} values, expected ${this.outFeatures} x ${this.inFeatures}`)
+  set(weight: Float32Array | HalfBits): void {
+    const length = weight instanceof Float32Array ? weight.length : weight.bits.length
+    if (length !== this.outFeatures * this.inFeatures) {
+      throw new RangeError(`frozen weight of ${length} values, expected ${this.outFeatures} x ${this.inFeatures}`)
     }
-    const { dtype, data } = losslessStorage(weight)
+    const { dtype, data } = weight instanceof Float32Array ? losslessStorage(weight) : { dtype: weight.dtype, data: weight.bits }
     const handle = this.#kernels.frozenCreate(data, this.outFeatures, this.inFeatures, DTYPE_CODE[dtype])
     this.dispose()
     this.#handle = handle

@@ -19,7 +19,7 @@ import { createPrng, type SeedLike } from '../lora/prng.js'
 import type { AdapterSet, LoraModule, ModuleShape } from '../lora/types.js'
 import { compareModuleNames, validateAdapterAgainstShapes } from '../lora/validate.js'
 import { activeNativeKernels, nativeKernelsActive } from './backend.js'
-import { canHoldFrozenWeights, type FrozenDtype } from './frozen-weight.js'
+import { canHoldFrozenWeights, NativeFrozenWeight, type FrozenDtype, type HalfBits } from './frozen-weight.js'
 import { type LlamaConfig, parameterCount, type RopeScaling, validateConfig } from './config.js'
 import { fusedAttention, fusedAttentionAvailable, fusedCausalSoftmax, fusedKernelsAvailable, fusedRmsNorm, fusedRope, fusedSwiglu } from './kernels.js'
 import { type DropoutFn, frozenMatMul, LoraLinear, transpose2d } from './lora-layer.js'
@@ -31,6 +31,23 @@ export const DEFAULT_TARGET_MODULES: readonly LinearModuleKind[] = ['q_proj', 'v
 
 /** HF weight name -> row-major values in HF layout ([out, in] for linear layers). */
 export type WeightMap = ReadonlyMap<string, Float32Array>
+
+/**
+ * Weights read on demand (a checkpoint streamed tensor by tensor, streamed-weights.ts):
+ * shapes come from `shapeOf` up front, and `get` is called once per tensor as the model
+ * copies it where it lives.
+ */
+export interface WeightSource {
+  keys(): IterableIterator<string>
+  shapeOf(name: string): readonly number[] | undefined
+  get(name: string): Float32Array | undefined
+  /** A half-precision tensor's bits as stored, for weights the native addon keeps (optional). */
+  getHalf?(name: string): HalfBits | undefined
+}
+
+function isWeightSource(w: WeightMap | WeightSource): w is WeightSource {
+  return typeof (w as Partial<WeightSource>).shapeOf === 'function'
+}
 
 /** Missing, unexpected or wrongly sized base weights. */
 export class ModelWeightError extends Error {
@@ -90,8 +107,8 @@ export const WASM_BASE_WEIGHT_CEILING = 3 * 2 ** 30
 /** Bytes of base-weight tensors a model of `c` keeps on the tfjs backend. */
 export function tfjsBaseWeightBytes(c: LlamaConfig, targets: readonly LinearModuleKind[], nativeFrozen: boolean, copies: boolean): number {
   const vd = c.vocabSize * c.hiddenSize
-  // embedding, the transposed lm_head (and its backward copy when untied)
-  let floats = vd + vd + (copies && !c.tieWordEmbeddings ? vd : 0)
+  // embedding; the transposed lm_head (and its backward copy when untied) unless the addon holds it
+  let floats = vd + (nativeFrozen ? 0 : vd + (copies && !c.tieWordEmbeddings ? vd : 0))
   const lin = linearShapes(c)
   for (const kind of LINEAR_MODULES) {
     if (nativeFrozen && !targets.includes(kind)) continue
@@ -195,7 +212,8 @@ export class LlamaModel {
   readonly config: LlamaConfig
   readonly targetModules: readonly LinearModuleKind[]
   private embed: tf.Tensor2D // [vocab, d]
-  private lmHeadT: tf.Tensor2D // [d, vocab]
+  private lmHeadT: tf.Tensor2D | undefined // [d, vocab] (undefined when the addon holds lm_head)
+  private nativeHead: NativeFrozenWeight | undefined // lm_head [vocab, d] in the native addon
   private lmHeadW: tf.Tensor2D | undefined // [vocab, d] for the backward pass (untied, with copies)
   private readonly copies: boolean
   private readonly fused: boolean
@@ -205,7 +223,7 @@ export class LlamaModel {
   private rope: { cos: tf.Tensor2D; sin: tf.Tensor2D; length: number } | undefined
   private disposed = false
 
-  constructor(config: LlamaConfig, weights: WeightMap, options: LlamaModelOptions = {}) {
+  constructor(config: LlamaConfig, weights: WeightMap | WeightSource, options: LlamaModelOptions = {}) {
     validateConfig(config)
     this.config = config
     this.targetModules = options.targetModules ?? DEFAULT_TARGET_MODULES
@@ -224,6 +242,14 @@ export class LlamaModel {
     if (tf.getBackend() === 'wasm') checkWasmCeiling(config, this.targetModules, nativeFrozen !== undefined, this.copies, kernels !== undefined)
     const expected = expectedWeightShapes(config)
     for (const [name, shape] of expected) {
+      if (isWeightSource(weights)) {
+        const s = weights.shapeOf(name)
+        if (s === undefined) throw new ModelWeightError('missing', name)
+        if (s.length !== shape.length || s.some((d, i) => d !== shape[i])) {
+          throw new ModelWeightError(`has shape [${s.join(', ')}], expected [${shape.join(', ')}]`, name)
+        }
+        continue
+      }
       const w = weights.get(name)
       if (w === undefined) throw new ModelWeightError('missing', name)
       checkSize(name, w, shape)
@@ -233,20 +259,36 @@ export class LlamaModel {
         throw new ModelWeightError('not a weight of this config', name)
       }
     }
-    const get = (name: string): Float32Array => weights.get(name) as Float32Array
+    const get = (name: string): Float32Array => {
+      const w = weights.get(name)
+      if (w === undefined) throw new ModelWeightError('missing', name)
+      checkSize(name, w, expected.get(name) ?? (name === 'lm_head.weight' ? [c.vocabSize, c.hiddenSize] : []))
+      return w
+    }
     const c = config
     this.fused = options.fusedKernels ?? true
-    this.embed = tf.tensor2d(get('model.embed_tokens.weight'), [c.vocabSize, c.hiddenSize])
-    const head = c.tieWordEmbeddings ? get('model.embed_tokens.weight') : get('lm_head.weight')
-    this.lmHeadT = tf.tensor2d(transpose2d(head, c.vocabSize, c.hiddenSize), [c.hiddenSize, c.vocabSize])
-    if (this.copies && !c.tieWordEmbeddings) this.lmHeadW = tf.tensor2d(head, [c.vocabSize, c.hiddenSize])
+    let embedValues: Float32Array | undefined = get('model.embed_tokens.weight')
+    this.embed = tf.tensor2d(embedValues, [c.vocabSize, c.hiddenSize])
+    // The lm_head is frozen too: with the addon holding frozen weights, it lives there.
+    const halfOf = (name: string): HalfBits | undefined => (nativeFrozen !== undefined && isWeightSource(weights) ? weights.getHalf?.(name) : undefined)
+    if (nativeFrozen !== undefined) {
+      const head = c.tieWordEmbeddings ? embedValues : (halfOf('lm_head.weight') ?? get('lm_head.weight'))
+      this.nativeHead = new NativeFrozenWeight(nativeFrozen, head, c.vocabSize, c.hiddenSize)
+    } else {
+      const head = c.tieWordEmbeddings ? embedValues : get('lm_head.weight')
+      this.lmHeadT = tf.tensor2d(transpose2d(head, c.vocabSize, c.hiddenSize), [c.hiddenSize, c.vocabSize])
+      if (this.copies && !c.tieWordEmbeddings) this.lmHeadW = tf.tensor2d(head, [c.vocabSize, c.hiddenSize])
+    }
+    // The tensors hold copies: let the largest decoded array go before the layers load.
+    embedValues = undefined
     this.finalNorm = tf.tensor1d(get('model.norm.weight'))
     const shapes = linearShapes(c)
     const linear = (layer: number, kind: LinearModuleKind): LoraLinear => {
       const name = moduleName(layer, kind)
       const [out, inF] = shapes[kind]
       const holder = this.targetModules.includes(kind) ? undefined : nativeFrozen
-      const l = new LoraLinear(name, get(`${name}.weight`), out, inF, this.copies, hasBias(c, kind) ? get(`${name}.bias`) : undefined, holder)
+      const weight = (holder !== undefined ? halfOf(`${name}.weight`) : undefined) ?? get(`${name}.weight`)
+      const l = new LoraLinear(name, weight, out, inF, this.copies, hasBias(c, kind) ? get(`${name}.bias`) : undefined, holder)
       this.linears.set(name, l)
       return l
     }
@@ -312,8 +354,9 @@ export class LlamaModel {
 
   /** Logits [rows, vocab] for hidden states [rows, hidden]. */
   lmHead(hidden: tf.Tensor2D): tf.Tensor2D {
+    if (this.nativeHead !== undefined) return this.nativeHead.matMul(hidden)
     const backward = this.copies ? (this.config.tieWordEmbeddings ? this.embed : this.lmHeadW) : undefined
-    return frozenMatMul(hidden, this.lmHeadT, backward)
+    return frozenMatMul(hidden, this.lmHeadT as tf.Tensor2D, backward)
   }
 
   private attention(
@@ -455,7 +498,8 @@ export class LlamaModel {
       case 'embed':
         return this.embed.dataSync().slice() as Float32Array
       case 'lm_head':
-        return transpose2d(this.lmHeadT.dataSync() as Float32Array, this.config.hiddenSize, this.config.vocabSize)
+        if (this.nativeHead !== undefined) return this.nativeHead.read()
+        return transpose2d((this.lmHeadT as tf.Tensor2D).dataSync() as Float32Array, this.config.hiddenSize, this.config.vocabSize)
       case 'norm':
         return this.normTensor(key).dataSync().slice() as Float32Array
     }
@@ -508,6 +552,10 @@ export class LlamaModel {
 
   private replaceLmHead(data: Float32Array): void {
     const c = this.config
+    if (this.nativeHead !== undefined) {
+      this.nativeHead.set(data)
+      return
+    }
     const old = [this.lmHeadT, this.lmHeadW]
     this.lmHeadT = tf.tensor2d(transpose2d(data, c.vocabSize, c.hiddenSize), [c.hiddenSize, c.vocabSize])
     if (this.copies && !c.tieWordEmbeddings) this.lmHeadW = tf.tensor2d(data.slice(), [c.vocabSize, c.hiddenSize])
@@ -548,6 +596,8 @@ export class LlamaModel {
       modules[name] = l.weightStorage
       if (l.weightStorage !== 'tfjs') nativeBytes += l.outFeatures * l.inFeatures * (l.weightStorage === 'f32' ? 4 : 2)
     }
+    modules['lm_head'] = this.nativeHead?.dtype ?? 'tfjs'
+    nativeBytes += this.nativeHead?.bytes ?? 0
     return { modules, nativeBytes }
   }
 
@@ -562,7 +612,9 @@ export class LlamaModel {
   dispose(): void {
     if (this.disposed) return
     this.clearAdapter()
-    const ts: tf.Tensor[] = [this.embed, this.lmHeadT, this.finalNorm]
+    this.nativeHead?.dispose()
+    const ts: tf.Tensor[] = [this.embed, this.finalNorm]
+    if (this.lmHeadT !== undefined) ts.push(this.lmHeadT)
     if (this.lmHeadW !== undefined) ts.push(this.lmHeadW)
     for (const blk of this.blocks) ts.push(blk.inputNorm, blk.postNorm)
     for (const l of this.linears.values()) l.dispose()

@@ -11,7 +11,7 @@
  */
 import * as tf from '@tensorflow/tfjs'
 import type { LoraModule } from '../lora/types.js'
-import { NativeFrozenWeight, type FrozenDtype } from './frozen-weight.js'
+import { NativeFrozenWeight, type FrozenDtype, type HalfBits } from './frozen-weight.js'
 import type { NativeKernels } from './native.js'
 
 export interface LoraState {
@@ -44,7 +44,7 @@ export class LoraLinear {
    */
   constructor(
     name: string,
-    weight: Float32Array,
+    weight: Float32Array | HalfBits,
     outFeatures: number,
     inFeatures: number,
     private readonly backwardCopy: boolean,
@@ -55,7 +55,8 @@ export class LoraLinear {
     this.inFeatures = inFeatures
     this.outFeatures = outFeatures
     if (nativeKernels !== undefined) this.native = new NativeFrozenWeight(nativeKernels, weight, outFeatures, inFeatures)
-    else this.setTfWeight(weight)
+    else if (weight instanceof Float32Array) this.setTfWeight(weight)
+    else throw new TypeError(`${name}: half-precision bits need the native addon`)
     if (bias !== undefined) this.setBias(bias)
   }
 

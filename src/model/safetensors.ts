@@ -68,14 +68,14 @@ export interface TensorToWrite {
 }
 
 /** Parse and validate the header against the file's total size. */
-export function parseSafetensorsHeader(bytes: Uint8Array): SafetensorsHeader {
+export function parseSafetensorsHeader(bytes: Uint8Array, fileLength: number = bytes.length): SafetensorsHeader {
   if (bytes.length < 8) throw new SafetensorsError(`file is ${bytes.length} bytes, shorter than the 8-byte header length`)
   const view = new DataView(bytes.buffer, bytes.byteOffset, bytes.byteLength)
   const n64 = view.getBigUint64(0, true)
   if (n64 === 0n) throw new SafetensorsError('header length is 0')
   if (n64 > BigInt(MAX_HEADER_BYTES)) throw new SafetensorsError(`header length ${n64} exceeds the ${MAX_HEADER_BYTES}-byte limit`)
   const n = Number(n64)
-  if (8 + n > bytes.length) throw new SafetensorsError(`header length ${n} runs past the end of the ${bytes.length}-byte file`)
+  if (8 + n > fileLength || 8 + n > bytes.length) throw new SafetensorsError(`header length ${n} runs past the end of the ${fileLength}-byte file`)
   let text: string
   try {
     text = new TextDecoder('utf-8', { fatal: true }).decode(bytes.subarray(8, 8 + n))
@@ -92,7 +92,7 @@ export function parseSafetensorsHeader(bytes: Uint8Array): SafetensorsHeader {
     throw new SafetensorsError('header must be a JSON object')
   }
   const dataStart = 8 + n
-  const dataLen = bytes.length - dataStart
+  const dataLen = fileLength - dataStart
   const tensors = new Map<string, TensorEntry>()
   let metadata: Record<string, string> = {}
   for (const [name, value] of Object.entries(json as Record<string, unknown>)) {
@@ -169,8 +169,15 @@ export function decodeTensor(bytes: Uint8Array, header: SafetensorsHeader, name:
   const e = header.tensors.get(name)
   if (e === undefined) throw new SafetensorsError('not in the file', name)
   const start = header.dataStart + e.dataOffsets[0]
+  return { dtype: e.dtype, shape: e.shape, data: decodeTensorBytes(e, name, bytes.subarray(start, start + e.dataOffsets[1] - e.dataOffsets[0])) }
+}
+
+/** Decodes one tensor's own bytes (as stored: `entry.dtype`, little-endian) to float32. */
+export function decodeTensorBytes(e: TensorEntry, name: string, bytes: Uint8Array): Float32Array {
+  const start = 0
   const len = e.dataOffsets[1] - e.dataOffsets[0]
-  const view = new DataView(bytes.buffer, bytes.byteOffset + start, len)
+  if (bytes.length !== len) throw new SafetensorsError(`${bytes.length} bytes given, the entry holds ${len}`, name)
+  const view = new DataView(bytes.buffer, bytes.byteOffset, len)
   let data: Float32Array
   switch (e.dtype) {
     case 'F32': {
@@ -199,7 +206,7 @@ export function decodeTensor(bytes: Uint8Array, header: SafetensorsHeader, name:
     default:
       throw new SafetensorsError(`dtype ${e.dtype} cannot be decoded to float32 (supported: F32, F16, BF16, F64)`, name)
   }
-  return { dtype: e.dtype, shape: e.shape, data }
+  return data
 }
 
 const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1

@@ -90,7 +90,9 @@ describe.runIf(native.kernels !== undefined)('frozen weights in the native addon
       // Non-target weights: k, o, gate, up, down of every layer, no longer tfjs tensors.
       const d = CONFIG.hiddenSize
       const perLayer = 2 * d * CONFIG.numKvHeads * CONFIG.headDim / 2 + d * d + 3 * d * CONFIG.intermediateSize
-      expect(storage.nativeBytes).toBe(CONFIG.numLayers * perLayer * (dtype === 'f32' ? 4 : 2))
+      // ... and the lm_head.
+      expect(storage.modules.lm_head).toBe(dtype)
+      expect(storage.nativeBytes).toBe((CONFIG.numLayers * perLayer + CONFIG.vocabSize * d) * (dtype === 'f32' ? 4 : 2))
       const ids = tf.tensor2d([[1, 5, 9, 2, 44, 17, 3, 8], [4, 4, 30, 12, 50, 6, 7, 1]], undefined, 'int32')
       const a = held.forward(ids)
       const b = plain.forward(ids)
