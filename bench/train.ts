@@ -24,8 +24,10 @@
  * term uses the query heads H: under GQA every query head still does its own QK^T and PV.
  * (H * hd = d for all the configs here; the term is written with H * hd so it stays right
  * for a model whose head_dim is set independently.)
- *   MFU = model flops/s / CPU peak,  CPU peak = cores used * clock * 32 FLOP/cycle
- * (two 256-bit FMA pipes, AVX2). Cores used = the native kernels' threads when the addon runs
+ *   MFU = model flops/s / CPU peak,  CPU peak = cores used * clock * FLOP/cycle, where
+ * FLOP/cycle comes from the CPU's flags (cpuFlopsPerCycle: 64 with AVX-512F, 32 with
+ * AVX2+FMA, 16 with AVX, 8 otherwise: float32 FMA on two vector pipes, an upper bound);
+ * assuming AVX2 on an AVX-512 Xeon reported MFUs over 100%. Cores used = the native kernels' threads when the addon runs
  * the matmuls (src/model/native.ts), else 1 for wasm (single-threaded in Node) and cpu, and
  * every core for tfjs-node.
  * A LoRA step with a frozen base does less work (no weight gradients):
@@ -43,6 +45,7 @@ import { readFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
+import { CONFIGS as MODEL_SHAPES } from './model-shapes.js'
 import { promisify } from 'node:util'
 import * as tf from '@tensorflow/tfjs'
 import { initAdapter } from '../src/lora/init.js'
@@ -60,6 +63,8 @@ interface BenchConfig {
   readonly batchSize: number
   readonly seqLen: number
   readonly rank: number
+  /** Left out of --config all. */
+  readonly heavy?: boolean
 }
 
 const CONFIGS: BenchConfig[] = [
@@ -78,6 +83,16 @@ const CONFIGS: BenchConfig[] = [
     batchSize: 8,
     seqLen: 128,
     rank: 16,
+  },
+  {
+    // TinyLlama-1.1B's shapes (random weights; the frozen layers go to the native addon):
+    // not in 'all' (minutes per step with torch), run it with --config tinyllama-1.1b.
+    name: 'tinyllama-1.1b',
+    model: MODEL_SHAPES['tinyllama-1.1b'],
+    batchSize: 1,
+    seqLen: 128,
+    rank: 16,
+    heavy: true,
   },
   {
     name: 'wide',
@@ -132,6 +147,21 @@ function cpuClockHz(): number {
   return NaN
 }
 
+/** Peak float32 FLOP per cycle and core from the CPU's flags (/proc/cpuinfo), with the ISA named. */
+function cpuFlopsPerCycle(): { flops: number; isa: string } {
+  let flags = ''
+  try {
+    flags = /^flags\s*:\s*(.*)$/m.exec(readFileSync('/proc/cpuinfo', 'utf8'))?.[1] ?? ''
+  } catch {
+    // not Linux
+  }
+  const has = (f: string): boolean => flags.split(/\s+/).includes(f)
+  if (has('avx512f')) return { flops: 64, isa: 'AVX-512' }
+  if (has('avx2') && has('fma')) return { flops: 32, isa: 'AVX2 FMA' }
+  if (has('avx')) return { flops: 16, isa: 'AVX' }
+  return { flops: 8, isa: flags === '' ? 'unknown ISA (assumed SSE)' : 'SSE' }
+}
+
 /** Best FLOP/s of plain matmuls of the benchmark's typical shapes (best of 5 each). */
 function measurePeak(): number {
   let best = 0
@@ -178,6 +208,9 @@ interface TorchResult {
   readonly threads: number
   /** OpenBLAS's own threads (null when unknown). */
   readonly blasThreads: number | null
+  /** The BLAS torch loaded: openblas, mkl, blis, reference (libblas3, 10-25x slower) or unknown. */
+  readonly blas?: string
+  readonly blasLibrary?: string | null
   readonly stepMs: number
   readonly medianStepMs: number
   readonly cpuMsPerStep: number
@@ -242,7 +275,7 @@ async function main(): Promise<void> {
   const json = flag('json')
   const steps = Number(arg('steps') ?? 5)
   const which = arg('config') ?? 'all'
-  const selected = CONFIGS.filter((c) => which === 'all' || c.name === which)
+  const selected = CONFIGS.filter((c) => (which === 'all' && c.heavy !== true) || c.name === which)
   if (selected.length === 0) {
     throw new Error(`unknown --config '${which}' (one of ${CONFIGS.map((c) => c.name).join(', ')}, all)`)
   }
@@ -256,7 +289,8 @@ async function main(): Promise<void> {
   const nativeThreads = backend.native !== undefined && 'isa' in backend.native ? backend.native.threads : undefined
   const coresUsed = nativeThreads ?? (backend.backend === 'wasm' || backend.backend === 'cpu' ? 1 : os.cpus().length)
   const clockHz = cpuClockHz()
-  const cpuPeak = coresUsed * clockHz * 32
+  const perCycle = cpuFlopsPerCycle()
+  const cpuPeak = coresUsed * clockHz * perCycle.flops
   const results = []
   let torchVersion: string | undefined
   let torchError: string | undefined
@@ -344,7 +378,9 @@ async function main(): Promise<void> {
       hardwareGflops: Math.round(hwFlops / (stepMs / 1000) / 1e7) / 100,
       matmulUtil: Math.round((hwFlops / (stepMs / 1000) / peak) * 1000) / 1000,
       ...(profile !== undefined ? { profile } : {}),
-      ...(torchResult !== undefined
+      ...(torchResult?.blas === 'reference' ? { torchOnReferenceBlas: torchResult.blasLibrary ?? 'libblas.so.3' } : {}),
+      // No ratio against a torch on the reference BLAS: it is not PyTorch at its best.
+      ...(torchResult !== undefined && torchResult.blas !== 'reference'
         ? {
             torch: torchResult,
             // flora tok/s / torch tok/s = torch ms/step / flora ms/step
@@ -365,6 +401,8 @@ async function main(): Promise<void> {
     coresUsed,
     matmulPeakGflops: Math.round(peak / 1e7) / 100,
     cpuPeakGflops: Math.round(cpuPeak / 1e7) / 100,
+    cpuFlopsPerCycle: perCycle.flops,
+    cpuIsa: perCycle.isa,
     cpu: `${os.cpus()[0]?.model ?? 'unknown'} x${os.cpus().length}`,
     node: process.version,
     ...(torch ? { torch: torchError !== undefined ? { error: torchError } : { version: torchVersion ?? null, script: 'bench/train_torch.py' } } : {}),
@@ -378,7 +416,7 @@ async function main(): Promise<void> {
     `backend ${summary.backend} (threads ${summary.threads ?? '?'}, ${describeNative(backend.native)}, patched: ${summary.patchedKernels.join(', ') || 'none'}) on ${summary.cpu}`,
   )
   for (const s of summary.skipped) console.log(`  skipped ${s.backend}: ${s.reason}`)
-  console.log(`best plain matmul: ${summary.matmulPeakGflops} GFLOP/s; CPU peak (${coresUsed} core(s), AVX2 FMA): ${summary.cpuPeakGflops} GFLOP/s`)
+  console.log(`best plain matmul: ${summary.matmulPeakGflops} GFLOP/s; CPU peak (${coresUsed} core(s), ${perCycle.isa}: ${perCycle.flops} FLOP/cycle): ${summary.cpuPeakGflops} GFLOP/s`)
   for (const r of results) {
     console.log(
       `\n${r.config} (${r.weights} weights): d=${r.hidden} L=${r.layers} H=${r.heads}/${r.kvHeads}kv hd=${r.headDim} I=${r.intermediate} V=${r.vocab}${r.tiedEmbeddings ? ' tied' : ''} B=${r.batch} T=${r.seqLen} r=${r.loraRank}  ` +
@@ -389,10 +427,13 @@ async function main(): Promise<void> {
       console.log(`  top kernels of one step (${total.toFixed(0)} ms in the top 15):`)
       for (const p of r.profile) console.log(`  ${p.ms.toFixed(1).padStart(8)} ms ${String(p.calls).padStart(4)}x  ${p.kernel}`)
     }
+    if (r.torchOnReferenceBlas !== undefined) {
+      console.log(`  torch comparison refused: torch loaded the reference BLAS (${r.torchOnReferenceBlas}), 10-25x slower than it can be; apt-get install libopenblas0-pthread`)
+    }
     if (r.torch !== undefined && r.ratio !== undefined) {
       const t = r.torch
       console.log(
-        `  torch ${torchVersion ?? '?'} (${t.threads} intra-op thread(s), BLAS ${t.blasThreads ?? '?'}): ${t.stepMs} ms/step (median ${t.medianStepMs}, cpu ${t.cpuMsPerStep})  ` +
+        `  torch ${torchVersion ?? '?'} (${t.threads} intra-op thread(s), BLAS ${t.blas ?? '?'} ${t.blasLibrary ?? ''} x${t.blasThreads ?? '?'}): ${t.stepMs} ms/step (median ${t.medianStepMs}, cpu ${t.cpuMsPerStep})  ` +
           `${t.tokensPerSecond} tok/s (median ${t.medianTokensPerSecond})  flora/torch tok/s: ${r.ratio.best.toFixed(2)}x best, ${r.ratio.median.toFixed(2)}x median`,
       )
     }

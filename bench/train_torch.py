@@ -29,6 +29,8 @@ CONFIGS = {
     "bundled": dict(vocab=4096, d=192, inter=512, layers=4, heads=3, kv_heads=1, head_dim=64, tied=True),
     "small": dict(vocab=4096, d=256, inter=688, layers=4, heads=4),
     "wide": dict(vocab=4096, d=512, inter=1376, layers=8, heads=8),
+    # TinyLlama-1.1B's shapes (GQA 32:4, untied); one sequence per step, as bench/train.ts runs it.
+    "tinyllama-1.1b": dict(vocab=32000, d=2048, inter=5632, layers=22, heads=32, kv_heads=4, head_dim=64, batch=1),
 }
 
 
@@ -126,6 +128,27 @@ class Llama(nn.Module):
         return F.linear(rms_norm(x, self.norm), self.head)
 
 
+def blas_library():
+    """The BLAS torch runs on: ('openblas' | 'mkl' | 'blis' | 'reference' | 'unknown', path).
+
+    Debian's python3-torch links libblas.so.3, which is whatever the alternatives system points
+    at: OpenBLAS with libopenblas0-pthread installed, else the reference BLAS of libblas3
+    (10-25x slower: no baseline worth comparing against)."""
+    try:
+        with open("/proc/self/maps") as f:
+            libs = sorted({line.split()[-1] for line in f if ".so" in line and ("blas" in line or "mkl" in line)})
+    except OSError:
+        return ("unknown", None)
+    for kind, needle in (("mkl", "libmkl"), ("openblas", "openblas"), ("blis", "blis")):
+        for lib in libs:
+            if needle in lib:
+                return (kind, lib)
+    for lib in libs:
+        if "libblas.so" in lib:
+            return ("reference", lib)
+    return ("unknown", libs[0] if libs else None)
+
+
 def blas_threads():
     """Threads of the loaded OpenBLAS (it ignores torch.set_num_threads), or None if unknown."""
     try:
@@ -148,7 +171,8 @@ def run(name, steps, threads):
     model = Llama(c)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
-    ids = torch.randint(0, c["vocab"], (BATCH, SEQ))
+    batch = c.get("batch", BATCH)
+    ids = torch.randint(0, c["vocab"], (batch, SEQ))
     labels = ids.clone()
     labels[:, :PROMPT] = -100
 
@@ -172,9 +196,12 @@ def run(name, steps, threads):
         cpus.append(((r1.ru_utime - r0.ru_utime) + (r1.ru_stime - r0.ru_stime)) * 1000)
     walls.sort()
     cpus.sort()
-    tokens = BATCH * SEQ
+    tokens = batch * SEQ
+    blas, blas_path = blas_library()
     return dict(
         config=name,
+        blas=blas,
+        blasLibrary=blas_path,
         threads=torch.get_num_threads(),
         blasThreads=blas_threads(),
         stepMs=round(walls[0]),
@@ -200,7 +227,9 @@ def main():
     else:
         for r in res:
             print(f"torch {torch.__version__} {r['config']}: {r['stepMs']} ms/step (median {r['medianStepMs']}, cpu {r['cpuMsPerStep']}) "
-                  f"{r['tokensPerSecond']} tok/s, {r['threads']} intra-op thread(s), BLAS threads {r['blasThreads'] or '?'}")
+                  f"{r['tokensPerSecond']} tok/s, {r['threads']} intra-op thread(s), BLAS {r['blas']} ({r['blasLibrary']}) threads {r['blasThreads'] or '?'}")
+            if r["blas"] == "reference":
+                print("  torch runs on the reference BLAS (libblas3): 10-25x slower than it can be; apt-get install libopenblas0-pthread")
 
 
 if __name__ == "__main__":
