@@ -83,8 +83,8 @@ export interface NativeKernels {
   /** W widened to float32 into `out` [rows, cols]. */
   frozenRead(handle: NativeFrozenHandle, out: Float32Array): void
   setThreads(n: number): void
-  /** 'generic' forces the portable micro-kernel; 'avx2-fma' restores the fast one. */
-  setIsa(isa: 'generic' | 'avx2-fma'): void
+  /** 'generic' forces the portable micro-kernel; 'avx2-fma' or 'avx512' a SIMD one (where the CPU has it; the default is the widest). */
+  setIsa(isa: 'generic' | 'avx2-fma' | 'avx512'): void
   info(): { readonly isa: string; readonly threads: number }
 }
 

@@ -352,6 +352,27 @@ function checkOptions(o: TrainOptions): void {
  * Yields to the event loop between steps so networking keeps running.
  */
 export async function trainLora(model: LlamaModel, examples: readonly TrainingExample[], options: TrainOptions): Promise<TrainResult> {
+  try {
+    return await trainLoraSteps(model, examples, options)
+  } catch (err) {
+    throw explainWasmAbort(err, options)
+  }
+}
+
+/**
+ * The wasm backend aborts (emscripten's bare `Aborted()`) when its heap, 4 GiB at most, runs
+ * out: say so, and what to lower. After an abort the wasm module is dead; the process (or
+ * the trainer's worker) must start again.
+ */
+export function explainWasmAbort(err: unknown, options: { readonly batchSize: number; readonly seqLen: number }): unknown {
+  const message = err instanceof Error ? err.message : String(err)
+  if (!/^Aborted\(/.test(message) || tf.getBackend() !== 'wasm') return err
+  return new TrainingError(
+    `the wasm backend ran out of memory (its heap holds 4 GiB for the weights, and the activations and gradients of a batch of ${options.batchSize} x ${options.seqLen} tokens): lower the batch size or the sequence length; the backend cannot be used again in this process (${message.split('.')[0]})`,
+  )
+}
+
+async function trainLoraSteps(model: LlamaModel, examples: readonly TrainingExample[], options: TrainOptions): Promise<TrainResult> {
   checkOptions(options)
   const vars = model.trainableVariables()
   if (vars.length === 0) throw new TrainingError('the model has no adapter: call setAdapter first')

@@ -10,6 +10,7 @@ import {
   learningRate,
   makeBatch,
   trainLora,
+  explainWasmAbort,
   TrainingAbortedError,
   TrainingError,
   type TrainingExample,
@@ -73,6 +74,14 @@ describe('batching', () => {
 describe('trainLora', () => {
   beforeAll(async () => {
     await useWasm()
+  })
+
+  it("explains the wasm backend's bare Aborted() (its heap ran out) and leaves other errors alone", () => {
+    const explained = explainWasmAbort(new Error('Aborted(). Build with -sASSERTIONS for more info.'), { batchSize: 16, seqLen: 64 })
+    expect(explained).toBeInstanceOf(TrainingError)
+    expect((explained as Error).message).toMatch(/ran out of memory .* 16 x 64 tokens\): lower the batch size or the sequence length/)
+    const other = new Error('something else')
+    expect(explainWasmAbort(other, { batchSize: 1, seqLen: 1 })).toBe(other)
   })
 
   it('memorizes a few sequences: loss and held-out eval drop, no tensor leaks', async () => {
