@@ -15,6 +15,7 @@
  * Every call starts a fresh optimizer (FLoRA starts each round with fresh state).
  */
 import * as tf from '@tensorflow/tfjs'
+import { BACKEND_DEAD } from './backend-dead.js'
 import { createPrng, type SeedLike } from '../lora/prng.js'
 import { AdamW } from './adamw.js'
 import { crossEntropyLoop, fusedCrossEntropy, fusedKernelsAvailable } from './kernels.js'
@@ -367,8 +368,11 @@ export async function trainLora(model: LlamaModel, examples: readonly TrainingEx
 export function explainWasmAbort(err: unknown, options: { readonly batchSize: number; readonly seqLen: number }): unknown {
   const message = err instanceof Error ? err.message : String(err)
   if (!/^Aborted\(/.test(message) || tf.getBackend() !== 'wasm') return err
-  return new TrainingError(
-    `the wasm backend ran out of memory (its heap holds 4 GiB for the weights, and the activations and gradients of a batch of ${options.batchSize} x ${options.seqLen} tokens): lower the batch size or the sequence length; the backend cannot be used again in this process (${message.split('.')[0]})`,
+  return Object.assign(
+    new TrainingError(
+      `the wasm backend ran out of memory (its heap holds 4 GiB for the weights, and the activations and gradients of a batch of ${options.batchSize} x ${options.seqLen} tokens): lower the batch size or the sequence length; the backend cannot be used again in this process (${message.split('.')[0]})`,
+    ),
+    { code: BACKEND_DEAD },
   )
 }
 

@@ -20,6 +20,9 @@
  *   every pending and later call with a `training worker ...` error.
  * - `onTrainStep` progress comes back as messages and is called on this thread.
  * - `close()` terminates the worker. An idle worker does not keep the process alive.
+ * - A call that fails because the worker's training backend died (error code BACKEND_DEAD:
+ *   the tfjs wasm module aborted when its heap ran out) rejects as usual, and the worker is
+ *   replaced by a fresh one, set up the same way, for the calls after it.
  *
  * Backends registered with `registerTrainerBackend` on the main thread do not exist in the
  * worker: name the modules that register them in `InWorkerOptions.imports`.
@@ -31,6 +34,7 @@
 import { createRequire } from 'node:module'
 import { pathToFileURL } from 'node:url'
 import { Worker } from 'node:worker_threads'
+import { BACKEND_DEAD } from '../model/backend-dead.js'
 import { SwarmConfigError } from './config.js'
 import type { EvalScore, PeerSetup, SetupOptions, TrainProgress } from './setup.js'
 import type { TrainContext, TrainResult } from './trainer.js'
@@ -49,13 +53,39 @@ export interface InWorkerOptions {
 
 /** `setupPeer(options)` in a worker thread: see the module comment. */
 export async function setupPeerInWorker(options: SetupOptions, workerOptions: InWorkerOptions = {}): Promise<PeerSetup> {
-  const worker = new TrainerWorker(workerOptions.name ?? 'flora-trainer')
+  const name = workerOptions.name ?? 'flora-trainer'
+  const imports = (workerOptions.imports ?? []).map((s) => (s instanceof URL ? s.href : s))
+  let worker = new TrainerWorker(name)
   let reply: SetupReply
   try {
-    reply = await worker.setup(options, (workerOptions.imports ?? []).map((s) => (s instanceof URL ? s.href : s)))
+    reply = await worker.setup(options, imports)
   } catch (err) {
     await worker.close()
     throw err
+  }
+  let closed = false
+  // A training backend that died (BACKEND_DEAD: the wasm module aborted) is replaced by a
+  // fresh worker, set up the same way, so that the peer trains again from the next round.
+  const replaceDeadWorker = async (): Promise<void> => {
+    const fresh = new TrainerWorker(name)
+    try {
+      await fresh.setup(options, imports)
+    } catch {
+      await fresh.close()
+      return
+    }
+    const dead = worker
+    worker = fresh
+    await dead.close()
+    if (closed) await fresh.close()
+  }
+  const call = async <T>(fn: (w: TrainerWorker) => Promise<T>): Promise<T> => {
+    try {
+      return await fn(worker)
+    } catch (err) {
+      if ((err as { code?: unknown }).code === BACKEND_DEAD && !closed) await replaceDeadWorker()
+      throw err
+    }
   }
   return {
     config: reply.config,
@@ -63,9 +93,12 @@ export async function setupPeerInWorker(options: SetupOptions, workerOptions: In
     samples: reply.samples,
     description: reply.description,
     baseModelDir: reply.baseModelDir,
-    trainer: (ctx) => worker.train(ctx),
-    evaluate: (weights, signal) => worker.evaluate(weights, signal),
-    close: () => worker.close(),
+    trainer: (ctx) => call((w) => w.train(ctx)),
+    evaluate: (weights, signal) => call((w) => w.evaluate(weights, signal)),
+    close: async () => {
+      closed = true
+      await worker.close()
+    },
   }
 }
 

@@ -233,6 +233,17 @@ describe('setupPeerInWorker: errors, aborts and crashes', () => {
     expect((await there.evaluate(there.weights)).loss).toBe(1)
   })
 
+  it('a training backend that died (a wasm abort) rejects its call, and a fresh worker serves the next rounds', async () => {
+    const there = await inWorker(TEST, [TEST_BACKEND])
+    await there.trainer(ctxFor(there, 5, { rank: 2, alpha: 4 }))
+    expect((await there.evaluate(there.weights)).accuracy).toBe(1)
+    await expect(there.trainer(ctxFor(there, 6, { rank: 2, alpha: 4 }))).rejects.toThrow('backend died on purpose (round 6)')
+    const ok = await there.trainer(ctxFor(there, 7, { rank: 2, alpha: 4 }))
+    expect(ok.samples).toBe(10)
+    // A new worker: its trainer has completed round 7 only (the old one would count 2).
+    expect((await there.evaluate(there.weights)).accuracy).toBe(1)
+  })
+
   it('a crashing worker rejects the pending call, and every later one, with a clear error', async () => {
     const there = await inWorker(TEST, [TEST_BACKEND])
     const crashing = there.trainer(ctxFor(there, 3, { rank: 2, alpha: 4 }))
