@@ -20,9 +20,12 @@ export {
   UnsupportedModelError,
   validateConfig,
   type LlamaConfig,
+  type RopeScaling,
+  type SupportedModelType,
 } from './config.js'
 export {
   decodeTensor,
+  decodeTensorBytes,
   MAX_HEADER_BYTES,
   parseSafetensors,
   parseSafetensorsHeader,
@@ -39,26 +42,36 @@ export {
   type TensorToWrite,
 } from './safetensors.js'
 export {
+  AUTO_NATIVE_FROZEN_BYTES,
   DEFAULT_TARGET_MODULES,
   expectedWeightShapes,
+  hasBias,
   LINEAR_MODULES,
   LlamaModel,
   ModelWeightError,
   moduleName,
   randomLlamaWeights,
+  ropeInvFreq,
   ropeTableValues,
+  tfjsBaseWeightBytes,
+  WASM_BASE_WEIGHT_CEILING,
   type ForwardOptions,
   type LinearModuleKind,
   type LlamaModelOptions,
   type WeightMap,
+  type WeightSource,
 } from './llama.js'
+export { canHoldFrozenWeights, losslessStorage, NativeFrozenWeight, type FrozenDtype, type HalfBits } from './frozen-weight.js'
+export { readSafetensorsHeaderSync, StreamedWeights } from './streamed-weights.js'
+export { BACKEND_DEAD } from './backend-dead.js'
 export { frozenMatMul, LoraLinear, transpose2d, type DropoutFn, type LoraState } from './lora-layer.js'
 export { fusedCausalSoftmax, fusedCrossEntropy, fusedKernelsAvailable, fusedRmsNorm, fusedRope, fusedSwiglu } from './kernels.js'
-export { loadNativeKernels, type NativeKernels, type NativeLoadResult } from './native.js'
+export { loadNativeKernels, type NativeFrozenHandle, type NativeKernels, type NativeLoadResult } from './native.js'
 export {
   CheckpointError,
   loadModel,
   loadPeftAdapter,
+  openCheckpoint,
   readCheckpoint,
   saveCheckpoint,
   saveModel,
@@ -72,6 +85,7 @@ export {
   adapterGradients,
   evaluate,
   exampleTargets,
+  explainWasmAbort,
   IGNORE_INDEX,
   learningRate,
   makeBatch,
