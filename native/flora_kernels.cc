@@ -274,6 +274,48 @@ __attribute__((target("avx512f"))) void micro_avx512(int kc, const float* a, con
   store_tile(tile, c, ldc, add, rows, cols);
 }
 
+// Two adjacent 6-row slivers of packed A (12 rows) against one 16-column sliver of B: 12
+// independent accumulator chains, enough to keep two 512-bit FMA pipes busy through the
+// FMA latency (6 chains cannot). Every element is still one FMA chain over k in order: the
+// same bits as micro_avx512 and micro_avx2. Full 12 rows only; cols may be partial.
+__attribute__((target("avx512f"))) void micro_avx512_x2(int kc, const float* a0, const float* a1, const float* b,
+                                                         float* c, int64_t ldc, bool add, int cols) {
+  __m512 c0 = _mm512_setzero_ps(), c1 = _mm512_setzero_ps(), c2 = _mm512_setzero_ps();
+  __m512 c3 = _mm512_setzero_ps(), c4 = _mm512_setzero_ps(), c5 = _mm512_setzero_ps();
+  __m512 d0 = _mm512_setzero_ps(), d1 = _mm512_setzero_ps(), d2 = _mm512_setzero_ps();
+  __m512 d3 = _mm512_setzero_ps(), d4 = _mm512_setzero_ps(), d5 = _mm512_setzero_ps();
+  for (int p = 0; p < kc; p++) {
+    const __m512 bv = _mm512_loadu_ps(b);
+    c0 = _mm512_fmadd_ps(_mm512_set1_ps(a0[0]), bv, c0);
+    c1 = _mm512_fmadd_ps(_mm512_set1_ps(a0[1]), bv, c1);
+    c2 = _mm512_fmadd_ps(_mm512_set1_ps(a0[2]), bv, c2);
+    c3 = _mm512_fmadd_ps(_mm512_set1_ps(a0[3]), bv, c3);
+    c4 = _mm512_fmadd_ps(_mm512_set1_ps(a0[4]), bv, c4);
+    c5 = _mm512_fmadd_ps(_mm512_set1_ps(a0[5]), bv, c5);
+    d0 = _mm512_fmadd_ps(_mm512_set1_ps(a1[0]), bv, d0);
+    d1 = _mm512_fmadd_ps(_mm512_set1_ps(a1[1]), bv, d1);
+    d2 = _mm512_fmadd_ps(_mm512_set1_ps(a1[2]), bv, d2);
+    d3 = _mm512_fmadd_ps(_mm512_set1_ps(a1[3]), bv, d3);
+    d4 = _mm512_fmadd_ps(_mm512_set1_ps(a1[4]), bv, d4);
+    d5 = _mm512_fmadd_ps(_mm512_set1_ps(a1[5]), bv, d5);
+    a0 += MR;
+    a1 += MR;
+    b += NR;
+  }
+  const __m512 acc[2 * MR] = {c0, c1, c2, c3, c4, c5, d0, d1, d2, d3, d4, d5};
+  if (cols == NR) {
+    for (int r = 0; r < 2 * MR; r++) {
+      float* cr = c + r * ldc;
+      _mm512_storeu_ps(cr, add ? _mm512_add_ps(_mm512_loadu_ps(cr), acc[r]) : acc[r]);
+    }
+    return;
+  }
+  alignas(64) float tile[2 * MR * NR];
+  for (int r = 0; r < 2 * MR; r++) _mm512_store_ps(tile + r * NR, acc[r]);
+  store_tile(tile, c, ldc, add, MR, cols);
+  store_tile(tile + MR * NR, c + MR * ldc, ldc, add, MR, cols);
+}
+
 bool cpu_has_avx512() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f");
@@ -312,6 +354,14 @@ void gemm_block(const Operand& A, const Operand& B, float* C, int64_t ldc, int i
           const float* bp = s.b.data() + (int64_t)jr * kc;
           for (int ir = 0; ir < mc; ir += MR) {
             const float* ap = s.a.data() + (int64_t)ir * kc;
+#ifdef FLORA_X86
+            if (g_kernel == micro_avx512 && ir + 2 * MR <= mc) {
+              micro_avx512_x2(kc, ap, ap + (int64_t)MR * kc, bp, C + (int64_t)(ic + ir) * ldc + jc + jr, ldc, add,
+                              std::min(NR, nc - jr));
+              ir += MR;
+              continue;
+            }
+#endif
             g_kernel(kc, ap, bp, C + (int64_t)(ic + ir) * ldc + jc + jr, ldc, add, std::min(MR, mc - ir),
                      std::min(NR, nc - jr));
           }
