@@ -10,8 +10,11 @@
  *
  * This lifts the wasm backend's 4 GiB ceiling for the base model's non-adapted layers and
  * halves their memory for BF16/F16 checkpoints (src/model/llama.ts decides which layers).
+ * The products run as a backend kernel (kernels.ts, FloraFrozenMatMul) that reads and
+ * writes the wasm heap in place.
  */
 import * as tf from '@tensorflow/tfjs'
+import { frozenWeightMatMul } from './kernels.js'
 import type { NativeFrozenHandle, NativeKernels } from './native.js'
 
 export type FrozenDtype = 'f32' | 'bf16' | 'f16'
@@ -107,11 +110,8 @@ export class NativeFrozenWeight {
   }
 
   #apply(x: tf.Tensor2D, transposed: boolean): tf.Tensor2D {
-    const [m] = x.shape
-    const out = transposed ? this.inFeatures : this.outFeatures
-    const y = new Float32Array(m * out)
-    this.#kernels.frozenMatMul(this.#live(), x.dataSync() as Float32Array, y, m, transposed)
-    return tf.tensor2d(y, [m, out])
+    // A backend kernel: on wasm, x is read and y written in the heap in place.
+    return frozenWeightMatMul(x, { kernels: this.#kernels, handle: this.#live(), rows: this.outFeatures, cols: this.inFeatures, transposed })
   }
 
   /** W in HF layout [out, in], widened to float32 (exact). */

@@ -21,7 +21,7 @@
 import * as tf from '@tensorflow/tfjs'
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm'
 import { activeNativeKernels } from './backend.js'
-import type { NativeKernels } from './native.js'
+import type { NativeFrozenHandle, NativeKernels } from './native.js'
 
 const ROPE = 'FloraRope'
 const RMS_NORM = 'FloraRmsNorm'
@@ -33,6 +33,7 @@ const ATTENTION = 'FloraAttention'
 const ATTENTION_GRAD = 'FloraAttentionGrad'
 const SWIGLU = 'FloraSwiglu'
 const SWIGLU_GRAD = 'FloraSwigluGrad'
+const FROZEN_MATMUL = 'FloraFrozenMatMul'
 const BACKENDS = ['wasm', 'cpu'] as const
 
 type KernelArgs = Parameters<tf.KernelFunc>[0]
@@ -70,10 +71,43 @@ function io(backendName: string, backend: object): Io {
 
 let registered = false
 
+/** What a frozen weight held by the native addon passes to its product kernel (frozen-weight.ts). */
+export interface FrozenMatMulAttrs {
+  readonly kernels: NativeKernels
+  readonly handle: NativeFrozenHandle
+  /** W is [rows, cols] (HF [out, in]). */
+  readonly rows: number
+  readonly cols: number
+  /** false: y = x W^T; true: y = x W (the input gradient). */
+  readonly transposed: boolean
+}
+
+/**
+ * x [m, k] times a frozen weight held by the native addon, as a backend kernel: on wasm it
+ * reads x and writes y in the heap in place, so no activation is copied out and back.
+ */
+export function frozenWeightMatMul(x: tf.Tensor2D, attrs: FrozenMatMulAttrs): tf.Tensor2D {
+  registerFusedKernels()
+  return tf.engine().runKernel(FROZEN_MATMUL, { x }, attrs as unknown as tf.NamedAttrMap) as tf.Tensor2D
+}
+
 function registerFusedKernels(): void {
   if (registered) return
   registered = true
   for (const backendName of BACKENDS) {
+    tf.registerKernel({
+      kernelName: FROZEN_MATMUL,
+      backendName,
+      kernelFunc: (args: KernelArgs) => {
+        const { x } = args.inputs as { x: tf.TensorInfo }
+        const a = args.attrs as unknown as FrozenMatMulAttrs
+        const m = x.shape[0]
+        const k = io(backendName, args.backend)
+        const { info, values: y } = k.output([m, a.transposed ? a.cols : a.rows])
+        a.kernels.frozenMatMul(a.handle, k.input(x), y, m, a.transposed)
+        return info
+      },
+    })
     tf.registerKernel({
       kernelName: ROPE,
       backendName,

@@ -78,9 +78,9 @@ export interface LlamaModelOptions {
    * heap, in BF16/F16 when the checkpoint's values are (frozen-weight.ts); 'tfjs' as
    * float32 tensors. Default 'auto': native when the native kernels run and the base
    * weights in float32 would take more than AUTO_NATIVE_FROZEN_BYTES of the wasm heap
-   * (the glue around each product costs ~1.2x step time on a 135M model, measured by
-   * bench/frozen-weights.ts, so small models keep tfjs tensors). Target modules stay
-   * float32 tensors either way (merges write them).
+   * (both give the same bits, at the same speed: bench/frozen-weights.ts; small models
+   * keep tfjs tensors, as before). Target modules stay float32 tensors either way (merges
+   * write them).
    */
   readonly frozenWeights?: 'auto' | 'native' | 'tfjs'
 }
