@@ -13,11 +13,11 @@
 import { mkdir, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { Command, InvalidArgumentError } from 'commander'
+import { Command } from 'commander'
 import { ATTACKS, baseline } from './redteam/attacks.js'
 import { medianRoundMs, runCase, type CaseResult, type RunOptions } from './redteam/run.js'
 import { parseCommandLine } from '../src/exit-codes.js'
-import { jsonOption, jsonOutput, withEnvAndConfig } from '../src/cli-options.js'
+import { intAtLeast, jsonOption, jsonOutput, withEnvAndConfig } from '../src/cli-options.js'
 import { VERSION } from '../src/version.js'
 
 export const REDTEAM_DEFAULTS = {
@@ -119,14 +119,6 @@ export function formatTable(results: CaseResult[], base: RedteamReport['baseline
   }
   if (base != null) out.push(`baseline: ${base.roundsLost} rounds lost, median round ${base.medianRoundMs ?? '?'} ms; move = max per-module ||dW||/||W|| of a round (bound: the swarm's maxDeltaRatio)`)
   return out.join('\n')
-}
-
-function intAtLeast(name: string, min: number) {
-  return (v: string): number => {
-    const x = Number(v)
-    if (v.trim() === '' || !Number.isInteger(x) || x < min) throw new InvalidArgumentError(`${name} must be an integer >= ${min}`)
-    return x
-  }
 }
 
 async function cli(): Promise<void> {

@@ -29,11 +29,11 @@ import { mkdir, readdir, rm, writeFile } from 'node:fs/promises'
 import { join, resolve } from 'node:path'
 import { createInterface } from 'node:readline'
 import { fileURLToPath } from 'node:url'
-import { Command, InvalidArgumentError } from 'commander'
+import { Command } from 'commander'
 import { createPrng } from '../src/lora/prng.js'
 import { PAPER_RANKS } from './swarm.js'
 import { parseCommandLine } from '../src/exit-codes.js'
-import { jsonOption, jsonOutput, withEnvAndConfig } from '../src/cli-options.js'
+import { intAtLeast, jsonOption, jsonOutput, withEnvAndConfig } from '../src/cli-options.js'
 import { VERSION } from '../src/version.js'
 
 export const SOAK_DEFAULTS = {
@@ -930,14 +930,6 @@ const TARGET_TEXT: Record<keyof SoakReport['targets'], string> = {
   restartsContributeWithin: `a restarted, late or partitioned peer did not contribute again within ${CONTRIBUTE_WITHIN} rounds of being up`,
   allReachedRounds: 'not every peer reached --rounds',
   noBadExits: 'a peer process exited non-zero other than by our SIGKILL',
-}
-
-function intAtLeast(name: string, min: number) {
-  return (v: string): number => {
-    const x = Number(v)
-    if (!Number.isInteger(x) || x < min) throw new InvalidArgumentError(`${name} must be an integer >= ${min}`)
-    return x
-  }
 }
 
 async function cli(): Promise<void> {

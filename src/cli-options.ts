@@ -6,7 +6,7 @@
  * ('cli', 'env', 'config', 'default').
  */
 import { readFileSync } from 'node:fs'
-import { Option, type Command } from 'commander'
+import { InvalidArgumentError, Option, type Command } from 'commander'
 
 /** A config file that cannot be read or holds a value its option refuses (a usage error: exit 2). */
 export class ConfigFileError extends Error {
@@ -135,4 +135,13 @@ export function jsonOption(): Option {
 /** JSON lines on stdout when asked, or whenever stdout is not a terminal (piped, redirected). */
 export function jsonOutput(flag: boolean | undefined, stdout: { isTTY?: boolean } = process.stdout): boolean {
   return flag === true || stdout.isTTY !== true
+}
+
+/** A flag's parser: an integer >= `min`, else a usage error naming the flag. */
+export function intAtLeast(flag: string, min: number): (value: string) => number {
+  return (value: string): number => {
+    const x = Number(value)
+    if (value.trim() === '' || !Number.isInteger(x) || x < min) throw new InvalidArgumentError(`${flag} must be an integer >= ${min}`)
+    return x
+  }
 }

@@ -594,7 +594,7 @@ export class LlamaModel {
     let nativeBytes = 0
     for (const [name, l] of this.linears) {
       modules[name] = l.weightStorage
-      if (l.weightStorage !== 'tfjs') nativeBytes += l.outFeatures * l.inFeatures * (l.weightStorage === 'f32' ? 4 : 2)
+      nativeBytes += l.nativeBytes
     }
     modules['lm_head'] = this.nativeHead?.dtype ?? 'tfjs'
     nativeBytes += this.nativeHead?.bytes ?? 0

@@ -65,6 +65,11 @@ export class LoraLinear {
     return this.native?.dtype ?? 'tfjs'
   }
 
+  /** Bytes the native addon holds for W (0 when tfjs does). */
+  get nativeBytes(): number {
+    return this.native?.bytes ?? 0
+  }
+
   /** y = x W^T (+ b) + scaling * (dropout(x) A^T) B^T for x [N, in]. */
   forward(x: tf.Tensor2D, dropout?: DropoutFn): tf.Tensor2D {
     const base = this.native !== undefined ? this.native.matMul(x) : frozenMatMul(x, this.wT as tf.Tensor2D, this.w)

@@ -209,7 +209,8 @@ export function decodeTensorBytes(e: TensorEntry, name: string, bytes: Uint8Arra
   return data
 }
 
-const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1
+/** Whether this machine stores numbers little-endian, as safetensors files do. */
+export const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1
 
 export interface ParsedSafetensors {
   readonly tensors: Map<string, DecodedTensor>

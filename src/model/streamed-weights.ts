@@ -7,15 +7,13 @@
  */
 import { closeSync, fstatSync, openSync, readSync } from 'node:fs'
 import type { HalfBits } from './frozen-weight.js'
-import { decodeTensorBytes, parseSafetensorsHeader, SafetensorsError, type SafetensorsHeader } from './safetensors.js'
+import { decodeTensorBytes, LITTLE_ENDIAN, parseSafetensorsHeader, SafetensorsError, type SafetensorsHeader } from './safetensors.js'
 
 interface Located {
   readonly file: string
   readonly fd: number
   readonly header: SafetensorsHeader
 }
-
-const LITTLE_ENDIAN = new Uint8Array(new Uint16Array([1]).buffer)[0] === 1
 
 /** Reads exactly `length` bytes at `position` (readSync may return fewer), into `into` when given (its first `length` bytes). */
 function readExactly(fd: number, length: number, position: number, file: string, what: string, into?: Uint8Array): Uint8Array {
