@@ -296,7 +296,7 @@ async function main(): Promise<void> {
   let torchError: string | undefined
   for (const bc of selected) {
     const model = await buildModel(bc, {
-      fusedKernels: !flag('no-fused'),
+      compute: flag('no-fused') ? 'stock' : undefined,
       ...(flag('no-weight-copies') ? { backwardWeightCopies: false } : {}),
     })
     const mc = model.config

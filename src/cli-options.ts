@@ -145,3 +145,21 @@ export function intAtLeast(flag: string, min: number): (value: string) => number
     return x
   }
 }
+
+/** A flag's parser: a finite number > 0, else a usage error naming the flag. */
+export function positiveNumber(flag: string): (value: string) => number {
+  return (value: string): number => {
+    const x = Number(value)
+    if (value.trim() === '' || !Number.isFinite(x) || x <= 0) throw new InvalidArgumentError(`${flag} must be a positive number`)
+    return x
+  }
+}
+
+/** A flag's parser: a number in [0, 1), else a usage error naming the flag. */
+export function fraction(flag: string): (value: string) => number {
+  return (value: string): number => {
+    const x = Number(value)
+    if (value.trim() === '' || !Number.isFinite(x) || x < 0 || x >= 1) throw new InvalidArgumentError(`${flag} must be in [0, 1)`)
+    return x
+  }
+}

@@ -27,7 +27,7 @@ export {
   type MergeOptions,
   type MergePoolOptions,
 } from './merge.js'
-export { stateHash, STATE_HASH_MAGIC, type NamedTensor } from './state-hash.js'
+export { stateHash, stateHashStreamed, STATE_HASH_MAGIC, type DeferredNamedTensor, type NamedTensor } from './state-hash.js'
 export { getStrategy, hasStrategy, listStrategies, registerStrategy } from './strategy.js'
 export { floraStrategy } from './flora.js'
 export { feditStrategy } from './fedit.js'

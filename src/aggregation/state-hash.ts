@@ -43,6 +43,22 @@ function f32Bytes(data: Float32Array): Uint8Array {
 
 /** sha256 (lowercase hex) of the canonical layout above. */
 export function stateHash(tensors: Iterable<NamedTensor>): string {
+  return stateHashStreamed([...tensors].map((t) => ({ name: t.name, shape: t.shape, data: () => t.data })))
+}
+
+/** A tensor whose values are read only when the hash reaches it. */
+export interface DeferredNamedTensor {
+  readonly name: string
+  readonly shape: readonly number[]
+  /** Called once, in hash order; the array may be dropped (or reused) after. */
+  readonly data: () => Float32Array
+}
+
+/**
+ * stateHash over tensors read one at a time, in hash order: hashing a checkpoint this way
+ * holds one tensor in memory, not the model. Same hash as stateHash of the same values.
+ */
+export function stateHashStreamed(tensors: Iterable<DeferredNamedTensor>): string {
   const entries = [...tensors].map((t) => ({ t, name: Buffer.from(t.name, 'utf8') }))
   entries.sort((a, b) => Buffer.compare(a.name, b.name))
   for (let i = 1; i < entries.length; i++) {
@@ -59,14 +75,15 @@ export function stateHash(tensors: Iterable<NamedTensor>): string {
       if (!Number.isInteger(d) || d < 0 || d > 0xffffffff) throw new StateHashInputError(`tensor '${t.name}': bad dimension ${d}`)
       n *= d
     }
-    if (n !== t.data.length) {
-      throw new StateHashInputError(`tensor '${t.name}': shape [${t.shape.join(', ')}] needs ${n} elements, data has ${t.data.length}`)
+    const data = t.data()
+    if (n !== data.length) {
+      throw new StateHashInputError(`tensor '${t.name}': shape [${t.shape.join(', ')}] needs ${n} elements, data has ${data.length}`)
     }
     h.update(u32(name.length))
     h.update(name)
     h.update(u32(t.shape.length))
     for (const d of t.shape) h.update(u32(d))
-    h.update(f32Bytes(t.data))
+    h.update(f32Bytes(data))
   }
   return h.digest('hex')
 }

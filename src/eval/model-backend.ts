@@ -19,12 +19,13 @@ import { access, readFile } from 'node:fs/promises'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import * as tf from '@tensorflow/tfjs'
-import { describeBackend, selectBackend } from '../model/backend.js'
-import { loadModel } from '../model/checkpoint.js'
+import { type BackendSelection, describeBackend, selectBackend } from '../model/backend.js'
 import { llamaConfig, parameterCount } from '../model/config.js'
 import { tokenizeExample } from '../model/data/template.js'
 import { wordnetTask } from '../model/data/wordnet.js'
 import { LlamaModel } from '../model/llama.js'
+import { openModelForTraining } from '../model/open-model.js'
+import { TRAINING_RECIPE } from '../model/recipe.js'
 import { LlamaTokenizer } from '../model/tokenizer.js'
 import { makeBatch, trainLora, type TrainingExample } from '../model/trainer.js'
 import type { EvalConfig, ExampleScores, SimBackend, TrainJob, TrainOutcome } from './types.js'
@@ -32,10 +33,10 @@ import type { EvalConfig, ExampleScores, SimBackend, TrainJob, TrainOutcome } fr
 /** models/flora-tiny in this repository. */
 export const DEFAULT_MODEL_DIR = fileURLToPath(new URL('../../models/flora-tiny/', import.meta.url))
 
-/** The paper's LoRA dropout. */
-export const LORA_DROPOUT = 0.05
+/** The paper's LoRA dropout (the training recipe's). */
+export const LORA_DROPOUT = TRAINING_RECIPE.loraDropout
 
-const EVAL_BATCH = 16
+const EVAL_BATCH = TRAINING_RECIPE.evalBatchSize
 
 async function exists(file: string): Promise<boolean> {
   try {
@@ -49,11 +50,12 @@ async function exists(file: string): Promise<boolean> {
 /**
  * The view of the model trainLora sees for FFA-LoRA: the same model, but only the B
  * factors are trainable (trainableVariables() lists A then B per module). trainLora uses
- * nothing else of the model than these four members.
+ * nothing else of the model than these five members.
  */
 function onlyB(model: LlamaModel): LlamaModel {
-  const view: Pick<LlamaModel, 'config' | 'hiddenStates' | 'lmHead' | 'trainableVariables'> = {
+  const view: Pick<LlamaModel, 'config' | 'compute' | 'hiddenStates' | 'lmHead' | 'trainableVariables'> = {
     config: model.config,
+    compute: model.compute,
     hiddenStates: (ids, options) => model.hiddenStates(ids, options),
     lmHead: (hidden) => model.lmHead(hidden),
     trainableVariables: () => model.trainableVariables().filter((_, i) => i % 2 === 1),
@@ -61,24 +63,20 @@ function onlyB(model: LlamaModel): LlamaModel {
   return view as LlamaModel
 }
 
-export async function createModelBackend(config: EvalConfig): Promise<SimBackend> {
-  const selection = await selectBackend('auto')
-  const dir = config.modelDir ?? DEFAULT_MODEL_DIR
+/** Without a checkpoint: a small random Llama on the directory's tokenizer (see the module comment). */
+async function randomModel(dir: string, maxLen: number): Promise<{ model: LlamaModel; tokenizer: LlamaTokenizer; backend: BackendSelection }> {
+  const backend = await selectBackend(TRAINING_RECIPE.backend)
   const tokenizer = await LlamaTokenizer.fromDir(dir)
+  const c = llamaConfig({ vocabSize: tokenizer.vocabSize, hiddenSize: 64, intermediateSize: 128, numLayers: 2, numHeads: 4, maxPositionEmbeddings: Math.max(64, maxLen) })
+  return { model: LlamaModel.random(c, 'flora-eval/random-base'), tokenizer, backend }
+}
+
+export async function createModelBackend(config: EvalConfig): Promise<SimBackend> {
+  const dir = config.modelDir ?? DEFAULT_MODEL_DIR
   const pretrained = (await exists(path.join(dir, 'config.json'))) && (await exists(path.join(dir, 'model.safetensors')))
-  const model = pretrained
-    ? await loadModel(dir)
-    : LlamaModel.random(
-        llamaConfig({
-          vocabSize: tokenizer.vocabSize,
-          hiddenSize: 64,
-          intermediateSize: 128,
-          numLayers: 2,
-          numHeads: 4,
-          maxPositionEmbeddings: Math.max(64, config.maxLen),
-        }),
-        'flora-eval/random-base',
-      )
+  const { model, tokenizer, backend: selection } = pretrained
+    ? await openModelForTraining(dir)
+    : await randomModel(dir, config.maxLen)
   const weightsSha256 = pretrained
     ? createHash('sha256').update(await readFile(path.join(dir, 'model.safetensors'))).digest('hex').slice(0, 16)
     : 'none'

@@ -18,23 +18,9 @@ import { BACKEND_CHOICES, defaultModelDir, runGenerate, runTrain, TRAIN_DEFAULTS
 import { TrainingAbortedError } from './trainer.js'
 import { VERSION } from '../version.js'
 import { commanderExitCode } from '../exit-codes.js'
-import { applyConfigOption, ConfigFileError, withEnvAndConfig } from '../cli-options.js'
+import { applyConfigOption, ConfigFileError, fraction, intAtLeast, positiveNumber, withEnvAndConfig } from '../cli-options.js'
 
-function int(flag: string, min: number) {
-  return (value: string): number => {
-    const n = Number(value)
-    if (value.trim() === '' || !Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${flag} must be an integer >= ${min}`)
-    return n
-  }
-}
 
-function positive(flag: string) {
-  return (value: string): number => {
-    const n = Number(value)
-    if (value.trim() === '' || !Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${flag} must be a positive number`)
-    return n
-  }
-}
 
 function targetList(value: string): string[] {
   const items = value.split(',').map((s) => s.trim()).filter((s) => s.length > 0)
@@ -132,22 +118,23 @@ export function buildProgram(run: { code: number }, io: CliIo = {}): Command {
     .addOption(new Option('-m, --model <dir>', 'base model directory: config.json, model.safetensors, tokenizer.json (default: the bundled models/flora-tiny)').env('FLORA_MODEL'))
     .addOption(new Option('-d, --data <spec>', "'wordnet' (bundled WordNet 3.1 definition task) or a JSONL file of Alpaca {instruction, input, output} or Dolly {instruction, context, response} records").default(TRAIN_DEFAULTS.data).env('FLORA_DATA'))
     .addOption(new Option('--eval-data <file>', 'held-out JSONL file (default: WordNet\'s held-out synsets, or a seeded 5% of --data)').env('FLORA_EVAL_DATA'))
-    .addOption(new Option('-r, --rank <n>', 'LoRA rank').argParser(int('--rank', 1)).default(TRAIN_DEFAULTS.rank).env('FLORA_RANK'))
-    .addOption(new Option('--alpha <x>', 'LoRA alpha (default: 2 x rank)').argParser(positive('--alpha')).env('FLORA_ALPHA'))
+    .addOption(new Option('-r, --rank <n>', 'LoRA rank').argParser(intAtLeast('--rank', 1)).default(TRAIN_DEFAULTS.rank).env('FLORA_RANK'))
+    .addOption(new Option('--alpha <x>', 'LoRA alpha (default: 2 x rank)').argParser(positiveNumber('--alpha')).env('FLORA_ALPHA'))
     .addOption(new Option('--targets <list>', `comma-separated linear layers to adapt: ${LINEAR_MODULES.join(', ')}`).argParser(targetList).default([...TRAIN_DEFAULTS.targets], TRAIN_DEFAULTS.targets.join(',')).env('FLORA_TARGETS'))
-    .addOption(new Option('-s, --steps <n>', 'training steps').argParser(int('--steps', 1)).default(TRAIN_DEFAULTS.steps).env('FLORA_STEPS'))
-    .addOption(new Option('-b, --batch-size <n>', 'examples per step').argParser(int('--batch-size', 1)).default(TRAIN_DEFAULTS.batchSize).env('FLORA_BATCH_SIZE'))
-    .addOption(new Option('--seq-len <n>', 'tokens per example (longer ones are cut)').argParser(int('--seq-len', 4)).default(TRAIN_DEFAULTS.seqLen).env('FLORA_SEQ_LEN'))
-    .addOption(new Option('--lr <x>', 'AdamW learning rate').argParser(positive('--lr')).default(TRAIN_DEFAULTS.lr).env('FLORA_LR'))
-    .addOption(new Option('--seed <n>', 'seed of the adapter init, batch order and holdout').argParser(int('--seed', 0)).default(TRAIN_DEFAULTS.seed).env('FLORA_SEED'))
+    .addOption(new Option('-s, --steps <n>', 'training steps').argParser(intAtLeast('--steps', 1)).default(TRAIN_DEFAULTS.steps).env('FLORA_STEPS'))
+    .addOption(new Option('-b, --batch-size <n>', 'examples per step').argParser(intAtLeast('--batch-size', 1)).default(TRAIN_DEFAULTS.batchSize).env('FLORA_BATCH_SIZE'))
+    .addOption(new Option('--seq-len <n>', 'tokens per example (longer ones are cut)').argParser(intAtLeast('--seq-len', 4)).default(TRAIN_DEFAULTS.seqLen).env('FLORA_SEQ_LEN'))
+    .addOption(new Option('--lr <x>', 'AdamW learning rate').argParser(positiveNumber('--lr')).default(TRAIN_DEFAULTS.lr).env('FLORA_LR'))
+    .addOption(new Option('--lora-dropout <x>', 'LoRA dropout while training').argParser(fraction('--lora-dropout')).default(TRAIN_DEFAULTS.loraDropout).env('FLORA_LORA_DROPOUT'))
+    .addOption(new Option('--seed <n>', 'seed of the adapter init, batch order and holdout').argParser(intAtLeast('--seed', 0)).default(TRAIN_DEFAULTS.seed).env('FLORA_SEED'))
     .addOption(new Option('--backend <name>', 'tfjs backend; auto picks the best available').choices(BACKEND_CHOICES).default(TRAIN_DEFAULTS.backend).env('FLORA_BACKEND'))
-    .addOption(new Option('--max-train <n>', `cap on training examples (wordnet default: max(${TRAIN_DEFAULTS.wordnetMinTrain}, steps x batch size))`).argParser(int('--max-train', 1)).env('FLORA_MAX_TRAIN'))
-    .addOption(new Option('--max-eval <n>', `cap on held-out examples (wordnet default: ${TRAIN_DEFAULTS.wordnetMaxEval})`).argParser(int('--max-eval', 1)).env('FLORA_MAX_EVAL'))
+    .addOption(new Option('--max-train <n>', `cap on training examples (wordnet default: max(${TRAIN_DEFAULTS.wordnetMinTrain}, steps x batch size))`).argParser(intAtLeast('--max-train', 1)).env('FLORA_MAX_TRAIN'))
+    .addOption(new Option('--max-eval <n>', `cap on held-out examples (wordnet default: ${TRAIN_DEFAULTS.wordnetMaxEval})`).argParser(intAtLeast('--max-eval', 1)).env('FLORA_MAX_EVAL'))
     .addOption(new Option('-o, --out <dir>', 'save the PEFT adapter here (replaced if it holds an earlier adapter)').default('runs/train').env('FLORA_OUT'))
     .addOption(new Option('--no-save', 'do not save the adapter'))
     .addOption(new Option('--init-adapter <dir>', 'start from this PEFT adapter (e.g. a federation\'s export adapter/) instead of a fresh one; its rank, alpha and targets replace --rank, --alpha, --targets').env('FLORA_INIT_ADAPTER'))
     .addOption(new Option('--merge', 'also save the merged model (W + s B A, loadable with --model) into <out>/merged'))
-    .addOption(new Option('--samples <n>', 'greedy generations to show for held-out prompts').argParser(int('--samples', 0)).default(TRAIN_DEFAULTS.samples).env('FLORA_SAMPLES'))
+    .addOption(new Option('--samples <n>', 'greedy generations to show for held-out prompts').argParser(intAtLeast('--samples', 0)).default(TRAIN_DEFAULTS.samples).env('FLORA_SAMPLES'))
     .addOption(new Option('--json', 'JSON lines on stdout (events and every step) instead of text and a bar; the default when stdout is not a terminal').env('FLORA_JSON'))
   // Every option from a FLORA_* variable too, and --config FILE (e.g. {"rank": 16, "targets": ["q_proj", "v_proj"]}).
   withEnvAndConfig(train, 'FLORA_', 'FLORA_TRAIN_CONFIG')
@@ -205,10 +192,10 @@ Examples:
     .addOption(new Option('-p, --prompt <text>', 'the instruction (wrapped in the training template unless --raw)').makeOptionMandatory())
     .addOption(new Option('--input <text>', 'context for the instruction (the template\'s Input section)'))
     .addOption(new Option('--raw', 'feed the prompt as is, without the instruction template'))
-    .addOption(new Option('-n, --max-new-tokens <n>', 'tokens to generate at most').argParser(int('--max-new-tokens', 1)).default(64))
-    .addOption(new Option('--top-p <p>', 'nucleus sampling with this mass instead of greedy decoding').argParser(positive('--top-p')))
-    .addOption(new Option('--temperature <t>', 'sampling temperature (with --top-p)').argParser(positive('--temperature')))
-    .addOption(new Option('--seed <n>', 'sampling seed (with --top-p)').argParser(int('--seed', 0)).default(0))
+    .addOption(new Option('-n, --max-new-tokens <n>', 'tokens to generate at most').argParser(intAtLeast('--max-new-tokens', 1)).default(64))
+    .addOption(new Option('--top-p <p>', 'nucleus sampling with this mass instead of greedy decoding').argParser(positiveNumber('--top-p')))
+    .addOption(new Option('--temperature <t>', 'sampling temperature (with --top-p)').argParser(positiveNumber('--temperature')))
+    .addOption(new Option('--seed <n>', 'sampling seed (with --top-p)').argParser(intAtLeast('--seed', 0)).default(0))
     .addOption(new Option('--backend <name>', 'tfjs backend').choices(BACKEND_CHOICES).default('auto'))
     .action(async (flags: GenerateFlags) => {
       const own = io.signal === undefined ? interruptSignal(stderr) : undefined

@@ -65,7 +65,7 @@ export { canHoldFrozenWeights, losslessStorage, NativeFrozenWeight, type FrozenD
 export { readSafetensorsHeaderSync, StreamedWeights } from './streamed-weights.js'
 export { BACKEND_DEAD } from './backend-dead.js'
 export { frozenMatMul, LoraLinear, transpose2d, type DropoutFn, type LoraState } from './lora-layer.js'
-export { fusedCausalSoftmax, fusedCrossEntropy, fusedKernelsAvailable, fusedRmsNorm, fusedRope, fusedSwiglu } from './kernels.js'
+export { availableComputePath, type ComputePath, fusedCausalSoftmax, fusedCrossEntropy, fusedKernelsAvailable, fusedRmsNorm, fusedRope, fusedSwiglu, resolveComputePath } from './kernels.js'
 export { loadNativeKernels, type NativeFrozenHandle, type NativeKernels, type NativeLoadResult } from './native.js'
 export {
   CheckpointError,
@@ -104,3 +104,5 @@ export {
 } from './trainer.js'
 export { argmax, generate, GenerationError, sampleTopP, type GenerateOptions } from './generate.js'
 export { createProgressReporter, type ProgressOptions, type ProgressReporter } from './progress.js'
+export { TRAINING_RECIPE } from './recipe.js'
+export { checkModelDir, ModelOpenError, openModelForTraining, type OpenedModel, type OpenModelOptions } from './open-model.js'

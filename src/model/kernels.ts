@@ -332,7 +332,7 @@ function nativeFor(backendName: string): NativeKernels | undefined {
 
 function requireNative(backendName: string): NativeKernels {
   const native = nativeFor(backendName)
-  if (native === undefined) throw new Error('the fused attention kernel runs only on the native kernels (see fusedAttentionAvailable)')
+  if (native === undefined) throw new Error('the fused attention kernel runs only on the native kernels (compute path native)')
   return native
 }
 
@@ -415,6 +415,35 @@ export function fusedKernelsAvailable(): boolean {
   return (BACKENDS as readonly string[]).includes(tf.getBackend())
 }
 
+/**
+ * How a model computes its element-wise ops and attention, chosen once when the model is
+ * made (LlamaModelOptions.compute) rather than looked up on every call:
+ * - 'native': the fused kernels, on the native addon, plus its one-kernel causal attention;
+ * - 'fused': the fused kernels below (RMSNorm, RoPE, SwiGLU, causal softmax, cross-entropy);
+ * - 'stock': tfjs ops only (the TensorFlow backends, or to check the fused kernels against).
+ * All three give the same results within float32 rounding (tests hold them equal).
+ */
+export type ComputePath = 'native' | 'fused' | 'stock'
+
+const COMPUTE_RANK: Record<ComputePath, number> = { stock: 0, fused: 1, native: 2 }
+
+/** The fastest compute path the active backend offers. */
+export function availableComputePath(): ComputePath {
+  if (!fusedKernelsAvailable()) return 'stock'
+  return activeNativeKernels() !== undefined ? 'native' : 'fused'
+}
+
+/** `wanted` if the active backend can run it (else a clear error); the fastest available when undefined. */
+export function resolveComputePath(wanted: ComputePath | undefined): ComputePath {
+  const available = availableComputePath()
+  if (wanted === undefined) return available
+  if (COMPUTE_RANK[wanted] > COMPUTE_RANK[available]) {
+    const why = wanted === 'native' ? 'needs the native kernels on the wasm backend (npm run build:native)' : 'needs the wasm or cpu backend'
+    throw new Error(`compute path '${wanted}' ${why}; the ${tf.getBackend()} backend offers '${available}'`)
+  }
+  return wanted
+}
+
 /** RoPE on x [B, T, H, hd] with cos/sin tables [T, hd] (fused; see fusedKernelsAvailable). */
 export function fusedRope(x: tf.Tensor4D, cos: tf.Tensor2D, sin: tf.Tensor2D): tf.Tensor4D {
   const f = tf.customGrad((...args) => {
@@ -464,11 +493,6 @@ export function fusedCausalSoftmax<T extends tf.Tensor>(scores: T, scale: number
     }
   })
   return f(scores) as T
-}
-
-/** Whether fusedAttention runs on the active backend (it needs the native kernels). */
-export function fusedAttentionAvailable(): boolean {
-  return fusedKernelsAvailable() && activeNativeKernels() !== undefined
 }
 
 /**

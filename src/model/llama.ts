@@ -21,13 +21,14 @@ import { compareModuleNames, validateAdapterAgainstShapes } from '../lora/valida
 import { activeNativeKernels, nativeKernelsActive } from './backend.js'
 import { canHoldFrozenWeights, NativeFrozenWeight, type FrozenDtype, type HalfBits } from './frozen-weight.js'
 import { type LlamaConfig, parameterCount, type RopeScaling, validateConfig } from './config.js'
-import { fusedAttention, fusedAttentionAvailable, fusedCausalSoftmax, fusedKernelsAvailable, fusedRmsNorm, fusedRope, fusedSwiglu } from './kernels.js'
+import { type ComputePath, fusedAttention, fusedCausalSoftmax, fusedRmsNorm, fusedRope, fusedSwiglu, resolveComputePath } from './kernels.js'
 import { type DropoutFn, frozenMatMul, LoraLinear, transpose2d } from './lora-layer.js'
+import { TRAINING_RECIPE } from './recipe.js'
 
 export const LINEAR_MODULES = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const
 export type LinearModuleKind = (typeof LINEAR_MODULES)[number]
 /** The paper's (and PEFT's usual) default targets. */
-export const DEFAULT_TARGET_MODULES: readonly LinearModuleKind[] = ['q_proj', 'v_proj']
+export const DEFAULT_TARGET_MODULES: readonly LinearModuleKind[] = TRAINING_RECIPE.targets
 
 /** HF weight name -> row-major values in HF layout ([out, in] for linear layers). */
 export type WeightMap = ReadonlyMap<string, Float32Array>
@@ -70,8 +71,12 @@ export interface LlamaModelOptions {
    * matmuls are as fast as plain ones.
    */
   readonly backwardWeightCopies?: boolean
-  /** Use the fused JS kernels of kernels.ts (RMSNorm, RoPE) on wasm/cpu (default true). */
-  readonly fusedKernels?: boolean
+  /**
+   * How the model computes (kernels.ts ComputePath): 'native', 'fused' or 'stock'. Chosen
+   * once, here; default: the fastest the active backend offers. A path the backend cannot
+   * run is refused.
+   */
+  readonly compute?: ComputePath
   /**
    * Where the frozen weights of the linear layers that take no LoRA (those outside
    * targetModules) live: 'native' in the native addon's memory, out of the 4 GiB wasm
@@ -216,7 +221,8 @@ export class LlamaModel {
   private nativeHead: NativeFrozenWeight | undefined // lm_head [vocab, d] in the native addon
   private lmHeadW: tf.Tensor2D | undefined // [vocab, d] for the backward pass (untied, with copies)
   private readonly copies: boolean
-  private readonly fused: boolean
+  /** How this model computes (LlamaModelOptions.compute), fixed when it is made. */
+  readonly compute: ComputePath
   private finalNorm: tf.Tensor1D
   private readonly blocks: Block[]
   private readonly linears = new Map<string, LoraLinear>()
@@ -231,6 +237,7 @@ export class LlamaModel {
       if (!LINEAR_MODULES.includes(t)) throw new ModelWeightError(`unknown target module '${String(t)}' (one of ${LINEAR_MODULES.join(', ')})`)
     }
     // Where the frozen weights of non-target layers live (see LlamaModelOptions.frozenWeights).
+    this.compute = resolveComputePath(options.compute)
     const kernels = activeNativeKernels()
     const storage = options.frozenWeights ?? 'auto'
     if (storage === 'native' && !canHoldFrozenWeights(kernels)) {
@@ -266,7 +273,6 @@ export class LlamaModel {
       return w
     }
     const c = config
-    this.fused = options.fusedKernels ?? true
     let embedValues: Float32Array | undefined = get('model.embed_tokens.weight')
     this.embed = tf.tensor2d(embedValues, [c.vocabSize, c.hiddenSize])
     // The lm_head is frozen too: with the addon holding frozen weights, it lives there.
@@ -333,7 +339,7 @@ export class LlamaModel {
       throw new RangeError(`sequence length ${t} exceeds maxPositionEmbeddings ${this.config.maxPositionEmbeddings}`)
     }
     const dropout = dropoutFn(options)
-    const ops = this.fused && fusedKernelsAvailable() ? FUSED_OPS : TF_OPS
+    const ops = this.compute === 'stock' ? TF_OPS : FUSED_OPS
     const eps = this.config.rmsNormEps
     return tf.tidy(() => {
       const { cos, sin } = this.ropeTables(t)
@@ -371,7 +377,7 @@ export class LlamaModel {
   ): tf.Tensor2D {
     const { numHeads: nh, numKvHeads: nkv, headDim: hd } = this.config
     const rep = nh / nkv
-    if (causalSoftmax !== undefined && fusedAttentionAvailable()) {
+    if (causalSoftmax !== undefined && this.compute === 'native') {
       // One native kernel each way, on the projections' own [B, T, heads, hd] layout.
       const q = rope(blk.q.forward(x, dropout).reshape<tf.Tensor4D>([b, t, nh, hd]))
       const k = rope(blk.k.forward(x, dropout).reshape<tf.Tensor4D>([b, t, nkv, hd]))

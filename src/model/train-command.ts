@@ -25,11 +25,11 @@ import { type BackendPreference, type BackendSelection, describeBackend, selectB
 import { loadModel, loadPeftAdapter, saveCheckpoint, savePeftAdapter } from './checkpoint.js'
 import { parameterCount } from './config.js'
 import { readInstructionJsonl } from './data/jsonl.js'
-import { formatPrompt, tokenizeExample } from './data/template.js'
+import { formatPrompt } from './data/template.js'
 import type { InstructionExample } from './data/types.js'
 import { wordnetTask } from './data/wordnet.js'
 import { generate } from './generate.js'
-import { DEFAULT_TARGET_MODULES, LINEAR_MODULES, type LinearModuleKind, type LlamaModel } from './llama.js'
+import { LINEAR_MODULES, type LinearModuleKind, type LlamaModel } from './llama.js'
 import { createProgressReporter } from './progress.js'
 import { LlamaTokenizer } from './tokenizer.js'
 import {
@@ -42,6 +42,8 @@ import {
   type TrainResult,
 } from './trainer.js'
 import { defaultModelDir } from './bundled.js'
+import { checkModelDir, ModelOpenError, openModelForTraining } from './open-model.js'
+import { TRAINING_RECIPE } from './recipe.js'
 
 export { defaultModelDir }
 
@@ -59,17 +61,12 @@ export interface OutputStream {
 export const BACKEND_CHOICES = ['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'] as const
 
 
-/** Defaults of `flora train` (the CLI shows them in --help). */
+/** Defaults of `flora train` (the CLI shows them in --help): the shared training recipe (recipe.ts) plus the command's own. */
 export const TRAIN_DEFAULTS = {
+  ...TRAINING_RECIPE,
   data: 'wordnet',
-  rank: 8,
-  targets: DEFAULT_TARGET_MODULES as readonly string[],
   steps: 200,
-  batchSize: 8,
-  seqLen: 128,
-  lr: 3e-4,
   seed: 0,
-  backend: 'auto' as BackendPreference,
   /** WordNet: examples tokenized for training when --max-train is not given: one pass, at least this many. */
   wordnetMinTrain: 4000,
   wordnetMaxEval: 200,
@@ -94,6 +91,8 @@ export interface TrainCommandOptions {
   readonly batchSize?: number
   readonly seqLen?: number
   readonly lr?: number
+  /** LoRA dropout on the adapter's input while training (default: the recipe's 0.05, the FLoRA paper's). */
+  readonly loraDropout?: number
   readonly seed?: number
   readonly backend?: BackendPreference
   /** Cap on training examples (WordNet default: max(4000, steps x batch size)). */
@@ -156,6 +155,7 @@ const FLAG: Record<string, string> = {
   batchSize: '--batch-size',
   seqLen: '--seq-len',
   lr: '--lr',
+  loraDropout: '--lora-dropout',
   seed: '--seed',
   backend: '--backend',
   maxTrain: '--max-train',
@@ -183,6 +183,7 @@ const TrainSchema = z.object({
   batchSize: posInt.optional(),
   seqLen: z.number().int('must be an integer').min(4, 'must be >= 4').optional(),
   lr: z.number().finite().positive('must be > 0').max(1, 'must be <= 1').optional(),
+  loraDropout: z.number().min(0, 'must be >= 0').lt(1, 'must be < 1').optional(),
   seed: z.number().int('must be an integer').min(0, 'must be >= 0').max(Number.MAX_SAFE_INTEGER).optional(),
   backend: z.enum(BACKEND_CHOICES, { error: (i) => `unknown backend ${JSON.stringify(i.input)} (choose from ${BACKEND_CHOICES.join(', ')})` }).optional(),
   maxTrain: posInt.optional(),
@@ -227,13 +228,13 @@ async function isFile(p: string): Promise<boolean> {
 }
 
 /** A model directory must hold config.json and tokenizer.json; the checkpoint reader checks the rest. */
-async function checkModelDir(dir: string, bundled: boolean): Promise<void> {
-  const hint = bundled
-    ? ' (the bundled base model has not been built yet: see scripts/pretrain.py, or pass --model DIR with a Llama-family checkpoint)'
-    : ''
-  if (!(await isDir(dir))) throw new TrainCommandError(`--model ${dir}: no such directory${hint}`)
-  for (const f of ['config.json', 'tokenizer.json']) {
-    if (!(await isFile(path.join(dir, f)))) throw new TrainCommandError(`--model ${dir}: ${f} is missing${hint}`)
+/** A model directory that cannot be opened is a usage error of the command (exit 2). */
+async function usage<T>(work: () => T | Promise<T>): Promise<T> {
+  try {
+    return await work()
+  } catch (err) {
+    if (err instanceof ModelOpenError) throw new TrainCommandError(err.message)
+    throw err
   }
 }
 
@@ -409,7 +410,6 @@ export async function runTrain(options: TrainCommandOptions = {}): Promise<Train
   const stderr = options.stderr ?? process.stderr
   const json = options.json === true
   const signal = options.signal
-  const bundled = options.model === undefined
   const modelDir = options.model ?? defaultModelDir()
   const data = options.data ?? TRAIN_DEFAULTS.data
   // A starting adapter decides rank, alpha and targets (checked against the model below).
@@ -419,8 +419,8 @@ export async function runTrain(options: TrainCommandOptions = {}): Promise<Train
   const targets = (init !== undefined ? [...new Set(init.modules.map((m) => m.name.split('.').pop() as string))].sort() : [...new Set(options.targets ?? TRAIN_DEFAULTS.targets)]) as LinearModuleKind[]
   const steps = options.steps ?? TRAIN_DEFAULTS.steps
   const batchSize = options.batchSize ?? TRAIN_DEFAULTS.batchSize
-  const seqLen = options.seqLen ?? TRAIN_DEFAULTS.seqLen
   const lr = options.lr ?? TRAIN_DEFAULTS.lr
+  const loraDropout = options.loraDropout ?? TRAIN_DEFAULTS.loraDropout
   const seed = options.seed ?? TRAIN_DEFAULTS.seed
   const nSamples = options.samples ?? TRAIN_DEFAULTS.samples
 
@@ -433,26 +433,25 @@ export async function runTrain(options: TrainCommandOptions = {}): Promise<Train
   }
 
   // Cheap checks first, so a typo fails in milliseconds rather than after loading a model.
-  await checkModelDir(modelDir, bundled)
+  await usage(() => checkModelDir(options.model))
   if (data !== 'wordnet') await checkJsonlFile('--data', data)
   if (options.evalData !== undefined) await checkJsonlFile('--eval-data', options.evalData)
   if (options.out !== undefined) await checkOut(options.out)
 
-  const preference = options.backend ?? TRAIN_DEFAULTS.backend
-  const backend = await selectBackend(preference, { fallback: preference === 'auto' })
-  emit('backend', { backend: backend.backend, tfBackend: backend.tfBackend, threads: backend.threads, native: backend.native, patchedKernels: backend.patchedKernels, skipped: backend.skipped }, backendLine(backend))
-  checkAbort(0)
-
-  const tok = await LlamaTokenizer.fromDir(modelDir)
-  const model = await loadModel(modelDir, { targetModules: targets })
+  const opened = await usage(() =>
+    openModelForTraining(options.model, {
+      backend: options.backend ?? TRAIN_DEFAULTS.backend,
+      targets,
+      onBackend: (backend) => {
+        emit('backend', { backend: backend.backend, tfBackend: backend.tfBackend, threads: backend.threads, native: backend.native, patchedKernels: backend.patchedKernels, skipped: backend.skipped }, backendLine(backend))
+        checkAbort(0)
+      },
+    }),
+  )
+  const { model, tokenizer: tok, backend } = opened
   try {
+    const seqLen = await usage(() => opened.seqLen(options.seqLen))
     const c = model.config
-    if (tok.vocabSize > c.vocabSize) {
-      throw new TrainCommandError(`--model ${modelDir}: the tokenizer has ${tok.vocabSize} tokens but config.json says vocab_size ${c.vocabSize}`)
-    }
-    if (seqLen > c.maxPositionEmbeddings) {
-      throw new TrainCommandError(`--seq-len ${seqLen} exceeds the model's max_position_embeddings (${c.maxPositionEmbeddings})`)
-    }
     const modelInfo = { dir: modelDir, parameters: parameterCount(c), layers: c.numLayers, hidden: c.hiddenSize, vocab: c.vocabSize }
     emit('model', modelInfo, `model     ${modelDir}: ${c.numLayers} layers, hidden ${c.hiddenSize}, vocab ${c.vocabSize}, ${fmtParams(modelInfo.parameters)} parameters`)
 
@@ -472,14 +471,9 @@ export async function runTrain(options: TrainCommandOptions = {}): Promise<Train
 
     const loaded = await loadData({ ...options, data, seed, steps, batchSize })
     checkAbort(0)
-    let truncated = 0
-    const tokenize = (ex: InstructionExample): TrainingExample => {
-      const t = tokenizeExample(ex, tok, seqLen)
-      if (t.truncated) truncated++
-      return { inputIds: t.inputIds, promptLength: t.promptLength }
-    }
-    const train = loaded.train.map(tokenize)
-    const held = loaded.eval.map(tokenize)
+    const { examples: train, truncated: cutTrain } = opened.tokenize(loaded.train, seqLen)
+    const { examples: held, truncated: cutHeld } = opened.tokenize(loaded.eval, seqLen)
+    const truncated = cutTrain + cutHeld
     if (train.length === 0) throw new TrainCommandError(`--data ${data}: no training examples`)
     if (held.length === 0) throw new TrainCommandError('no held-out examples')
     const dataInfo = { source: loaded.source, evalSource: loaded.evalSource, train: train.length, eval: held.length, truncated }
@@ -489,7 +483,7 @@ export async function runTrain(options: TrainCommandOptions = {}): Promise<Train
       ...(truncated > 0 ? [`          ${fmtInt(truncated)} example(s) cut to --seq-len ${seqLen} tokens`] : []),
     ])
 
-    const evalOpts = { seqLen, padId: tok.padId, batchSize, signal }
+    const evalOpts = { seqLen, padId: tok.padId, batchSize: Math.max(batchSize, TRAINING_RECIPE.evalBatchSize), signal }
     let t = performance.now()
     const before = await evaluateChunked(model, held, { ...evalOpts, stepsDone: 0 })
     emit(
@@ -516,6 +510,7 @@ export async function runTrain(options: TrainCommandOptions = {}): Promise<Train
         lr,
         seed,
         padId: tok.padId,
+        loraDropout,
         signal,
         onStep: (info) => {
           progress.onStep(info)
@@ -570,7 +565,7 @@ export async function runTrain(options: TrainCommandOptions = {}): Promise<Train
         model: modelDir,
         data: loaded.source,
         evalData: loaded.evalSource,
-        options: { rank, alpha, targets, steps, batchSize, seqLen, lr, seed, backend: backend.backend },
+        options: { rank, alpha, targets, steps, batchSize, seqLen, lr, loraDropout, seed, backend: backend.backend },
         examples: { train: train.length, eval: held.length },
         before,
         after,
@@ -642,9 +637,8 @@ export async function runGenerate(options: GenerateCommandOptions): Promise<Gene
   if (!Number.isInteger(maxNew) || maxNew < 1) throw new TrainCommandError(`--max-new-tokens must be an integer >= 1 (got ${maxNew})`)
   if (options.topP !== undefined && !(options.topP > 0 && options.topP <= 1)) throw new TrainCommandError(`--top-p must be in (0, 1] (got ${options.topP})`)
   if (options.temperature !== undefined && !(options.temperature > 0)) throw new TrainCommandError(`--temperature must be > 0 (got ${options.temperature})`)
-  const bundled = options.model === undefined
   const modelDir = options.model ?? defaultModelDir()
-  await checkModelDir(modelDir, bundled)
+  await usage(() => checkModelDir(options.model))
   if (options.adapter !== undefined && !(await isDir(options.adapter))) throw new TrainCommandError(`--adapter ${options.adapter}: no such directory`)
   const preference = options.backend ?? 'auto'
   const backend = await selectBackend(preference, { fallback: preference === 'auto' })

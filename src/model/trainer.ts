@@ -18,7 +18,7 @@ import * as tf from '@tensorflow/tfjs'
 import { BACKEND_DEAD } from './backend-dead.js'
 import { createPrng, type SeedLike } from '../lora/prng.js'
 import { AdamW } from './adamw.js'
-import { crossEntropyLoop, fusedCrossEntropy, fusedKernelsAvailable } from './kernels.js'
+import { type ComputePath, crossEntropyLoop, fusedCrossEntropy } from './kernels.js'
 import type { LlamaModel } from './llama.js'
 
 export const IGNORE_INDEX = -100
@@ -192,8 +192,8 @@ function gatherRows(x: tf.Tensor2D, rows: tf.Tensor1D): tf.Tensor2D {
  * One fused pass over the logits (max, exp-sum, gradient): the fused kernel on wasm/cpu
  * (native when the addon runs), else the same JS loop over downloaded logits.
  */
-function crossEntropy(logits: tf.Tensor2D, targets: BatchTensors['targets'], withGrad: boolean): tf.Scalar {
-  if (fusedKernelsAvailable()) return fusedCrossEntropy(logits, targets.tensor, withGrad)
+function crossEntropy(logits: tf.Tensor2D, targets: BatchTensors['targets'], withGrad: boolean, compute: ComputePath): tf.Scalar {
+  if (compute !== 'stock') return fusedCrossEntropy(logits, targets.tensor, withGrad)
   const f = tf.customGrad((...args) => {
     const z = args[0] as tf.Tensor2D
     const save = args[1] as tf.GradSaveFunc
@@ -220,7 +220,7 @@ function batchLoss(
   return tf.tidy(() => {
     const hidden = model.hiddenStates(t.ids, dropout === undefined ? {} : { loraDropout: dropout.rate, dropoutSeed: dropout.seed })
     const logits = model.lmHead(gatherRows(hidden, t.rows))
-    return crossEntropy(logits, t.targets, withGrad)
+    return crossEntropy(logits, t.targets, withGrad, model.compute)
   })
 }
 
@@ -265,7 +265,7 @@ export function evaluate(model: LlamaModel, examples: readonly TrainingExample[]
     const t = batchTensors(batch)
     const [loss, predicted] = tf.tidy(() => {
       const logits = model.lmHead(gatherRows(model.hiddenStates(t.ids, {}), t.rows))
-      return [crossEntropy(logits, t.targets, false), tf.argMax(logits, -1)] as const
+      return [crossEntropy(logits, t.targets, false, model.compute), tf.argMax(logits, -1)] as const
     })
     sum += (loss.dataSync()[0] as number) * batch.rows.length
     const guesses = predicted.dataSync()

@@ -21,6 +21,7 @@ import { MODEL_TRAINER_DEFAULTS } from './model-defaults.js'
 import { readSwarmKey, swarmKeyFingerprint } from './swarm-key.js'
 import { VERSION } from '../version.js'
 import { parseCommandLine } from '../exit-codes.js'
+import { fraction, intAtLeast, positiveNumber } from '../cli-options.js'
 import { Registry } from 'prom-client'
 import {
   DEFAULT_METRICS_HOST,
@@ -62,29 +63,8 @@ export interface PeerReport {
   finished: boolean
 }
 
-function int(name: string, min: number) {
-  return (value: string): number => {
-    const n = Number(value)
-    if (!Number.isInteger(n) || n < min) throw new InvalidArgumentError(`${name} must be an integer >= ${min}`)
-    return n
-  }
-}
 
-function num(name: string) {
-  return (value: string): number => {
-    const n = Number(value)
-    if (!Number.isFinite(n) || n <= 0) throw new InvalidArgumentError(`${name} must be a positive number`)
-    return n
-  }
-}
 
-function fraction(name: string) {
-  return (value: string): number => {
-    const n = Number(value)
-    if (!Number.isFinite(n) || n < 0 || n >= 1) throw new InvalidArgumentError(`${name} must be in [0, 1)`)
-    return n
-  }
-}
 
 function weightCap(value: string): number {
   const n = Number(value)
@@ -117,8 +97,8 @@ export function buildProgram(): Command {
     .addOption(new Option('-b, --bootstrap <multiaddr>', 'address of a running peer, as it printed it (/ip4/.../tcp/.../p2p/<id>); repeatable or comma-separated').argParser(list).env('FLORA_BOOTSTRAP'))
     .addOption(new Option('-l, --listen <multiaddr>', 'address to listen on; repeatable').argParser(list).env('FLORA_LISTEN'))
     .addOption(new Option('--announce <multiaddr>', 'address to announce instead of the listen address (public IP, NAT); repeatable').argParser(list).env('FLORA_ANNOUNCE'))
-    .addOption(new Option('-r, --rank <n>', 'LoRA rank of this peer').argParser(int('--rank', 1)).default(8).env('FLORA_RANK'))
-    .addOption(new Option('--alpha <x>', 'LoRA alpha (default: 2 x rank, as in the FLoRA paper)').argParser(num('--alpha')).env('FLORA_ALPHA'))
+    .addOption(new Option('-r, --rank <n>', 'LoRA rank of this peer').argParser(intAtLeast('--rank', 1)).default(8).env('FLORA_RANK'))
+    .addOption(new Option('--alpha <x>', 'LoRA alpha (default: 2 x rank, as in the FLoRA paper)').argParser(positiveNumber('--alpha')).env('FLORA_ALPHA'))
     .addOption(
       new Option(
         '-d, --data <spec>',
@@ -128,15 +108,15 @@ export function buildProgram(): Command {
       ).env('FLORA_DATA'),
     )
     .addOption(new Option('-m, --model <dir>', 'base model directory: config.json, model.safetensors, tokenizer.json (model trainer; default: the bundled models/flora-tiny)').env('FLORA_MODEL'))
-    .addOption(new Option('-n, --rounds <n>', 'rounds to take part in, then leave (default: until stopped)').argParser(int('--rounds', 1)).env('FLORA_ROUNDS'))
-    .addOption(new Option('--local-steps <n>', `local training steps per round (default: model ${MODEL_TRAINER_DEFAULTS.localSteps}, synthetic 5)`).argParser(int('--local-steps', 1)).env('FLORA_LOCAL_STEPS'))
-    .addOption(new Option('--batch-size <n>', `model trainer: examples per step (default ${MODEL_TRAINER_DEFAULTS.batchSize})`).argParser(int('--batch-size', 1)).env('FLORA_BATCH_SIZE'))
-    .addOption(new Option('--lr <x>', `model trainer: AdamW learning rate (default ${MODEL_TRAINER_DEFAULTS.lr})`).argParser(num('--lr')).env('FLORA_LR'))
-    .addOption(new Option('--seq-len <n>', `model trainer: examples are cut to this many tokens (default ${MODEL_TRAINER_DEFAULTS.seqLen})`).argParser(int('--seq-len', 4)).env('FLORA_SEQ_LEN'))
+    .addOption(new Option('-n, --rounds <n>', 'rounds to take part in, then leave (default: until stopped)').argParser(intAtLeast('--rounds', 1)).env('FLORA_ROUNDS'))
+    .addOption(new Option('--local-steps <n>', `local training steps per round (default: model ${MODEL_TRAINER_DEFAULTS.localSteps}, synthetic 5)`).argParser(intAtLeast('--local-steps', 1)).env('FLORA_LOCAL_STEPS'))
+    .addOption(new Option('--batch-size <n>', `model trainer: examples per step (default ${MODEL_TRAINER_DEFAULTS.batchSize})`).argParser(intAtLeast('--batch-size', 1)).env('FLORA_BATCH_SIZE'))
+    .addOption(new Option('--lr <x>', `model trainer: AdamW learning rate (default ${MODEL_TRAINER_DEFAULTS.lr})`).argParser(positiveNumber('--lr')).env('FLORA_LR'))
+    .addOption(new Option('--seq-len <n>', `model trainer: examples are cut to this many tokens (default ${MODEL_TRAINER_DEFAULTS.seqLen})`).argParser(intAtLeast('--seq-len', 4)).env('FLORA_SEQ_LEN'))
     .addOption(new Option('--lora-dropout <x>', `model trainer: LoRA dropout (default ${MODEL_TRAINER_DEFAULTS.loraDropout})`).argParser(fraction('--lora-dropout')).env('FLORA_LORA_DROPOUT'))
-    .addOption(new Option('--eval-examples <n>', `model trainer: held-out examples evaluated before round 1 and after every round (default ${MODEL_TRAINER_DEFAULTS.evalExamples})`).argParser(int('--eval-examples', 1)).env('FLORA_EVAL_EXAMPLES'))
+    .addOption(new Option('--eval-examples <n>', `model trainer: held-out examples evaluated before round 1 and after every round (default ${MODEL_TRAINER_DEFAULTS.evalExamples})`).argParser(intAtLeast('--eval-examples', 1)).env('FLORA_EVAL_EXAMPLES'))
     .addOption(new Option('--eval-data <spec>', "model trainer: held-out set, 'wordnet' (held-out synsets, default) or a JSONL file; use the same on every peer").env('FLORA_EVAL_DATA'))
-    .addOption(new Option('--train-examples <n>', `model trainer: cap on the training pool before it is split into shards (WordNet default ${MODEL_TRAINER_DEFAULTS.wordnetTrainExamples})`).argParser(int('--train-examples', 1)).env('FLORA_TRAIN_EXAMPLES'))
+    .addOption(new Option('--train-examples <n>', `model trainer: cap on the training pool before it is split into shards (WordNet default ${MODEL_TRAINER_DEFAULTS.wordnetTrainExamples})`).argParser(intAtLeast('--train-examples', 1)).env('FLORA_TRAIN_EXAMPLES'))
     .addOption(new Option('--targets <modules>', `model trainer: linear layers to adapt, comma-separated (swarm-wide; default ${MODEL_TRAINER_DEFAULTS.targets.join(',')})`).argParser(list).env('FLORA_TARGETS'))
     .addOption(new Option('--backend <name>', 'model trainer: tfjs backend').choices(['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu']).default('auto').env('FLORA_BACKEND'))
     .addOption(new Option('-s, --strategy <name>', `aggregation strategy (swarm-wide): ${listStrategies().join(', ')}`).env('FLORA_STRATEGY'))
@@ -144,21 +124,21 @@ export function buildProgram(): Command {
     .addOption(new Option('--print-config', 'print the swarm config these options define, and exit'))
     .addOption(new Option('-t, --trainer <name>', `training backend: ${trainerBackends().join(', ')}`).default(defaultTrainerBackend()).env('FLORA_TRAINER'))
     .addOption(new Option('--name <name>', 'swarm name (part of the swarm id)').env('FLORA_SWARM_NAME'))
-    .addOption(new Option('--min-peers <n>', 'members (this peer included) to wait for before round 1 (swarm-wide)').argParser(int('--min-peers', 1)).env('FLORA_MIN_PEERS'))
-    .addOption(new Option('--deadline <ms>', 'round deadline in ms after a peer starts the round (swarm-wide)').argParser(int('--deadline', 100)).env('FLORA_DEADLINE_MS'))
-    .addOption(new Option('--grace <ms>', 'extra wait per fallback proposer in ms (swarm-wide)').argParser(int('--grace', 50)).env('FLORA_GRACE_MS'))
+    .addOption(new Option('--min-peers <n>', 'members (this peer included) to wait for before round 1 (swarm-wide)').argParser(intAtLeast('--min-peers', 1)).env('FLORA_MIN_PEERS'))
+    .addOption(new Option('--deadline <ms>', 'round deadline in ms after a peer starts the round (swarm-wide)').argParser(intAtLeast('--deadline', 100)).env('FLORA_DEADLINE_MS'))
+    .addOption(new Option('--grace <ms>', 'extra wait per fallback proposer in ms (swarm-wide)').argParser(intAtLeast('--grace', 50)).env('FLORA_GRACE_MS'))
     .addOption(new Option('--quorum <rule>', 'votes a round needs: majority (> 1/2 of the recorded members; tolerates crashed, slow or cut-off members) or two-thirds (> 2/3; also tolerates a member that signs conflicting votes) (swarm-wide)').choices(['majority', 'two-thirds']).env('FLORA_QUORUM'))
     .addOption(new Option('--weighting <rule>', "contributors' weights p_k: by declared sample count, or equal (swarm-wide; default samples)").choices(['samples', 'equal']).env('FLORA_WEIGHTING'))
     .addOption(new Option('--max-weight <p>', 'cap on any contributor\'s weight p_k in a round, in (0, 1] (swarm-wide; default 0.5)').argParser(weightCap).env('FLORA_MAX_WEIGHT'))
-    .addOption(new Option('--max-delta-ratio <x>', 'per module, one adapter\'s update ||s B A||_F is clipped to x times the module\'s ||W||_F (swarm-wide; default 0.5, synthetic 2)').argParser(num('--max-delta-ratio')).env('FLORA_MAX_DELTA_RATIO'))
-    .addOption(new Option('--stall-timeout <ms>', 'give up (exit 3) when a round is not certified this long after it started (default: deadline + 10 x grace)').argParser(int('--stall-timeout', 1)).env('FLORA_STALL_MS'))
-    .addOption(new Option('--seed <n>', 'swarm seed (swarm-wide)').argParser(int('--seed', 0)).env('FLORA_SEED'))
-    .addOption(new Option('--layers <n>', 'synthetic base: layers').argParser(int('--layers', 1)).env('FLORA_SYNTHETIC_LAYERS'))
-    .addOption(new Option('--hidden <n>', 'synthetic base: hidden size').argParser(int('--hidden', 1)).env('FLORA_SYNTHETIC_HIDDEN'))
-    .addOption(new Option('--train-busy-ms <ms>', 'synthetic trainer: block the training thread this long per round (simulates a slow, synchronous training step)').argParser(int('--train-busy-ms', 0)).env('FLORA_TRAIN_BUSY_MS'))
-    .addOption(new Option('--train-delay-ms <ms>', 'synthetic trainer: take this long per round without using the CPU (a peer training on its own machine)').argParser(int('--train-delay-ms', 0)).env('FLORA_TRAIN_DELAY_MS'))
+    .addOption(new Option('--max-delta-ratio <x>', 'per module, one adapter\'s update ||s B A||_F is clipped to x times the module\'s ||W||_F (swarm-wide; default 0.5, synthetic 2)').argParser(positiveNumber('--max-delta-ratio')).env('FLORA_MAX_DELTA_RATIO'))
+    .addOption(new Option('--stall-timeout <ms>', 'give up (exit 3) when a round is not certified this long after it started (default: deadline + 10 x grace)').argParser(intAtLeast('--stall-timeout', 1)).env('FLORA_STALL_MS'))
+    .addOption(new Option('--seed <n>', 'swarm seed (swarm-wide)').argParser(intAtLeast('--seed', 0)).env('FLORA_SEED'))
+    .addOption(new Option('--layers <n>', 'synthetic base: layers').argParser(intAtLeast('--layers', 1)).env('FLORA_SYNTHETIC_LAYERS'))
+    .addOption(new Option('--hidden <n>', 'synthetic base: hidden size').argParser(intAtLeast('--hidden', 1)).env('FLORA_SYNTHETIC_HIDDEN'))
+    .addOption(new Option('--train-busy-ms <ms>', 'synthetic trainer: block the training thread this long per round (simulates a slow, synchronous training step)').argParser(intAtLeast('--train-busy-ms', 0)).env('FLORA_TRAIN_BUSY_MS'))
+    .addOption(new Option('--train-delay-ms <ms>', 'synthetic trainer: take this long per round without using the CPU (a peer training on its own machine)').argParser(intAtLeast('--train-delay-ms', 0)).env('FLORA_TRAIN_DELAY_MS'))
     .addOption(new Option('--in-thread', 'train on the main thread instead of a worker (networking then stalls while a step runs)').env('FLORA_IN_THREAD'))
-    .addOption(new Option('--samples <n>', 'synthetic trainer: reported sample count').argParser(int('--samples', 1)).env('FLORA_SAMPLES'))
+    .addOption(new Option('--samples <n>', 'synthetic trainer: reported sample count').argParser(intAtLeast('--samples', 1)).env('FLORA_SAMPLES'))
     .addOption(new Option('-i, --identity <file>', 'key file that keeps this peer\'s id across restarts (created if missing)').default('.flora/peer.key').env('FLORA_IDENTITY'))
     .addOption(new Option('--mdns', 'also discover peers on the local network (mDNS)').env('FLORA_MDNS'))
     .addOption(new Option('--swarm-key <file>', 'private network: only connect to hosts holding this swarm key (libp2p pnet; create one with: flora swarm-key <file>)').env('FLORA_SWARM_KEY'))
@@ -169,8 +149,8 @@ export function buildProgram(): Command {
     .addOption(new Option('-o, --out <dir>', 'after every committed round, write the agreed model there: model/ (Hugging Face model dir, or the target weights) and adapter/ (the cumulative update since genesis as a PEFT adapter)').env('FLORA_OUT'))
     .addOption(new Option('--records <file>', 'append every committed round record (manifest chain) to this JSON-lines file').env('FLORA_RECORDS'))
     .addOption(new Option('--report <file>', 'write a JSON summary of this peer\'s run here on exit').env('FLORA_REPORT'))
-    .addOption(new Option('--linger <ms>', 'after the last round, keep serving payloads this long for slower peers (default: min(grace, 3000), then as long as members still run rounds, up to the stall timeout)').argParser(int('--linger', 0)).env('FLORA_LINGER_MS'))
-    .addOption(new Option('--merge-workers <n>', 'merge worker threads (0: main thread)').argParser(int('--merge-workers', 0)).default(0).env('FLORA_MERGE_WORKERS'))
+    .addOption(new Option('--linger <ms>', 'after the last round, keep serving payloads this long for slower peers (default: min(grace, 3000), then as long as members still run rounds, up to the stall timeout)').argParser(intAtLeast('--linger', 0)).env('FLORA_LINGER_MS'))
+    .addOption(new Option('--merge-workers <n>', 'merge worker threads (0: main thread)').argParser(intAtLeast('--merge-workers', 0)).default(0).env('FLORA_MERGE_WORKERS'))
     .addOption(new Option('--http <[host:]port>', `serve a live status page at http://HOST:PORT/ (members, round and phase, hash agreement, loss per round, rejections), its data at /status.json and the Prometheus metrics at /metrics (host default ${DEFAULT_METRICS_HOST}; port 0: any free port)`).argParser(metricsAddress).env('FLORA_HTTP'))
     .addOption(new Option('--metrics <[host:]port>', `serve Prometheus metrics at http://HOST:PORT/metrics (host default ${DEFAULT_METRICS_HOST}; port 0: any free port; see docs/METRICS.md)`).argParser(metricsAddress).env('FLORA_METRICS'))
     .addOption(new Option('--log-level <level>', 'trace, debug, info, warn, error, silent').default('info').env('FLORA_LOG_LEVEL'))

@@ -7,6 +7,7 @@
  * steps and how many rounds it stays for. Those are the peer's business (FLoRA's point
  * is that ranks may differ).
  */
+import { readFile } from 'node:fs/promises'
 import { z } from 'zod'
 import { canonicalJson, sha256Hex, type CanonicalValue } from '../gossip/canonical.js'
 import type { ModuleShape, WireDType } from '../lora/types.js'
@@ -157,4 +158,15 @@ export function payloadCap(config: SwarmConfig): number {
 /** sha256 of the config's canonical JSON. */
 export function swarmIdOf(config: SwarmConfig): string {
   return sha256Hex(canonicalJson(config as unknown as CanonicalValue))
+}
+
+/** Reads and validates a swarm config file. */
+export async function readSwarmConfig(file: string): Promise<SwarmConfig> {
+  let json: unknown
+  try {
+    json = JSON.parse(await readFile(file, 'utf8'))
+  } catch (err) {
+    throw new SwarmConfigError(`cannot read swarm config ${file}: ${(err as Error).message}`)
+  }
+  return parseSwarmConfig(json)
 }

@@ -20,27 +20,24 @@
  *   held-out set, the same on every peer (default: the first 64 of WordNet's held-out
  *   synsets, which neither pretraining nor any peer trains on).
  */
-import { readFile } from 'node:fs/promises'
 import path from 'node:path'
 import { canonicalJson, sha256Hex, type CanonicalValue } from '../gossip/canonical.js'
-import { stateHash } from '../aggregation/state-hash.js'
+import { stateHashStreamed } from '../aggregation/state-hash.js'
 import { initAdapter } from '../lora/init.js'
 import type { ModuleShape } from '../lora/types.js'
-import { type BackendPreference, type BackendSelection, describeBackend, selectBackend } from '../model/backend.js'
-import { type Checkpoint, loadPeftAdapter, readCheckpoint } from '../model/checkpoint.js'
+import { type BackendPreference, describeBackend } from '../model/backend.js'
+import { loadPeftAdapter, openCheckpoint } from '../model/checkpoint.js'
 import { mergeIntoWeightsSync } from '../aggregation/merge.js'
 import { type LlamaConfig, parameterCount, toHfConfig } from '../model/config.js'
 import { readInstructionJsonl } from '../model/data/jsonl.js'
 import { partitionExamples } from '../model/data/partition.js'
-import { tokenizeExample } from '../model/data/template.js'
 import type { InstructionExample } from '../model/data/types.js'
 import { type WordNetTask, wordnetTask } from '../model/data/wordnet.js'
 import { expectedWeightShapes, LINEAR_MODULES, type LinearModuleKind, LlamaModel } from '../model/llama.js'
-import { LlamaTokenizer } from '../model/tokenizer.js'
-import { evaluate, type StepInfo, trainLora, type TrainingExample } from '../model/trainer.js'
-import { makeSwarmConfig, SwarmConfigError, type SwarmConfig } from './config.js'
-import type { EvalScore, PeerSetup, SetupOptions } from './setup.js'
-import { readSwarmConfig } from './setup.js'
+import { type OpenedModel, openModelForTraining } from '../model/open-model.js'
+import { evaluate, type StepInfo, trainLora } from '../model/trainer.js'
+import { makeSwarmConfig, readSwarmConfig, SwarmConfigError, type SwarmConfig } from './config.js'
+import type { EvalScore, PeerSetup, SetupOptions } from './setup-types.js'
 import { genesisState } from './state.js'
 import type { Trainer } from './trainer.js'
 import { MODEL_TRAINER_DEFAULTS } from './model-defaults.js'
@@ -98,17 +95,34 @@ export const BASE_MODEL_HASH_FORMAT = 'flora-base-model/1'
  * tokenizer file's sha256 (null when the directory has none).
  */
 export function baseModelHash(config: LlamaConfig, weights: ReadonlyMap<string, Float32Array>, tokenizerSha256: string | null): string {
-  const shapes = expectedWeightShapes(config)
-  const tensors = [...shapes].map(([name, shape]) => {
-    const data = weights.get(name)
-    if (data === undefined) throw new SwarmConfigError(`base model hash: tensor ${name} is missing`)
-    return { name, shape, data }
-  })
+  return baseModelHashOf(config, (name) => weights.get(name), tokenizerSha256)
+}
+
+/** baseModelHash of a checkpoint directory, reading its tensors one at a time (never the whole model in float32). */
+export async function checkpointBaseModelHash(dir: string, tokenizerSha256: string | null): Promise<string> {
+  const { config, weights } = await openCheckpoint(dir)
+  try {
+    return baseModelHashOf(config, (name) => weights.get(name), tokenizerSha256)
+  } finally {
+    weights.close()
+  }
+}
+
+function baseModelHashOf(config: LlamaConfig, read: (name: string) => Float32Array | undefined, tokenizerSha256: string | null): string {
+  const tensors = [...expectedWeightShapes(config)].map(([name, shape]) => ({
+    name,
+    shape,
+    data: (): Float32Array => {
+      const data = read(name)
+      if (data === undefined) throw new SwarmConfigError(`base model hash: tensor ${name} is missing`)
+      return data
+    },
+  }))
   return sha256Hex(
     canonicalJson({
       format: BASE_MODEL_HASH_FORMAT,
       config: toHfConfig(config) as unknown as CanonicalValue,
-      weights: stateHash(tensors),
+      weights: stateHashStreamed(tensors),
       tokenizer: tokenizerSha256,
     }),
   )
@@ -137,11 +151,10 @@ class Lock {
 }
 
 interface Runtime {
-  readonly dir: string
+  /** The model, its tokenizer and backend, as opened for training (src/model/open-model.ts). */
+  readonly opened: OpenedModel
   readonly config: LlamaConfig
   readonly model: LlamaModel
-  readonly tokenizer: LlamaTokenizer
-  readonly backend: BackendSelection
   readonly baseModelHash: string
   /** Target modules, canonical order. */
   readonly shapes: ModuleShape[]
@@ -165,50 +178,23 @@ async function loadRuntime(dir: string, targets: readonly LinearModuleKind[], ba
   return hit
 }
 
-let backendSelection: Promise<BackendSelection> | undefined
-
 async function createRuntime(dir: string, targets: readonly LinearModuleKind[], backend: BackendPreference): Promise<Runtime> {
-  backendSelection ??= selectBackend(backend, { fallback: backend === 'auto' })
-  const selected = await backendSelection.catch((err: Error) => {
-    backendSelection = undefined
-    throw new SwarmConfigError(`--backend ${backend}: ${err.message}`)
-  })
-  let ckpt: Checkpoint
+  let opened: OpenedModel
   try {
-    ckpt = await readCheckpoint(dir)
+    opened = await openModelForTraining(dir, { backend, targets })
   } catch (err) {
-    const bundled = path.resolve(dir) === path.resolve(defaultModelDir())
-    throw new SwarmConfigError(
-      `cannot load the base model: ${(err as Error).message}${bundled ? ' (the bundled model models/flora-tiny has not been built yet: scripts/pretrain.sh; or pass --model DIR)' : ''}`,
-    )
+    throw new SwarmConfigError(`cannot load the base model: ${(err as Error).message}`)
   }
-  const tokFile = path.join(dir, 'tokenizer.json')
-  let tokBytes: Buffer
+  const { model } = opened
   try {
-    tokBytes = await readFile(tokFile)
-  } catch {
-    throw new SwarmConfigError(`--model ${dir}: tokenizer.json is missing (the model trainer needs it to tokenize the data)`)
-  }
-  const tokenizer = await LlamaTokenizer.fromDir(dir)
-  if (tokenizer.vocabSize > ckpt.config.vocabSize) {
-    throw new SwarmConfigError(`--model ${dir}: the tokenizer has ${tokenizer.vocabSize} tokens but config.json says vocab_size ${ckpt.config.vocabSize}`)
-  }
-  const hash = baseModelHash(ckpt.config, ckpt.weights, sha256Hex(tokBytes))
-  const model = new LlamaModel(ckpt.config, ckpt.weights, { targetModules: targets })
-  const shapes = model.targetModuleShapes()
-  const genesis = new Map<string, Float32Array>()
-  for (const s of shapes) genesis.set(s.name, ckpt.weights.get(`${s.name}.weight`) as Float32Array)
-  return {
-    dir,
-    config: ckpt.config,
-    model,
-    tokenizer,
-    backend: selected,
-    baseModelHash: hash,
-    shapes,
-    genesis,
-    loaded: new Map(genesis),
-    lock: new Lock(),
+    const hash = await checkpointBaseModelHash(dir, opened.tokenizerSha256)
+    const shapes = model.targetModuleShapes()
+    const genesis = new Map<string, Float32Array>()
+    for (const s of shapes) genesis.set(s.name, model.getBaseWeight(s.name))
+    return { opened, config: model.config, model, baseModelHash: hash, shapes, genesis, loaded: new Map(genesis), lock: new Lock() }
+  } catch (err) {
+    model.dispose()
+    throw err
   }
 }
 
@@ -376,7 +362,7 @@ async function resolveConfig(rt: Runtime, o: SetupOptions, genesis: ReadonlyMap<
   const config = await readSwarmConfig(o.configFile)
   if (config.baseModelHash !== built.baseModelHash || config.genesisStateHash !== built.genesisStateHash) {
     throw new SwarmConfigError(
-      `${o.configFile} is for another base model (base ${config.baseModelHash.slice(0, 12)}, genesis ${config.genesisStateHash.slice(0, 12)}) than --model ${rt.dir} (base ${built.baseModelHash.slice(0, 12)}, genesis ${built.genesisStateHash.slice(0, 12)})`,
+      `${o.configFile} is for another base model (base ${config.baseModelHash.slice(0, 12)}, genesis ${config.genesisStateHash.slice(0, 12)}) than --model ${rt.opened.dir} (base ${built.baseModelHash.slice(0, 12)}, genesis ${built.genesisStateHash.slice(0, 12)})`,
     )
   }
   const names = (ts: readonly ModuleShape[]): string => ts.map((t) => `${t.name}:${t.outFeatures}x${t.inFeatures}`).sort().join(',')
@@ -392,7 +378,7 @@ export async function setupModelPeer(o: SetupOptions): Promise<PeerSetup> {
   const spec = parseDataSpec(o.data)
   const steps = positive('--local-steps', o.localSteps ?? d.localSteps)
   const batchSize = positive('--batch-size', o.batchSize ?? d.batchSize)
-  const seqLen = positive('--seq-len', o.seqLen ?? d.seqLen)
+  if (o.seqLen !== undefined) positive('--seq-len', o.seqLen)
   const lr = positive('--lr', o.lr ?? d.lr, false)
   const evalExamples = positive('--eval-examples', o.evalExamples ?? d.evalExamples)
   const evalData = o.evalData ?? d.evalData
@@ -403,12 +389,15 @@ export async function setupModelPeer(o: SetupOptions): Promise<PeerSetup> {
   const dir = o.model ?? defaultModelDir()
 
   const rt = await loadRuntime(dir, targets, o.backend ?? d.backend)
-  if (seqLen > rt.config.maxPositionEmbeddings) {
-    throw new SwarmConfigError(`--seq-len ${seqLen} exceeds the model's max_position_embeddings (${rt.config.maxPositionEmbeddings})`)
+  let seqLen: number
+  try {
+    seqLen = rt.opened.seqLen(o.seqLen)
+  } catch (err) {
+    throw new SwarmConfigError((err as Error).message)
   }
   const genesis = o.initAdapter != null ? await withInitAdapter(rt, o.initAdapter) : rt.genesis
   const config = await resolveConfig(rt, o, genesis)
-  const modelLine = `${path.relative(process.cwd(), path.resolve(dir)) || '.'} (${rt.config.numLayers} layers, hidden ${rt.config.hiddenSize}, ${(parameterCount(rt.config) / 1e6).toFixed(2)}M parameters, tfjs ${describeBackend(rt.backend)}; base ${rt.baseModelHash.slice(0, 12)})`
+  const modelLine = `${path.relative(process.cwd(), path.resolve(dir)) || '.'} (${rt.config.numLayers} layers, hidden ${rt.config.hiddenSize}, ${(parameterCount(rt.config) / 1e6).toFixed(2)}M parameters, tfjs ${describeBackend(rt.opened.backend)}, compute ${rt.model.compute}; base ${rt.baseModelHash.slice(0, 12)})`
   const notLoaded = (): never => {
     throw new Error('model trainer: set up with configOnly (no data loaded)')
   }
@@ -417,14 +406,9 @@ export async function setupModelPeer(o: SetupOptions): Promise<PeerSetup> {
   }
 
   const data = await loadPeerData(spec, { evalData, evalExamples, trainExamples: o.trainExamples, swarmSeed: config.seed })
-  const tok = rt.tokenizer
-  const tokenize = (ex: InstructionExample): TrainingExample => {
-    const t = tokenizeExample(ex, tok, seqLen)
-    return { inputIds: t.inputIds, promptLength: t.promptLength }
-  }
-  const train = data.train.map(tokenize)
-  const held = data.eval.map(tokenize)
-  const padId = tok.padId
+  const { examples: train, truncated } = rt.opened.tokenize(data.train, seqLen)
+  const { examples: held } = rt.opened.tokenize(data.eval, seqLen)
+  const padId = rt.opened.tokenizer.padId
   const samples = train.length
 
   const trainer: Trainer = (ctx) =>
@@ -457,7 +441,7 @@ export async function setupModelPeer(o: SetupOptions): Promise<PeerSetup> {
       }
     })
 
-  const evalBatch = Math.max(batchSize, 16)
+  const evalBatch = Math.max(batchSize, d.evalBatchSize)
   const evaluateWeights = (weights: ReadonlyMap<string, Float32Array>, signal?: AbortSignal): Promise<EvalScore> =>
     rt.lock.run(async () => {
       syncWeights(rt, weights)
@@ -484,7 +468,7 @@ export async function setupModelPeer(o: SetupOptions): Promise<PeerSetup> {
     samples,
     baseModelDir: path.resolve(dir),
     description:
-      `model ${modelLine}; data: ${samples} examples, ${data.trainSource}${topCategories(data.train)}; ` +
+      `model ${modelLine}; data: ${samples} examples${truncated > 0 ? ` (${truncated} cut to --seq-len ${seqLen})` : ''}, ${data.trainSource}${topCategories(data.train)}; ` +
       `eval: ${held.length} examples, ${data.evalSource}; ${steps} local steps/round, batch ${batchSize}, seq ${seqLen}, lr ${lr}`,
   }
 }

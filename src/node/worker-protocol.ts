@@ -5,7 +5,7 @@
  * worker-side AbortController of a call (AbortSignals cannot cross threads).
  */
 import type { SwarmConfig } from './config.js'
-import type { EvalScore, SetupOptions, TrainProgress } from './setup.js'
+import type { EvalScore, SetupOptions, TrainProgress } from './setup-types.js'
 import type { TrainContext, TrainResult } from './trainer.js'
 
 /** SetupOptions without the callback (functions cannot cross threads; progress comes back as `step` messages). */

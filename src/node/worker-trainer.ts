@@ -36,7 +36,7 @@ import { pathToFileURL } from 'node:url'
 import { Worker } from 'node:worker_threads'
 import { BACKEND_DEAD } from '../model/backend-dead.js'
 import { SwarmConfigError } from './config.js'
-import type { EvalScore, PeerSetup, SetupOptions, TrainProgress } from './setup.js'
+import type { EvalScore, PeerSetup, SetupOptions, TrainProgress } from './setup-types.js'
 import type { TrainContext, TrainResult } from './trainer.js'
 import { compactCopies, compactCopy, type FromWorker, type SerializedError, type SetupReply, type ToWorker } from './worker-protocol.js'
 

@@ -2,7 +2,7 @@ import { createHash } from 'node:crypto'
 import fc from 'fast-check'
 import { describe, expect, it } from 'vitest'
 import { StateHashInputError } from '../../src/aggregation/errors.js'
-import { STATE_HASH_MAGIC, type NamedTensor, stateHash } from '../../src/aggregation/state-hash.js'
+import { STATE_HASH_MAGIC, type NamedTensor, stateHash, stateHashStreamed } from '../../src/aggregation/state-hash.js'
 import { randF32, rng, shuffled } from './helpers.js'
 
 function tensors(seed: number, n: number): NamedTensor[] {
@@ -71,5 +71,28 @@ describe('stateHash', () => {
     expect(() => stateHash([t, { ...t }])).toThrow(StateHashInputError)
     expect(() => stateHash([{ ...t, shape: [3] }])).toThrow(StateHashInputError)
     expect(() => stateHash([{ ...t, shape: [2.5] }])).toThrow(StateHashInputError)
+  })
+})
+
+describe('stateHashStreamed', () => {
+  it('equals stateHash and reads each tensor once, in hash order, one at a time', () => {
+    const ts = shuffled(tensors(7, 9), rng(3))
+    const reads: string[] = []
+    const streamed = stateHashStreamed(
+      ts.map((t) => ({
+        name: t.name,
+        shape: t.shape,
+        data: () => {
+          reads.push(t.name)
+          return t.data
+        },
+      })),
+    )
+    expect(streamed).toBe(stateHash(ts))
+    expect(reads).toEqual(ts.map((t) => t.name).sort((a, b) => Buffer.compare(Buffer.from(a), Buffer.from(b))))
+  })
+
+  it('refuses a tensor whose data does not fit its shape, when it is read', () => {
+    expect(() => stateHashStreamed([{ name: 'w', shape: [2, 2], data: () => new Float32Array(3) }])).toThrow(StateHashInputError)
   })
 })

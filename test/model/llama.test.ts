@@ -253,7 +253,7 @@ describe('fused kernels', () => {
   it('give the same logits and LoRA gradients as the tf-op formulation', () => {
     const w = randomLlamaWeights(TINY, 'fused', 0.3)
     const run = (fusedKernels: boolean, backwardWeightCopies: boolean) => {
-      const model = new LlamaModel(TINY, w, { fusedKernels, backwardWeightCopies, targetModules: ['q_proj', 'k_proj', 'o_proj', 'up_proj'] })
+      const model = new LlamaModel(TINY, w, { compute: fusedKernels ? undefined : 'stock', backwardWeightCopies, targetModules: ['q_proj', 'k_proj', 'o_proj', 'up_proj'] })
       const init = initAdapter({ shapes: model.targetModuleShapes(), rank: 3, alpha: 6, seed: 4 })
       model.setAdapter({ modules: init.modules.map((m) => ({ ...m, loraB: m.loraB.map((_, i) => Math.sin(i) / 4) })) })
       const logits = logitsOf(model, SEQS)

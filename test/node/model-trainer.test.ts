@@ -5,6 +5,7 @@
  * swarm script runs real flora-peer processes with it end to end.
  */
 import { spawn } from 'node:child_process'
+import { createHash } from 'node:crypto'
 import { copyFile, mkdir, mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join, resolve } from 'node:path'
@@ -17,7 +18,7 @@ import { llamaConfig, type LlamaConfig } from '../../src/model/config.js'
 import { randomLlamaWeights } from '../../src/model/llama.js'
 import { SwarmConfigError, swarmIdOf } from '../../src/node/config.js'
 import { identityFromSeed } from '../../src/node/identity.js'
-import { baseModelHash, parseDataSpec } from '../../src/node/model-trainer.js'
+import { baseModelHash, checkpointBaseModelHash, parseDataSpec } from '../../src/node/model-trainer.js'
 import { createPeer, type FloraPeer } from '../../src/node/peer.js'
 import { defaultTrainerBackend, setupPeer, type PeerSetup, type SetupOptions } from '../../src/node/setup.js'
 import type { SwarmReport } from '../../scripts/swarm.js'
@@ -90,6 +91,15 @@ describe('model trainer: options and identity', () => {
     expect(baseModelHash(CONFIG, flipped, 'tok')).not.toBe(h)
     expect(baseModelHash(CONFIG, w, 'other tokenizer')).not.toBe(h)
     expect(baseModelHash({ ...CONFIG, ropeTheta: 500000 }, w, 'tok')).not.toBe(h)
+  })
+
+  it("hashes a checkpoint streamed tensor by tensor to the same identity as its float32 weights, the peer's base model hash", async () => {
+    const tokSha = createHash('sha256').update(await readFile(join(modelA, 'tokenizer.json'))).digest('hex')
+    const streamed = await checkpointBaseModelHash(modelA, tokSha)
+    expect(streamed).toBe(baseModelHash(CONFIG, (await readCheckpoint(modelA)).weights, tokSha))
+    const peer = await setupPeer({ trainer: 'model', model: modelA, rank: 2, alpha: 4, configOnly: true, backend: 'wasm' })
+    expect(peer.config.baseModelHash).toBe(streamed)
+    expect(await checkpointBaseModelHash(modelB, tokSha)).not.toBe(streamed)
   })
 
   it('refuses a --config written for another base model, and a missing model directory', async () => {
