@@ -103,13 +103,14 @@ export class NativeFrozenWeight {
   /** y = x W^T for x [N, in]; its gradient with respect to x is dy W (W is frozen). */
   matMul(x: tf.Tensor2D): tf.Tensor2D {
     const f = tf.customGrad((...args) => ({
-      value: this.#apply(args[0] as tf.Tensor2D, false),
-      gradFunc: (dy: tf.Tensor) => this.#apply(dy as tf.Tensor2D, true),
+      value: this.product(args[0] as tf.Tensor2D, false),
+      gradFunc: (dy: tf.Tensor) => this.product(dy as tf.Tensor2D, true),
     }))
     return f(x) as tf.Tensor2D
   }
 
-  #apply(x: tf.Tensor2D, transposed: boolean): tf.Tensor2D {
+  /** x W^T (transposed: x W) for x [N, in] (or [N, out]), with no gradient of its own. */
+  product(x: tf.Tensor2D, transposed: boolean): tf.Tensor2D {
     // A backend kernel: on wasm, x is read and y written in the heap in place.
     return frozenWeightMatMul(x, { kernels: this.#kernels, handle: this.#live(), rows: this.outFeatures, cols: this.inFeatures, transposed })
   }

@@ -549,3 +549,39 @@ export function fusedCrossEntropy(logits: tf.Tensor2D, targets: tf.Tensor1D, wit
   })
   return f(logits) as tf.Scalar
 }
+
+/**
+ * The fused kernels' forward and backward passes as plain calls, outside any gradient tape:
+ * for code that writes a whole layer's backward pass itself (layer-grad.ts), so that only
+ * what that backward pass needs is kept alive, not every intermediate tensor.
+ */
+export const fusedKernelCalls = {
+  rope(x: tf.Tensor4D, cos: tf.Tensor2D, sin: tf.Tensor2D, transposed: boolean): tf.Tensor4D {
+    registerFusedKernels()
+    return tf.engine().runKernel(ROPE, { x, cos, sin }, { transposed }) as tf.Tensor4D
+  },
+  rmsNorm(x: tf.Tensor2D, w: tf.Tensor1D, eps: number): tf.Tensor2D {
+    registerFusedKernels()
+    return tf.engine().runKernel(RMS_NORM, { x, w }, { eps }) as tf.Tensor2D
+  },
+  rmsNormGrad(dy: tf.Tensor2D, x: tf.Tensor2D, w: tf.Tensor1D, eps: number): tf.Tensor2D {
+    return tf.engine().runKernel(RMS_NORM_GRAD, { dy, x, w }, { eps }) as tf.Tensor2D
+  },
+  /** [output, probabilities] of causal GQA attention (native kernels only). */
+  attention(q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, scale: number): [tf.Tensor4D, tf.Tensor] {
+    registerFusedKernels()
+    return tf.engine().runKernel(ATTENTION, { q, k, v }, { scale }) as [tf.Tensor4D, tf.Tensor]
+  },
+  /** [dq, dk, dv]. */
+  attentionGrad(dy: tf.Tensor4D, q: tf.Tensor4D, k: tf.Tensor4D, v: tf.Tensor4D, probs: tf.Tensor, scale: number): [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D] {
+    return tf.engine().runKernel(ATTENTION_GRAD, { dy, q, k, v, probs }, { scale }) as [tf.Tensor4D, tf.Tensor4D, tf.Tensor4D]
+  },
+  swiglu(g: tf.Tensor2D, u: tf.Tensor2D): tf.Tensor2D {
+    registerFusedKernels()
+    return tf.engine().runKernel(SWIGLU, { g, u }, {}) as tf.Tensor2D
+  },
+  /** [dg, du]. */
+  swigluGrad(dy: tf.Tensor2D, g: tf.Tensor2D, u: tf.Tensor2D): [tf.Tensor2D, tf.Tensor2D] {
+    return tf.engine().runKernel(SWIGLU_GRAD, { dy, g, u }, {}) as [tf.Tensor2D, tf.Tensor2D]
+  },
+}

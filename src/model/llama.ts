@@ -22,7 +22,8 @@ import { activeNativeKernels, nativeKernelsActive } from './backend.js'
 import { canHoldFrozenWeights, NativeFrozenWeight, type FrozenDtype, type HalfBits } from './frozen-weight.js'
 import { type LlamaConfig, parameterCount, type RopeScaling, validateConfig } from './config.js'
 import { type ComputePath, fusedAttention, fusedCausalSoftmax, fusedRmsNorm, fusedRope, fusedSwiglu, resolveComputePath } from './kernels.js'
-import { type DropoutFn, frozenMatMul, LoraLinear, transpose2d } from './lora-layer.js'
+import { type DropoutFn, frozenMatMul, LoraDropout, LoraLinear, transpose2d } from './lora-layer.js'
+import { attentionSublayer, mlpSublayer, type SublayerContext } from './layer-grad.js'
 import { TRAINING_RECIPE } from './recipe.js'
 
 export const LINEAR_MODULES = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const
@@ -338,16 +339,27 @@ export class LlamaModel {
     if (t > this.config.maxPositionEmbeddings) {
       throw new RangeError(`sequence length ${t} exceeds maxPositionEmbeddings ${this.config.maxPositionEmbeddings}`)
     }
-    const dropout = dropoutFn(options)
+    const drop = loraDropout(options)
+    const dropout = drop?.fn
     const ops = this.compute === 'stock' ? TF_OPS : FUSED_OPS
     const eps = this.config.rmsNormEps
     return tf.tidy(() => {
       const { cos, sin } = this.ropeTables(t)
       // Sliding-window attention (Mistral) differs from causal attention only past the window.
       const window = this.config.slidingWindow !== undefined && t > this.config.slidingWindow ? this.config.slidingWindow : undefined
+      let x = tf.gather(this.embed, inputIds.reshape([b * t])) as tf.Tensor2D
+      if (this.compute === 'native' && window === undefined) {
+        // Each sublayer one tape node with its own backward pass: far less memory (layer-grad.ts).
+        const { numHeads: heads, numKvHeads: kvHeads, headDim } = this.config
+        const ctx: SublayerContext = { batch: b, seqLen: t, heads, kvHeads, headDim, eps, cos, sin, dropout: drop }
+        for (const blk of this.blocks) {
+          x = attentionSublayer(x, { norm: blk.inputNorm, q: blk.q, k: blk.k, v: blk.v, o: blk.o }, ctx)
+          x = mlpSublayer(x, { norm: blk.postNorm, gate: blk.gate, up: blk.up, down: blk.down }, ctx)
+        }
+        return fusedRmsNorm(x, this.finalNorm, eps)
+      }
       const mask = causalMask(t, window)
       const causalSoftmax = window === undefined ? ops.causalSoftmax : undefined
-      let x = tf.gather(this.embed, inputIds.reshape([b * t])) as tf.Tensor2D
       for (const blk of this.blocks) {
         const n = ops.rmsNorm(x, blk.inputNorm, eps)
         x = x.add(this.attention(n, blk, b, t, (z) => ops.rope(z, cos, sin), mask, causalSoftmax, dropout))
@@ -768,10 +780,8 @@ function causalMask(t: number, window?: number): tf.Tensor2D {
 }
 
 /** LoRA dropout for one forward call: a fresh mask seed for every application. */
-function dropoutFn(options: ForwardOptions): DropoutFn | undefined {
+function loraDropout(options: ForwardOptions): LoraDropout | undefined {
   const rate = options.loraDropout ?? 0
   if (!(rate >= 0 && rate < 1)) throw new RangeError(`loraDropout must be in [0, 1), got ${rate}`)
-  if (rate === 0) return undefined
-  let seed = options.dropoutSeed ?? 0
-  return (x) => tf.dropout(x, rate, undefined, seed++) as tf.Tensor2D
+  return rate === 0 ? undefined : new LoraDropout(rate, options.dropoutSeed ?? 0)
 }

@@ -27,6 +27,49 @@ export interface LoraState {
 /** Applies LoRA dropout to the adapter input (identity when training without dropout). */
 export type DropoutFn = (x: tf.Tensor2D) => tf.Tensor2D
 
+/**
+ * LoRA dropout as explicit masks, one per adapted module and call, seeded in call order.
+ * x * nextMask(x.shape) is exactly tf.dropout(x, rate, undefined, seed): the same
+ * multiplier floor(U + keep) / keep, where a layer that writes its own backward pass needs it.
+ */
+export class LoraDropout {
+  #seed: number
+  constructor(
+    readonly rate: number,
+    seed: number,
+  ) {
+    if (!(rate > 0 && rate < 1)) throw new RangeError(`LoRA dropout rate must be in (0, 1), got ${rate}`)
+    this.#seed = seed
+  }
+
+  nextMask(shape: readonly [number, number]): tf.Tensor2D {
+    const keep = 1 - this.rate
+    return tf.tidy(() => tf.div(tf.floor(tf.add(tf.randomUniform([...shape], 0, 1, 'float32', this.#seed++), keep)), keep)) as tf.Tensor2D
+  }
+
+  /** As a DropoutFn. */
+  get fn(): DropoutFn {
+    return (x) => x.mul(this.nextMask(x.shape))
+  }
+}
+
+/** What LoraLinear.backward needs of a forward pass (forwardKeep). */
+export interface LoraKeep {
+  /** The adapter's input after dropout (the layer's input without dropout); with an adapter only. */
+  readonly xd?: tf.Tensor2D
+  /** The dropout mask, when there was one. */
+  readonly mask?: tf.Tensor2D
+  /** scaling * xd A^T [N, rank]; with an adapter only. */
+  readonly h?: tf.Tensor2D
+}
+
+/** Gradients of one LoRA linear layer: its input, and A and B when it has an adapter. */
+export interface LoraGrads {
+  readonly dx: tf.Tensor2D
+  readonly dA?: tf.Tensor2D
+  readonly dB?: tf.Tensor2D
+}
+
 export class LoraLinear {
   /** Module name, e.g. `model.layers.0.self_attn.q_proj`. */
   readonly name: string
@@ -79,6 +122,46 @@ export class LoraLinear {
     // Scale the rank-r intermediate rather than the output: r << out.
     const h = tf.matMul(dropout === undefined ? x : dropout(x), loraA, false, true).mul(scaling)
     return y.add(tf.matMul(h, loraB, false, true))
+  }
+
+  /**
+   * forward() without a gradient tape, keeping what backward() needs: for a layer that writes
+   * its own backward pass (layer-grad.ts). Same values as forward() with the same mask.
+   */
+  forwardKeep(x: tf.Tensor2D, dropout: LoraDropout | undefined): { y: tf.Tensor2D; keep: LoraKeep } {
+    const base = this.#product(x, false)
+    const y = this.bias === undefined ? base : (base.add(this.bias) as tf.Tensor2D)
+    if (this.lora === undefined) return { y, keep: {} }
+    const { loraA, loraB, scaling } = this.lora
+    const mask = dropout?.nextMask(x.shape)
+    const xd = mask === undefined ? x : (x.mul(mask) as tf.Tensor2D)
+    const h = tf.matMul(xd, loraA, false, true).mul(scaling) as tf.Tensor2D
+    return { y: y.add(tf.matMul(h, loraB, false, true)) as tf.Tensor2D, keep: { xd, mask, h } }
+  }
+
+  /**
+   * The gradients for dy = dL/dy of a forwardKeep pass, in the products tfjs's own gradients
+   * of forward() use: dx = dy W (+ the adapter's path, through the dropout mask),
+   * dB = dy^T h, dA = scaling (dy B)^T xd.
+   */
+  backward(dy: tf.Tensor2D, keep: LoraKeep): LoraGrads {
+    const base = this.#product(dy, true)
+    if (this.lora === undefined) return { dx: base }
+    const { loraA, loraB, scaling } = this.lora
+    const { xd, mask, h } = keep as Required<Pick<LoraKeep, 'xd' | 'h'>> & LoraKeep
+    const dB = tf.matMul(dy, h, true, false) as tf.Tensor2D
+    const dm = tf.matMul(dy, loraB).mul(scaling) as tf.Tensor2D
+    const dA = tf.matMul(dm, xd, true, false) as tf.Tensor2D
+    const dxd = tf.matMul(dm, loraA) as tf.Tensor2D
+    return { dx: (mask === undefined ? dxd : dxd.mul(mask)).add(base), dA, dB }
+  }
+
+  /** x W^T (transposed: x W), with no gradient of its own. */
+  #product(x: tf.Tensor2D, transposed: boolean): tf.Tensor2D {
+    if (this.native !== undefined) return this.native.product(x, transposed)
+    const wT = this.wT as tf.Tensor2D
+    if (!transposed) return tf.matMul(x, wT)
+    return this.w !== undefined ? tf.matMul(x, this.w) : tf.matMul(x, wT, false, true)
   }
 
   get hasAdapter(): boolean {
