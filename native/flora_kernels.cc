@@ -125,20 +125,29 @@ void pack_a(const Operand& a, int i0, int mc, int p0, int kc, float* dst) {
 }
 
 // op(B)[p0 .. p0+kc) x [j0 .. j0+nc) into slivers of NR columns, zero-padded past nc.
-void pack_b(const Operand& b, int p0, int kc, int j0, int nc, float* dst) {
-  if (b.dtype != F32) {
-    for (int s = 0; s < nc; s += NR) {
-      const int cols = std::min(NR, nc - s);
-      for (int p = 0; p < kc; p++) {
-        const uint16_t* src = b.h + (int64_t)(p0 + p) * b.rs + (int64_t)(j0 + s) * b.cs;
-        int c = 0;
-        for (; c < cols; c++) dst[c] = half_to_f32(src[c * b.cs], b.dtype);
-        for (; c < NR; c++) dst[c] = 0.f;
-        dst += NR;
+// The half-precision case of pack_b, for one storage type (so the widening inlines, and
+// vectorises where the columns are contiguous).
+template <int DT>
+void pack_b_half(const Operand& b, int p0, int kc, int j0, int nc, float* dst) {
+  for (int s = 0; s < nc; s += NR) {
+    const int cols = std::min(NR, nc - s);
+    for (int p = 0; p < kc; p++) {
+      const uint16_t* src = b.h + (int64_t)(p0 + p) * b.rs + (int64_t)(j0 + s) * b.cs;
+      int c = 0;
+      if (b.cs == 1) {
+        for (; c < cols; c++) dst[c] = DT == BF16 ? bf16_to_f32(src[c]) : f16_to_f32(src[c]);
+      } else {
+        for (; c < cols; c++) dst[c] = DT == BF16 ? bf16_to_f32(src[c * b.cs]) : f16_to_f32(src[c * b.cs]);
       }
+      for (; c < NR; c++) dst[c] = 0.f;
+      dst += NR;
     }
-    return;
   }
+}
+
+void pack_b(const Operand& b, int p0, int kc, int j0, int nc, float* dst) {
+  if (b.dtype == BF16) return pack_b_half<BF16>(b, p0, kc, j0, nc, dst);
+  if (b.dtype == F16) return pack_b_half<F16>(b, p0, kc, j0, nc, dst);
   for (int s = 0; s < nc; s += NR) {
     const int cols = std::min(NR, nc - s);
     for (int p = 0; p < kc; p++) {
@@ -316,6 +325,52 @@ __attribute__((target("avx512f"))) void micro_avx512_x2(int kc, const float* a0,
   store_tile(tile + MR * NR, c + MR * ldc, ldc, add, MR, cols);
 }
 
+// Twelve rows (two packed A slivers) against 32 columns (two adjacent packed B slivers):
+// 24 accumulator chains, and per k 14 loads for 24 FMAs where the 16-column kernel needs 13
+// for 12, so the FMA pipes, not the loads, set the pace. Each element is still one FMA
+// chain over k in order: the same bits as the kernels above. Full 12 rows; 16 < cols <= 32.
+__attribute__((target("avx512f"))) void micro_avx512_12x32(int kc, const float* a0, const float* a1, const float* b0,
+                                                            const float* b1, float* c, int64_t ldc, bool add, int cols) {
+  __m512 lo[2 * MR], hi[2 * MR];
+#pragma GCC unroll 12
+  for (int r = 0; r < 2 * MR; r++) lo[r] = hi[r] = _mm512_setzero_ps();
+  for (int p = 0; p < kc; p++) {
+    const __m512 bl = _mm512_loadu_ps(b0), bh = _mm512_loadu_ps(b1);
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; r++) {
+      const __m512 x = _mm512_set1_ps(a0[r]);
+      lo[r] = _mm512_fmadd_ps(x, bl, lo[r]);
+      hi[r] = _mm512_fmadd_ps(x, bh, hi[r]);
+    }
+#pragma GCC unroll 6
+    for (int r = 0; r < MR; r++) {
+      const __m512 x = _mm512_set1_ps(a1[r]);
+      lo[MR + r] = _mm512_fmadd_ps(x, bl, lo[MR + r]);
+      hi[MR + r] = _mm512_fmadd_ps(x, bh, hi[MR + r]);
+    }
+    a0 += MR;
+    a1 += MR;
+    b0 += NR;
+    b1 += NR;
+  }
+  if (cols == 2 * NR) {
+#pragma GCC unroll 12
+    for (int r = 0; r < 2 * MR; r++) {
+      float* cr = c + r * ldc;
+      _mm512_storeu_ps(cr, add ? _mm512_add_ps(_mm512_loadu_ps(cr), lo[r]) : lo[r]);
+      _mm512_storeu_ps(cr + NR, add ? _mm512_add_ps(_mm512_loadu_ps(cr + NR), hi[r]) : hi[r]);
+    }
+    return;
+  }
+  alignas(64) float tile[2 * MR * NR];
+  for (int r = 0; r < 2 * MR; r++) _mm512_store_ps(tile + r * NR, lo[r]);
+  store_tile(tile, c, ldc, add, MR, NR);
+  store_tile(tile + MR * NR, c + MR * ldc, ldc, add, MR, NR);
+  for (int r = 0; r < 2 * MR; r++) _mm512_store_ps(tile + r * NR, hi[r]);
+  store_tile(tile, c + NR, ldc, add, MR, cols - NR);
+  store_tile(tile + MR * NR, c + MR * ldc + NR, ldc, add, MR, cols - NR);
+}
+
 bool cpu_has_avx512() {
   __builtin_cpu_init();
   return __builtin_cpu_supports("avx512f");
@@ -336,11 +391,81 @@ const char* g_isa = "generic";
 
 struct Scratch {
   std::vector<float> a, b;
+  std::vector<float> thin_a;  // all the rows of a thin A block (THIN_M x KC), allocated on first use
   Scratch() : a((size_t)MC * KC), b((size_t)KC * NC) {}
 };
 
+// Products with at most this many rows (a training step's batch x sequence, typically)
+// take the thin path of gemm_block.
+constexpr int THIN_M = 256;
+
+// Runs the micro-kernels of one packed B sliver (kc x NR, columns jc .. jc+cols) against
+// the packed A rows [0, mc) (slivers of MR rows, kc each), writing C rows ic .. ic+mc.
+// Packed B slivers (each kc x NR) for columns jc .. jc+cols (cols <= 2 NR: one sliver, or
+// two adjacent ones at bp and bp + kc NR) times the packed A rows [0, mc): C rows ic .. ic+mc.
+inline void slivers_times_rows(int kc, const float* packed_a, int mc, const float* bp, float* C, int64_t ldc, int ic,
+                               int jc, int cols, bool add);
+
+inline void sliver_times_rows(int kc, const float* packed_a, int mc, const float* bp, float* C, int64_t ldc, int ic,
+                              int jc, int cols, bool add) {
+  for (int ir = 0; ir < mc; ir += MR) {
+    const float* ap = packed_a + (int64_t)ir * kc;
+#ifdef FLORA_X86
+    if (g_kernel == micro_avx512 && ir + 2 * MR <= mc) {
+      micro_avx512_x2(kc, ap, ap + (int64_t)MR * kc, bp, C + (int64_t)(ic + ir) * ldc + jc, ldc, add, cols);
+      ir += MR;
+      continue;
+    }
+#endif
+    g_kernel(kc, ap, bp, C + (int64_t)(ic + ir) * ldc + jc, ldc, add, std::min(MR, mc - ir), cols);
+  }
+}
+
+inline void slivers_times_rows(int kc, const float* packed_a, int mc, const float* bp, float* C, int64_t ldc, int ic,
+                               int jc, int cols, bool add) {
+  if (cols <= NR) {
+    sliver_times_rows(kc, packed_a, mc, bp, C, ldc, ic, jc, cols, add);
+    return;
+  }
+  int ir = 0;
+#ifdef FLORA_X86
+  if (g_kernel == micro_avx512) {
+    for (; ir + 2 * MR <= mc; ir += 2 * MR) {
+      const float* ap = packed_a + (int64_t)ir * kc;
+      micro_avx512_12x32(kc, ap, ap + (int64_t)MR * kc, bp, bp + (int64_t)NR * kc, C + (int64_t)(ic + ir) * ldc + jc, ldc,
+                         add, cols);
+    }
+  }
+#endif
+  if (ir < mc) {
+    // The rows left (or every row, on the other kernels): one sliver at a time.
+    sliver_times_rows(kc, packed_a + (int64_t)ir * kc, mc - ir, bp, C, ldc, ic + ir, jc, NR, add);
+    sliver_times_rows(kc, packed_a + (int64_t)ir * kc, mc - ir, bp + (int64_t)NR * kc, C, ldc, ic + ir, jc + NR, cols - NR, add);
+  }
+}
+
 void gemm_block(const Operand& A, const Operand& B, float* C, int64_t ldc, int i0, int i1, int j0, int j1,
                 int k, bool accumulate, Scratch& s) {
+  if (i1 - i0 <= THIN_M && k > 0) {
+    // Thin path: every row of A packed once per KC block (it stays in L2), then each NR-column
+    // sliver of B packed into L1 just before the rows use it, so B goes from its storage to the
+    // micro-kernels once and the packed block never round-trips through memory (with few rows
+    // per product, that traffic, not arithmetic, bounds the blocked loop below). The same KC
+    // blocks and micro-kernels, in the same order per element: the same bits.
+    const int mc = i1 - i0;
+    if (s.thin_a.size() < (size_t)THIN_M * KC) s.thin_a.resize((size_t)THIN_M * KC);
+    for (int pc = 0; pc < k; pc += KC) {
+      const int kc = std::min(KC, k - pc);
+      const bool add = accumulate || pc > 0;
+      pack_a(A, i0, mc, pc, kc, s.thin_a.data());
+      for (int jc = j0; jc < j1; jc += 2 * NR) {
+        const int cols = std::min(2 * NR, j1 - jc);
+        pack_b(B, pc, kc, jc, cols, s.b.data());
+        slivers_times_rows(kc, s.thin_a.data(), mc, s.b.data(), C, ldc, i0, jc, cols, add);
+      }
+    }
+    return;
+  }
   for (int jc = j0; jc < j1; jc += NC) {
     const int nc = std::min(NC, j1 - jc);
     for (int pc = 0; pc < k; pc += KC) {
@@ -350,21 +475,8 @@ void gemm_block(const Operand& A, const Operand& B, float* C, int64_t ldc, int i
       for (int ic = i0; ic < i1; ic += MC) {
         const int mc = std::min(MC, i1 - ic);
         pack_a(A, ic, mc, pc, kc, s.a.data());
-        for (int jr = 0; jr < nc; jr += NR) {
-          const float* bp = s.b.data() + (int64_t)jr * kc;
-          for (int ir = 0; ir < mc; ir += MR) {
-            const float* ap = s.a.data() + (int64_t)ir * kc;
-#ifdef FLORA_X86
-            if (g_kernel == micro_avx512 && ir + 2 * MR <= mc) {
-              micro_avx512_x2(kc, ap, ap + (int64_t)MR * kc, bp, C + (int64_t)(ic + ir) * ldc + jc + jr, ldc, add,
-                              std::min(NR, nc - jr));
-              ir += MR;
-              continue;
-            }
-#endif
-            g_kernel(kc, ap, bp, C + (int64_t)(ic + ir) * ldc + jc + jr, ldc, add, std::min(MR, mc - ir),
-                     std::min(NR, nc - jr));
-          }
+        for (int jr = 0; jr < nc; jr += 2 * NR) {
+          slivers_times_rows(kc, s.a.data(), mc, s.b.data() + (int64_t)jr * kc, C, ldc, ic, jc + jr, std::min(2 * NR, nc - jr), add);
         }
       }
     }

@@ -24,6 +24,7 @@ import { type LlamaConfig, parameterCount, type RopeScaling, validateConfig } fr
 import { type ComputePath, fusedAttention, fusedCausalSoftmax, fusedRmsNorm, fusedRope, fusedSwiglu, resolveComputePath } from './kernels.js'
 import { type DropoutFn, frozenMatMul, LoraDropout, LoraLinear, transpose2d } from './lora-layer.js'
 import { attentionSublayer, mlpSublayer, type SublayerContext } from './layer-grad.js'
+import { FrozenEmbedding } from './embedding.js'
 import { TRAINING_RECIPE } from './recipe.js'
 
 export const LINEAR_MODULES = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const
@@ -113,8 +114,9 @@ export const WASM_BASE_WEIGHT_CEILING = 3 * 2 ** 30
 /** Bytes of base-weight tensors a model of `c` keeps on the tfjs backend. */
 export function tfjsBaseWeightBytes(c: LlamaConfig, targets: readonly LinearModuleKind[], nativeFrozen: boolean, copies: boolean): number {
   const vd = c.vocabSize * c.hiddenSize
-  // embedding; the transposed lm_head (and its backward copy when untied) unless the addon holds it
-  let floats = vd + (nativeFrozen ? 0 : vd + (copies && !c.tieWordEmbeddings ? vd : 0))
+  // the embedding and the transposed lm_head (and its backward copy when untied), unless the
+  // addon holds the frozen weights (the embedding is then in JS memory: embedding.ts)
+  let floats = nativeFrozen ? 0 : 2 * vd + (copies && !c.tieWordEmbeddings ? vd : 0)
   const lin = linearShapes(c)
   for (const kind of LINEAR_MODULES) {
     if (nativeFrozen && !targets.includes(kind)) continue
@@ -217,7 +219,7 @@ interface Block {
 export class LlamaModel {
   readonly config: LlamaConfig
   readonly targetModules: readonly LinearModuleKind[]
-  private embed: tf.Tensor2D // [vocab, d]
+  private readonly embed: FrozenEmbedding // [vocab, d]
   private lmHeadT: tf.Tensor2D | undefined // [d, vocab] (undefined when the addon holds lm_head)
   private nativeHead: NativeFrozenWeight | undefined // lm_head [vocab, d] in the native addon
   private lmHeadW: tf.Tensor2D | undefined // [vocab, d] for the backward pass (untied, with copies)
@@ -274,15 +276,16 @@ export class LlamaModel {
       return w
     }
     const c = config
-    let embedValues: Float32Array | undefined = get('model.embed_tokens.weight')
-    this.embed = tf.tensor2d(embedValues, [c.vocabSize, c.hiddenSize])
-    // The lm_head is frozen too: with the addon holding frozen weights, it lives there.
+    // The lm_head is frozen too: with the addon holding frozen weights, it lives there, and
+    // the embedding leaves the wasm heap for JS memory in its checkpoint precision (embedding.ts).
     const halfOf = (name: string): HalfBits | undefined => (nativeFrozen !== undefined && isWeightSource(weights) ? weights.getHalf?.(name) : undefined)
+    let embedValues: Float32Array | HalfBits | undefined = halfOf('model.embed_tokens.weight') ?? get('model.embed_tokens.weight')
+    this.embed = new FrozenEmbedding(embedValues, c.vocabSize, c.hiddenSize, nativeFrozen !== undefined)
     if (nativeFrozen !== undefined) {
       const head = c.tieWordEmbeddings ? embedValues : (halfOf('lm_head.weight') ?? get('lm_head.weight'))
       this.nativeHead = new NativeFrozenWeight(nativeFrozen, head, c.vocabSize, c.hiddenSize)
     } else {
-      const head = c.tieWordEmbeddings ? embedValues : get('lm_head.weight')
+      const head = c.tieWordEmbeddings ? (embedValues as Float32Array) : get('lm_head.weight')
       this.lmHeadT = tf.tensor2d(transpose2d(head, c.vocabSize, c.hiddenSize), [c.hiddenSize, c.vocabSize])
       if (this.copies && !c.tieWordEmbeddings) this.lmHeadW = tf.tensor2d(head, [c.vocabSize, c.hiddenSize])
     }
@@ -347,7 +350,7 @@ export class LlamaModel {
       const { cos, sin } = this.ropeTables(t)
       // Sliding-window attention (Mistral) differs from causal attention only past the window.
       const window = this.config.slidingWindow !== undefined && t > this.config.slidingWindow ? this.config.slidingWindow : undefined
-      let x = tf.gather(this.embed, inputIds.reshape([b * t])) as tf.Tensor2D
+      let x = this.embed.gather(inputIds.reshape([b * t]))
       if (this.compute === 'native' && window === undefined) {
         // Each sublayer one tape node with its own backward pass: far less memory (layer-grad.ts).
         const { numHeads: heads, numKvHeads: kvHeads, headDim } = this.config
@@ -373,7 +376,7 @@ export class LlamaModel {
   /** Logits [rows, vocab] for hidden states [rows, hidden]. */
   lmHead(hidden: tf.Tensor2D): tf.Tensor2D {
     if (this.nativeHead !== undefined) return this.nativeHead.matMul(hidden)
-    const backward = this.copies ? (this.config.tieWordEmbeddings ? this.embed : this.lmHeadW) : undefined
+    const backward = this.copies ? (this.config.tieWordEmbeddings ? this.embed.tensor : this.lmHeadW) : undefined
     return frozenMatMul(hidden, this.lmHeadT as tf.Tensor2D, backward)
   }
 
@@ -514,7 +517,7 @@ export class LlamaModel {
       case 'bias':
         return (this.linears.get(key) as LoraLinear).getBias() as Float32Array
       case 'embed':
-        return this.embed.dataSync().slice() as Float32Array
+        return this.embed.read()
       case 'lm_head':
         if (this.nativeHead !== undefined) return this.nativeHead.read()
         return transpose2d((this.lmHeadT as tf.Tensor2D).dataSync() as Float32Array, this.config.hiddenSize, this.config.vocabSize)
@@ -538,9 +541,7 @@ export class LlamaModel {
         ;(this.linears.get(key) as LoraLinear).setBias(data)
         return
       case 'embed': {
-        const old = this.embed
-        this.embed = tf.tensor2d(data.slice(), [c.vocabSize, c.hiddenSize])
-        old.dispose()
+        this.embed.set(data)
         if (c.tieWordEmbeddings) this.replaceLmHead(data)
         return
       }
@@ -615,6 +616,7 @@ export class LlamaModel {
       nativeBytes += l.nativeBytes
     }
     modules['lm_head'] = this.nativeHead?.dtype ?? 'tfjs'
+    modules['embed_tokens'] = this.embed.storage
     nativeBytes += this.nativeHead?.bytes ?? 0
     return { modules, nativeBytes }
   }
@@ -631,7 +633,8 @@ export class LlamaModel {
     if (this.disposed) return
     this.clearAdapter()
     this.nativeHead?.dispose()
-    const ts: tf.Tensor[] = [this.embed, this.finalNorm]
+    this.embed.dispose()
+    const ts: tf.Tensor[] = [this.finalNorm]
     if (this.lmHeadT !== undefined) ts.push(this.lmHeadT)
     if (this.lmHeadW !== undefined) ts.push(this.lmHeadW)
     for (const blk of this.blocks) ts.push(blk.inputNorm, blk.postNorm)

@@ -92,6 +92,10 @@ describe.runIf(native.kernels !== undefined)('frozen weights in the native addon
       const perLayer = 2 * d * CONFIG.numKvHeads * CONFIG.headDim / 2 + d * d + 3 * d * CONFIG.intermediateSize
       // ... and the lm_head.
       expect(storage.modules.lm_head).toBe(dtype)
+      // The embedding leaves the heap too, for JS memory in its precision (embedding.ts).
+      expect(storage.modules.embed_tokens).toBe(dtype)
+      expect(plain.frozenWeightStorage().modules.embed_tokens).toBe('tfjs')
+      expect(held.getBaseWeight('model.embed_tokens.weight')).toEqual(weights.get('model.embed_tokens.weight'))
       expect(storage.nativeBytes).toBe((CONFIG.numLayers * perLayer + CONFIG.vocabSize * d) * (dtype === 'f32' ? 4 : 2))
       const ids = tf.tensor2d([[1, 5, 9, 2, 44, 17, 3, 8], [4, 4, 30, 12, 50, 6, 7, 1]], undefined, 'int32')
       const a = held.forward(ids)

@@ -79,15 +79,20 @@ describe.skipIf(loaded.kernels === undefined)(`native kernels${loaded.kernels ==
     for (let i = 0; i < c.length; i++) expect(c[i]).toBeCloseTo(1 + want[i], 5)
   })
 
-  it('gemm gives the same bits for 1, 2 and 3 threads, and the portable kernel agrees with the fast one', () => {
-    const [m, n, k] = [300, 530, 700]
+  // 300 rows: the blocked loop; 100 rows: the thin path (all rows packed at once). n = 530
+  // leaves partial 32- and 16-column tiles; tb both ways.
+  it.each([
+    [300, 530, 700, true],
+    [100, 530, 700, true],
+    [100, 530, 700, false],
+  ])('gemm %i x %i x %i (tb %s) gives the same bits for 1, 2 and 3 threads, and the portable kernel agrees with the fast one', (m, n, k, tb) => {
     const a = rand(m * k)
     const b = rand(k * n)
     const threads = nk.info().threads
     const run = (t: number) => {
       nk.setThreads(t)
       const c = new Float32Array(m * n)
-      nk.gemm(a, b, c, 1, m, n, k, false, true, 0, 0, false)
+      nk.gemm(a, b, c, 1, m, n, k, false, tb, 0, 0, false)
       return c
     }
     try {

@@ -75,6 +75,7 @@ describe('streamed checkpoint loading', () => {
       const storage = streamed.frozenWeightStorage()
       expect(storage.modules['model.layers.0.mlp.up_proj']).toBe('bf16')
       expect(storage.modules.lm_head).toBe('bf16')
+      expect(storage.modules.embed_tokens).toBe('bf16')
       expect(storage.modules['model.layers.0.self_attn.q_proj']).toBe('tfjs')
       const ids = tf.tensor2d([[1, 2, 3, 4, 5, 6]], undefined, 'int32')
       const a = streamed.forward(ids)
