@@ -19,7 +19,7 @@ import { readdirSync, statSync } from 'node:fs'
 import { join } from 'node:path'
 import { parameterCount } from '../src/model/config.js'
 import { loadModel } from '../src/model/checkpoint.js'
-import { CONFIGS } from './model-shapes.js'
+import { CONFIGS, roundToBf16InPlace } from './model-shapes.js'
 import { LlamaModel, randomLlamaWeights } from '../src/model/llama.js'
 import { trainLora, type TrainingExample } from '../src/model/trainer.js'
 
@@ -43,12 +43,6 @@ interface Result {
   stepMs: number[]
 }
 
-/** Rounds every value to bf16 in place (a BF16 checkpoint's values). */
-function roundToBf16(x: Float32Array): void {
-  const u = new Uint32Array(x.buffer, x.byteOffset, x.length)
-  for (let i = 0; i < u.length; i++) u[i] = (u[i] + 0x7fff + ((u[i] >>> 16) & 1)) & 0xffff0000
-}
-
 async function runOne(storage: 'native' | 'tfjs', name: string): Promise<Result> {
   const dir = process.argv.includes('--model') ? arg('model', '') : undefined
   const steps = Number(arg('steps', '3'))
@@ -67,7 +61,7 @@ async function runOne(storage: 'native' | 'tfjs', name: string): Promise<Result>
     const c = CONFIGS[name]
     if (c === undefined) throw new Error(`unknown --config ${name} (${Object.keys(CONFIGS).join(', ')})`)
     const weights = randomLlamaWeights(c, 'frozen-bench')
-    for (const w of weights.values()) roundToBf16(w)
+    for (const w of weights.values()) roundToBf16InPlace(w)
     model = new LlamaModel(c, weights, { frozenWeights: storage, targetModules: ['q_proj', 'v_proj'] })
     weights.clear()
   }

@@ -45,7 +45,7 @@ import { readFileSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import { CONFIGS as MODEL_SHAPES } from './model-shapes.js'
+import { CONFIGS as MODEL_SHAPES, roundToBf16InPlace } from './model-shapes.js'
 import { promisify } from 'node:util'
 import * as tf from '@tensorflow/tfjs'
 import { initAdapter } from '../src/lora/init.js'
@@ -53,7 +53,7 @@ import { selectBackend, type BackendPreference, type BackendSelection } from '..
 import { defaultModelDir } from '../src/model/bundled.js'
 import { loadModel } from '../src/model/checkpoint.js'
 import { llamaConfig, type LlamaConfig } from '../src/model/config.js'
-import { LlamaModel, type LlamaModelOptions } from '../src/model/llama.js'
+import { LlamaModel, type LlamaModelOptions, randomLlamaWeights } from '../src/model/llama.js'
 import { trainLora, type TrainingExample } from '../src/model/trainer.js'
 
 interface BenchConfig {
@@ -65,6 +65,12 @@ interface BenchConfig {
   readonly rank: number
   /** Left out of --config all. */
   readonly heavy?: boolean
+  /**
+   * Random weights rounded to BF16, the values of a BF16 checkpoint (TinyLlama's is one):
+   * flora keeps the frozen layers in BF16, exactly; PyTorch's CPU path computes in float32,
+   * its fastest here, on weights of the same shapes. Both compute in float32.
+   */
+  readonly bf16Weights?: boolean
 }
 
 const CONFIGS: BenchConfig[] = [
@@ -93,6 +99,7 @@ const CONFIGS: BenchConfig[] = [
     seqLen: 128,
     rank: 16,
     heavy: true,
+    bf16Weights: true,
   },
   {
     name: 'wide',
@@ -129,7 +136,13 @@ function attentionFlopsPerToken(c: LlamaConfig, seqLen: number): number {
 
 /** Build a config's model: random weights, or the checkpoint directory through loadModel. */
 async function buildModel(bc: BenchConfig, options: LlamaModelOptions): Promise<LlamaModel> {
-  return 'dir' in bc.model ? loadModel(bc.model.dir, options) : LlamaModel.random(bc.model, 'bench', options)
+  if ('dir' in bc.model) return loadModel(bc.model.dir, options)
+  if (bc.bf16Weights !== true) return LlamaModel.random(bc.model, 'bench', options)
+  const weights = randomLlamaWeights(bc.model, 'bench')
+  for (const w of weights.values()) roundToBf16InPlace(w)
+  const model = new LlamaModel(bc.model, weights, options)
+  weights.clear()
+  return model
 }
 
 /** Nominal clock: --cpu-ghz, else os.cpus(), else /proc/cpuinfo (VMs often report 0 to Node). */
@@ -352,7 +365,7 @@ async function main(): Promise<void> {
     const medianTokensPerSecond = tokens / (medianMs / 1000)
     results.push({
       config: bc.name,
-      weights: 'dir' in bc.model ? path.relative(process.cwd(), bc.model.dir) || bc.model.dir : 'random',
+      weights: 'dir' in bc.model ? path.relative(process.cwd(), bc.model.dir) || bc.model.dir : bc.bf16Weights === true ? 'random, BF16 values' : 'random',
       hidden: mc.hiddenSize,
       layers: mc.numLayers,
       heads: mc.numHeads,
