@@ -391,7 +391,7 @@ const char* g_isa = "generic";
 
 struct Scratch {
   std::vector<float> a, b;
-  std::vector<float> thin_a;  // all the rows of a thin A block (THIN_M x KC), allocated on first use
+  std::vector<float> thin_a;  // all the rows of a thin A block (THIN_M rounded up to MR, x KC), allocated on first use
   Scratch() : a((size_t)MC * KC), b((size_t)KC * NC) {}
 };
 
@@ -453,7 +453,9 @@ void gemm_block(const Operand& A, const Operand& B, float* C, int64_t ldc, int i
     // per product, that traffic, not arithmetic, bounds the blocked loop below). The same KC
     // blocks and micro-kernels, in the same order per element: the same bits.
     const int mc = i1 - i0;
-    if (s.thin_a.size() < (size_t)THIN_M * KC) s.thin_a.resize((size_t)THIN_M * KC);
+    // pack_a writes whole slivers of MR rows: THIN_M rows rounded up to a multiple of MR.
+    constexpr size_t THIN_A = (size_t)(THIN_M + MR - 1) / MR * MR * KC;
+    if (s.thin_a.size() < THIN_A) s.thin_a.resize(THIN_A);
     for (int pc = 0; pc < k; pc += KC) {
       const int kc = std::min(KC, k - pc);
       const bool add = accumulate || pc > 0;

@@ -85,6 +85,8 @@ describe.skipIf(loaded.kernels === undefined)(`native kernels${loaded.kernels ==
     [300, 530, 700, true],
     [100, 530, 700, true],
     [100, 530, 700, false],
+    // The thin path's largest product: 256 rows pack into 43 slivers of 6 (258 rows).
+    [256, 70, 1100, true],
   ])('gemm %i x %i x %i (tb %s) gives the same bits for 1, 2 and 3 threads, and the portable kernel agrees with the fast one', (m, n, k, tb) => {
     const a = rand(m * k)
     const b = rand(k * n)
