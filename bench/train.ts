@@ -102,6 +102,17 @@ const CONFIGS: BenchConfig[] = [
     bf16Weights: true,
   },
   {
+    // SmolLM2-135M's shapes (random weights with BF16 values, as its checkpoint holds; at
+    // 0.54 GB of float32 they stay tfjs tensors): not in 'all', run it with --config smollm2-135m.
+    name: 'smollm2-135m',
+    model: MODEL_SHAPES['smollm2-135m'],
+    batchSize: 8,
+    seqLen: 128,
+    rank: 16,
+    heavy: true,
+    bf16Weights: true,
+  },
+  {
     name: 'wide',
     model: llamaConfig({ vocabSize: 4096, hiddenSize: 512, intermediateSize: 1376, numLayers: 8, numHeads: 8, maxPositionEmbeddings: 512 }),
     batchSize: 8,

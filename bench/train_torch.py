@@ -31,6 +31,8 @@ CONFIGS = {
     "wide": dict(vocab=4096, d=512, inter=1376, layers=8, heads=8),
     # TinyLlama-1.1B's shapes (GQA 32:4, untied); one sequence per step, as bench/train.ts runs it.
     "tinyllama-1.1b": dict(vocab=32000, d=2048, inter=5632, layers=22, heads=32, kv_heads=4, head_dim=64, batch=1),
+    # SmolLM2-135M's shapes (GQA 9:3, tied), batch 8 x 128 as bench/train.ts runs it.
+    "smollm2-135m": dict(vocab=49152, d=576, inter=1536, layers=30, heads=9, kv_heads=3, head_dim=64, tied=True),
 }
 
 
