@@ -16,7 +16,8 @@
  *   Use uniform-based sampling where bit-exactness across engines matters (adapter init
  *   does).
  */
-import { createHash } from 'node:crypto'
+// @noble/hashes, not node:crypto: the model layer also runs in a browser tab (same digests).
+import { sha256 as nobleSha256 } from '@noble/hashes/sha2.js'
 
 export type SeedLike = number | bigint | string
 
@@ -68,7 +69,7 @@ export function seedKey(seed: SeedLike): Uint8Array {
   } else {
     throw new TypeError('PRNG seed must be a number, bigint or string')
   }
-  return sha256(Buffer.from(`${DOMAIN}\0${material}`, 'utf8'))
+  return sha256(utf8(`${DOMAIN}\0${material}`))
 }
 
 /**
@@ -77,7 +78,11 @@ export function seedKey(seed: SeedLike): Uint8Array {
  */
 export function deriveKey(parentKey: Uint8Array, label: string): Uint8Array {
   if (parentKey.length !== 32) throw new RangeError('PRNG key must be 32 bytes')
-  return sha256(Buffer.concat([parentKey, Buffer.from(`fork\0${label}`, 'utf8')]))
+  const suffix = utf8(`fork\0${label}`)
+  const data = new Uint8Array(parentKey.length + suffix.length)
+  data.set(parentKey)
+  data.set(suffix, parentKey.length)
+  return sha256(data)
 }
 
 /** Stream for a seed; `createPrng(seed).fork(a).fork(b)` is the usual way to get sub-streams. */
@@ -91,8 +96,11 @@ export function prngFromKey(key: Uint8Array): Prng {
   return new Xoshiro128ss(Uint8Array.from(key))
 }
 
+const encoder = new TextEncoder()
+const utf8 = (s: string): Uint8Array => encoder.encode(s)
+
 function sha256(data: Uint8Array): Uint8Array {
-  return new Uint8Array(createHash('sha256').update(data).digest())
+  return nobleSha256(data)
 }
 
 function readU32LE(b: Uint8Array, o: number): number {
@@ -109,7 +117,7 @@ class Xoshiro128ss implements Prng {
 
   constructor(keyBytes: Uint8Array) {
     this.keyBytes = keyBytes
-    this.key = Buffer.from(keyBytes).toString('hex')
+    this.key = Array.from(keyBytes, (b) => b.toString(16).padStart(2, '0')).join('')
     this.s0 = readU32LE(keyBytes, 0)
     this.s1 = readU32LE(keyBytes, 4)
     this.s2 = readU32LE(keyBytes, 8)

@@ -29,23 +29,40 @@ export class AdamW {
   private readonly v: Float32Array[]
   private t = 0
 
-  /** Fresh state for `vars` (their current values are the starting point). */
+  /**
+   * Fresh state for `vars`, starting from their current values (read here, or given as
+   * `values` when the caller read them asynchronously, as on a GPU backend).
+   */
   constructor(
     private readonly vars: readonly tf.Variable[],
     private readonly o: AdamWOptions,
+    values?: readonly Float32Array[],
   ) {
-    this.params = vars.map((x) => (x.dataSync() as Float32Array).slice())
+    this.params = vars.map((x, i) => (values?.[i] ?? (x.dataSync() as Float32Array)).slice())
     this.m = vars.map((x) => new Float32Array(x.size))
     this.v = vars.map((x) => new Float32Array(x.size))
   }
 
   /** One update with `grads` (same order and shapes as the variables); returns the unclipped gradient norm. */
   step(grads: readonly tf.Tensor[], lr: number): number {
+    this.#check(grads)
+    return this.#update(grads.map((g) => g.dataSync() as Float32Array), lr)
+  }
+
+  /** step(), reading the gradients asynchronously (the way values leave a GPU backend). */
+  async stepAsync(grads: readonly tf.Tensor[], lr: number): Promise<number> {
+    this.#check(grads)
+    return this.#update(await Promise.all(grads.map((g) => g.data() as Promise<Float32Array>)), lr)
+  }
+
+  #check(grads: readonly tf.Tensor[]): void {
     if (grads.length !== this.vars.length) throw new RangeError(`AdamW: ${grads.length} gradients for ${this.vars.length} parameters`)
-    const gs = grads.map((g, i) => {
+    grads.forEach((g, i) => {
       if (g.size !== this.vars[i].size) throw new RangeError(`AdamW: gradient ${i} has ${g.size} values, its parameter ${this.vars[i].size}`)
-      return g.dataSync() as Float32Array
     })
+  }
+
+  #update(gs: readonly Float32Array[], lr: number): number {
     let sq = 0
     for (const g of gs) for (let j = 0; j < g.length; j++) sq += g[j] * g[j]
     const norm = Math.sqrt(sq)

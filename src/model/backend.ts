@@ -24,7 +24,10 @@ import { createRequire } from 'node:module'
 import path from 'node:path'
 import * as tf from '@tensorflow/tfjs'
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm'
-import { loadNativeKernels, type NativeKernels } from './native.js'
+import { loadNativeKernels } from './native.js'
+import { markWasmPatchesInstalled, nativeKernelsSet, setNativeKernels, wasmPatchesInstalled } from './native-state.js'
+
+export { activeNativeKernels, nativeKernelsActive, setNativeKernels } from './native-state.js'
 
 export type BackendName = 'tensorflow-gpu' | 'tensorflow' | 'wasm' | 'cpu'
 export type BackendPreference = BackendName | 'auto'
@@ -211,28 +214,6 @@ function firstLine(err: unknown): string {
 
 type KernelArgs = Parameters<tf.KernelFunc>[0]
 
-let patchesInstalled = false
-let native: NativeKernels | undefined
-
-/**
- * Route the patched wasm BatchMatMul and the fused ops (kernels.ts) through `kernels`, or
- * back to XNNPACK and the JS loops with `undefined`. selectBackend sets it; tests and
- * benchmarks switch it.
- */
-export function setNativeKernels(kernels: NativeKernels | undefined): void {
-  native = kernels
-}
-
-/** The native kernels when they run on the active backend, else undefined. */
-export function activeNativeKernels(): NativeKernels | undefined {
-  return patchesInstalled && tf.getBackend() === 'wasm' ? native : undefined
-}
-
-/** True when matmuls on the active backend run on the native GEMM. */
-export function nativeKernelsActive(): boolean {
-  return activeNativeKernels() !== undefined
-}
-
 /**
  * Replace the wasm BatchMatMul, Slice, GatherV2, Identity and Cast kernels with fast-path
  * versions, and Add, Sub, Multiply and Transpose with ones that hand large float32 work to
@@ -240,7 +221,7 @@ export function nativeKernelsActive(): boolean {
  */
 export function installWasmKernelPatches(): string[] {
   const patched = ['BatchMatMul', 'Slice', 'GatherV2', 'Identity', 'Cast', 'Add', 'Sub', 'Multiply', 'Transpose']
-  if (patchesInstalled) return patched
+  if (wasmPatchesInstalled()) return patched
   const matMul = tf.getKernel('BatchMatMul', 'wasm')
   const slice = tf.getKernel('Slice', 'wasm')
   const transpose = tf.getKernel('Transpose', 'wasm')
@@ -283,6 +264,7 @@ export function installWasmKernelPatches(): string[] {
     const kb = tB ? b.shape[rb - 1] : b.shape[rb - 2]
     const n = tB ? b.shape[rb - 2] : b.shape[rb - 1]
     if (k !== kb) return stockMatMul(args) // let the stock kernel raise its error
+    const native = nativeKernelsSet()
     if (native !== undefined) {
       // One call, any transposes, no copies: the addon reads the operands in the heap.
       const out = backend.makeOutput([...batchShape, m, n], 'float32')
@@ -458,6 +440,7 @@ export function installWasmKernelPatches(): string[] {
     const kernelFunc = (args: KernelArgs): tf.TensorInfo | tf.TensorInfo[] => {
       const { a, b } = args.inputs as { a: tf.TensorInfo; b: tf.TensorInfo }
       const n = tf.util.sizeFromShape(a.shape)
+      const native = nativeKernelsSet()
       if (native === undefined || a.dtype !== 'float32' || b.dtype !== 'float32' || n < NATIVE_MIN) return stock.kernelFunc(args)
       const nb = tf.util.sizeFromShape(b.shape)
       let x = a
@@ -478,6 +461,7 @@ export function installWasmKernelPatches(): string[] {
   const fastTranspose = (args: KernelArgs): tf.TensorInfo | tf.TensorInfo[] => {
     const { x } = args.inputs as { x: tf.TensorInfo }
     const perm = (args.attrs as { perm: number[] }).perm
+    const native = nativeKernelsSet()
     if (native === undefined || x.dtype !== 'float32' || x.shape.length !== 4 || perm.join() !== '0,2,1,3' || tf.util.sizeFromShape(x.shape) < NATIVE_MIN) {
       return stockTranspose(args)
     }
@@ -504,6 +488,6 @@ export function installWasmKernelPatches(): string[] {
   tf.registerKernel({ ...matMul, kernelFunc: fastMatMul })
   tf.unregisterKernel('Slice', 'wasm')
   tf.registerKernel({ ...slice, kernelFunc: fastSlice })
-  patchesInstalled = true
+  markWasmPatchesInstalled()
   return patched
 }

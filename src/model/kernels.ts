@@ -20,7 +20,7 @@
  */
 import * as tf from '@tensorflow/tfjs'
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm'
-import { activeNativeKernels } from './backend.js'
+import { activeNativeKernels } from './native-state.js'
 import type { NativeFrozenHandle, NativeKernels } from './native.js'
 
 const ROPE = 'FloraRope'

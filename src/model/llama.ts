@@ -18,7 +18,7 @@ import * as tf from '@tensorflow/tfjs'
 import { createPrng, type SeedLike } from '../lora/prng.js'
 import type { AdapterSet, LoraModule, ModuleShape } from '../lora/types.js'
 import { compareModuleNames, validateAdapterAgainstShapes } from '../lora/validate.js'
-import { activeNativeKernels, nativeKernelsActive } from './backend.js'
+import { activeNativeKernels, nativeKernelsActive } from './native-state.js'
 import { canHoldFrozenWeights, NativeFrozenWeight, type FrozenDtype, type HalfBits } from './frozen-weight.js'
 import { type LlamaConfig, parameterCount, type RopeScaling, validateConfig } from './config.js'
 import { type ComputePath, fusedAttention, fusedCausalSoftmax, fusedRmsNorm, fusedRope, fusedSwiglu, resolveComputePath } from './kernels.js'
@@ -479,6 +479,12 @@ export class LlamaModel {
   getAdapter(): AdapterSet {
     this.assertLive()
     return { modules: this.adaptedLinears().map((l) => l.getAdapter() as LoraModule) }
+  }
+
+  /** getAdapter(), reading the factors asynchronously: on a GPU backend (WebGPU) the way to read them. */
+  async readAdapter(): Promise<AdapterSet> {
+    this.assertLive()
+    return { modules: (await Promise.all(this.adaptedLinears().map((l) => l.readAdapter()))) as LoraModule[] }
   }
 
   /** Names of the modules that carry an adapter, canonical order. */

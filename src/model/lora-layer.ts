@@ -191,17 +191,19 @@ export class LoraLinear {
   /** The adapter as plain arrays, or undefined. */
   getAdapter(): LoraModule | undefined {
     if (this.lora === undefined) return undefined
-    const { rank, alpha, scaling, loraA, loraB } = this.lora
-    return {
-      name: this.name,
-      rank,
-      inFeatures: this.inFeatures,
-      outFeatures: this.outFeatures,
-      alpha,
-      scaling,
-      loraA: loraA.dataSync().slice() as Float32Array,
-      loraB: loraB.dataSync().slice() as Float32Array,
-    }
+    return this.#module(this.lora.loraA.dataSync() as Float32Array, this.lora.loraB.dataSync() as Float32Array)
+  }
+
+  /** getAdapter(), reading the factors asynchronously (the way values leave a GPU backend). */
+  async readAdapter(): Promise<LoraModule | undefined> {
+    if (this.lora === undefined) return undefined
+    const [a, b] = await Promise.all([this.lora.loraA.data(), this.lora.loraB.data()])
+    return this.#module(a as Float32Array, b as Float32Array)
+  }
+
+  #module(loraA: Float32Array, loraB: Float32Array): LoraModule {
+    const { rank, alpha, scaling } = this.lora as LoraState
+    return { name: this.name, rank, inFeatures: this.inFeatures, outFeatures: this.outFeatures, alpha, scaling, loraA: loraA.slice(), loraB: loraB.slice() }
   }
 
   /** [loraA, loraB], or [] without an adapter. */

@@ -194,6 +194,11 @@ function gatherRows(x: tf.Tensor2D, rows: tf.Tensor1D): tf.Tensor2D {
  */
 function crossEntropy(logits: tf.Tensor2D, targets: BatchTensors['targets'], withGrad: boolean, compute: ComputePath): tf.Scalar {
   if (compute !== 'stock') return fusedCrossEntropy(logits, targets.tensor, withGrad)
+  if (onGpu()) {
+    // The logits stay on the GPU: the same formula in tf ops (reading them back synchronously
+    // is slow on WebGPU, and in a headless tab without a canvas it reads zeros).
+    return tf.tidy(() => tf.mean(tf.logSumExp(logits, 1).sub(tf.sum(logits.mul(tf.oneHot(targets.tensor, logits.shape[1])), 1))) as tf.Scalar)
+  }
   const f = tf.customGrad((...args) => {
     const z = args[0] as tf.Tensor2D
     const save = args[1] as tf.GradSaveFunc
@@ -207,6 +212,12 @@ function crossEntropy(logits: tf.Tensor2D, targets: BatchTensors['targets'], wit
     }
   })
   return f(logits) as tf.Scalar
+}
+
+/** Whether the active backend computes on a GPU, where values are read back asynchronously (WebGPU, WebGL). */
+function onGpu(): boolean {
+  const b = tf.getBackend()
+  return b === 'webgpu' || b === 'webgl'
 }
 
 /** Mean loss of a batch; the caller disposes the result (or runs it under a tape). */
@@ -319,6 +330,11 @@ export function adapterGradients(
 // Training
 // ---------------------------------------------------------------------------------
 
+/** Lets pending I/O and timers run between steps (setImmediate in Node; a zero timeout in a browser tab). */
+function yieldToEventLoop(): Promise<void> {
+  return new Promise<void>((resolve) => (typeof setImmediate === 'function' ? setImmediate(resolve) : setTimeout(resolve, 0)))
+}
+
 /** Learning rate at 1-based step `step`. */
 export function learningRate(o: Pick<TrainOptions, 'lr' | 'steps' | 'warmupSteps' | 'schedule'>, step: number): number {
   const warm = o.warmupSteps ?? 0
@@ -393,7 +409,7 @@ async function trainLoraSteps(model: LlamaModel, examples: readonly TrainingExam
   const order = prng.fork('batches')
   const dropoutSeeds = prng.fork('dropout')
 
-  const optimizer = new AdamW(vars, { beta1: b1, beta2: b2, eps, weightDecay: wd, maxGradNorm: maxNorm })
+  const optimizer = new AdamW(vars, { beta1: b1, beta2: b2, eps, weightDecay: wd, maxGradNorm: maxNorm }, await Promise.all(vars.map((v) => v.data() as Promise<Float32Array>)))
   let queue: number[] = []
   const nextBatch = (): TrainingExample[] => {
     const out: TrainingExample[] = []
@@ -415,8 +431,9 @@ async function trainLoraSteps(model: LlamaModel, examples: readonly TrainingExam
     const dropout = dropoutRate > 0 ? { rate: dropoutRate, seed: dropoutSeeds.nextUint32() } : undefined
     const { value, grads } = tf.variableGrads(() => batchLoss(model, batch, bt, true, dropout), vars)
     const lr = learningRate(options, step)
-    const gradNorm = optimizer.step(vars.map((v) => grads[v.name]), lr)
-    const loss = value.dataSync()[0] as number
+    // Read back asynchronously: the same values on wasm and cpu, and the only way that works on a GPU.
+    const gradNorm = await optimizer.stepAsync(vars.map((v) => grads[v.name]), lr)
+    const loss = (await value.data())[0] as number
     tf.dispose([value, ...Object.values(grads)])
     disposeBatch(bt)
     if (!Number.isFinite(loss)) throw new TrainingError(`loss is ${loss} at step ${step}`)
@@ -443,7 +460,7 @@ async function trainLoraSteps(model: LlamaModel, examples: readonly TrainingExam
       ...(lastEval !== undefined ? { eval: lastEval } : {}),
     })
     // Let timers and sockets run between the (synchronous) steps.
-    await new Promise<void>((resolve) => setImmediate(resolve))
+    await yieldToEventLoop()
   }
   return {
     steps: options.steps,

@@ -8,7 +8,6 @@
  * FLORA_UPDATE_SCREENSHOTS=1 writes the page's screenshot to docs/status-page.png (the one
  * in the README).
  */
-import { existsSync } from 'node:fs'
 import os from 'node:os'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -24,16 +23,11 @@ import { STATUS_PAGE_HTML } from '../../src/node/status-page.js'
 import { syntheticEvalLoss } from '../../src/node/trainer.js'
 import { startAttacker, type Attacker } from './attacker.js'
 import { gate, startTestSwarm, waitForEvent, type TestSwarm } from './helpers.js'
+import { findChromium } from '../browser/chromium.js'
 
 const ROUNDS = 3
 const RANKS = [2, 4, 8]
 const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
-
-/** Debian's chromium (or CHROMIUM_PATH): `apt-get install -y chromium`. */
-function findChromium(): string | undefined {
-  const candidates = [process.env.CHROMIUM_PATH, '/usr/bin/chromium', '/usr/bin/chromium-browser', '/usr/bin/google-chrome']
-  return candidates.find((p): p is string => p != null && p !== '' && existsSync(p))
-}
 
 describe('the live status page of a peer', () => {
   let swarm: TestSwarm | undefined
