@@ -7,22 +7,15 @@
  * on both, summed in other orders). Skipped, saying why, only where no Chromium exists
  * (`apt-get install -y chromium`).
  */
-import { readFile } from 'node:fs/promises'
-import { createServer, type Server } from 'node:http'
-import path from 'node:path'
-import { fileURLToPath } from 'node:url'
 import * as tf from '@tensorflow/tfjs'
-import { chromium, type Browser } from 'playwright-core'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
-import { buildBrowserBundle } from '../../scripts/build-browser.mjs'
 import { initAdapter } from '../../src/lora/init.js'
 import { selectBackend } from '../../src/model/backend.js'
 import { defaultModelDir } from '../../src/model/bundled.js'
 import { loadModel } from '../../src/model/checkpoint.js'
 import { trainLora } from '../../src/model/trainer.js'
-import { findChromium, WEBGPU_SWIFTSHADER_ARGS } from './chromium.js'
+import { findChromium, type FloraInTab, openWebgpuTab, type WebgpuTab } from './chromium.js'
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
 const MODEL = defaultModelDir()
 const SEQS = [
   [1, 17, 254, 9, 33, 801, 12, 77, 3, 2000, 45, 6],
@@ -45,37 +38,9 @@ interface TabResult {
   adapter: { name: string; loraA: number[]; loraB: number[] }[]
 }
 
-const PAGE = `<!doctype html><meta charset="utf-8"><title>flora webgpu</title>
-<script type="module">import * as flora from '/flora-model.js'; window.flora = flora; document.body.dataset.ready = '1'</script><body></body>`
-
-function serve(bundle: string): Promise<{ server: Server; url: string }> {
-  const files: Record<string, [string, string]> = {
-    '/flora-model.js': [bundle, 'text/javascript'],
-    '/model/config.json': [path.join(MODEL, 'config.json'), 'application/json'],
-    '/model/model.safetensors': [path.join(MODEL, 'model.safetensors'), 'application/octet-stream'],
-  }
-  const server = createServer((req, res) => {
-    const f = files[req.url ?? '']
-    if (req.url === '/') {
-      res.writeHead(200, { 'content-type': 'text/html' }).end(PAGE)
-    } else if (f !== undefined) {
-      readFile(f[0]).then(
-        (bytes) => res.writeHead(200, { 'content-type': f[1] }).end(bytes),
-        () => res.writeHead(500).end(),
-      )
-    } else {
-      res.writeHead(404).end()
-    }
-  })
-  return new Promise((resolve) => server.listen(0, '127.0.0.1', () => {
-    const { port } = server.address() as { port: number }
-    resolve({ server, url: `http://127.0.0.1:${port}` })
-  }))
-}
-
 /** What the tab does, in the tab (the bundle's exports are on window.flora). */
 async function trainInTab(args: { seqs: number[][]; train: typeof TRAIN; adapter: typeof ADAPTER }): Promise<TabResult> {
-  const flora = (globalThis as unknown as { flora: typeof import('../../src/model/browser.js') }).flora
+  const flora = (globalThis as unknown as { flora: FloraInTab }).flora
   const adapterInfo = await flora.webgpuAdapterInfo()
   const backend = await flora.useBackend('webgpu')
   const [config, bytes] = await Promise.all([
@@ -104,31 +69,22 @@ const browserPath = findChromium()
 if (browserPath === undefined) console.warn('webgpu-train: skipped: no Chromium (apt-get install -y chromium, or set CHROMIUM_PATH)')
 
 describe.skipIf(browserPath === undefined)('the model layer in headless Chromium on WebGPU (SwiftShader)', () => {
-  let browser: Browser | undefined
-  let server: Server | undefined
-  let url = ''
+  let tab: WebgpuTab | undefined
 
   beforeAll(async () => {
-    const { outfile } = await buildBrowserBundle(path.join(ROOT, 'dist', 'browser-test', 'flora-model.js'))
-    ;({ server, url } = await serve(outfile))
-    browser = await chromium.launch({ executablePath: browserPath, headless: true, args: WEBGPU_SWIFTSHADER_ARGS })
+    tab = await openWebgpuTab(browserPath as string, MODEL, 'browser-test')
   }, 60_000)
 
   afterAll(async () => {
-    await browser?.close()
-    await new Promise<void>((resolve) => (server === undefined ? resolve() : server.close(() => resolve())))
+    await tab?.close()
   })
 
   it('trains a LoRA on the bundled model and agrees with wasm', async () => {
-    const page = await (browser as Browser).newPage()
-    const errors: string[] = []
-    page.on('pageerror', (err) => errors.push(err.message))
-    await page.goto(`${url}/`)
-    await page.waitForSelector('body[data-ready="1"]', { state: 'attached', timeout: 30_000 })
-    const tab = await page.evaluate(trainInTab, { seqs: SEQS, train: TRAIN, adapter: ADAPTER })
+    const { page, errors } = tab as WebgpuTab
+    const result = await page.evaluate(trainInTab, { seqs: SEQS, train: TRAIN, adapter: ADAPTER })
     expect(errors).toEqual([])
-    expect(tab.backend).toBe('webgpu')
-    expect(tab.adapterInfo?.architecture).toBe('swiftshader')
+    expect(result.backend).toBe('webgpu')
+    expect(result.adapterInfo?.architecture).toBe('swiftshader')
 
     // The same on wasm, here.
     await selectBackend('wasm', { fallback: false })
@@ -139,22 +95,21 @@ describe.skipIf(browserPath === undefined)('the model layer in headless Chromium
       const wasmLogits = await logits.data()
       tf.dispose([ids, logits])
       model.setAdapter(initAdapter({ shapes: model.targetModuleShapes(), ...ADAPTER }))
-      const result = await trainLora(model, SEQS.map((inputIds) => ({ inputIds, promptLength: 2 })), TRAIN)
+      const wasm = await trainLora(model, SEQS.map((inputIds) => ({ inputIds, promptLength: 2 })), TRAIN)
       const wasmAdapter = model.getAdapter().modules
 
-      const logitErr = maxAbs(tab.logits, wasmLogits)
-      const lossErr = maxAbs(tab.losses, result.losses)
+      const logitErr = maxAbs(result.logits, wasmLogits)
+      const lossErr = maxAbs(result.losses, wasm.losses)
       const scale = Math.max(...wasmAdapter.flatMap((m) => [...m.loraA, ...m.loraB].map(Math.abs)))
-      const adapterErr = Math.max(...wasmAdapter.map((m, i) => Math.max(maxAbs(tab.adapter[i].loraA, m.loraA), maxAbs(tab.adapter[i].loraB, m.loraB)))) / scale
-      console.log(`webgpu vs wasm: logits max |diff| ${logitErr.toExponential(2)}, losses ${lossErr.toExponential(2)}, adapter ${adapterErr.toExponential(2)} (relative); losses webgpu ${tab.losses.map((l) => l.toPrecision(9)).join(' ')}, wasm ${result.losses.map((l) => l.toPrecision(9)).join(' ')}`)
-      expect(tab.adapter.map((m) => m.name)).toEqual(wasmAdapter.map((m) => m.name))
+      const adapterErr = Math.max(...wasmAdapter.map((m, i) => Math.max(maxAbs(result.adapter[i].loraA, m.loraA), maxAbs(result.adapter[i].loraB, m.loraB)))) / scale
+      console.log(`webgpu vs wasm: logits max |diff| ${logitErr.toExponential(2)}, losses ${lossErr.toExponential(2)}, adapter ${adapterErr.toExponential(2)} (relative); losses webgpu ${result.losses.map((l) => l.toPrecision(9)).join(' ')}, wasm ${wasm.losses.map((l) => l.toPrecision(9)).join(' ')}`)
+      expect(result.adapter.map((m) => m.name)).toEqual(wasmAdapter.map((m) => m.name))
       expect(logitErr).toBeLessThan(LOGIT_TOL)
       expect(lossErr).toBeLessThan(LOSS_TOL)
       expect(adapterErr).toBeLessThan(ADAPTER_TOL)
-      expect(result.losses[STEPS - 1]).toBeLessThan(result.losses[0]) // it learns
+      expect(wasm.losses[STEPS - 1]).toBeLessThan(wasm.losses[0]) // it learns
     } finally {
       model.dispose()
-      await page.close()
     }
   }, 240_000)
 })
