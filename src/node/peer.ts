@@ -8,12 +8,15 @@
  *   await peer.whenDone()
  *   await peer.stop()
  */
+import { mkdirSync } from 'node:fs'
+import { dirname } from 'node:path'
 import { TypedEventEmitter, type PeerId, type PrivateKey } from '@libp2p/interface'
 import { generateKeyPair } from '@libp2p/crypto/keys'
-import { peerIdFromString } from '@libp2p/peer-id'
+import { peerIdFromPrivateKey, peerIdFromString } from '@libp2p/peer-id'
 import { multiaddr } from '@multiformats/multiaddr'
 import { createHost, memberFilter, type FloraLibp2p, type HostOptions } from './host.js'
 import { loadOrCreateIdentity } from './identity.js'
+import { acquirePidLock, PidLockBusy } from './pid-lock.js'
 import type { FloraEvents, FloraInit, FloraService, FloraStats } from './service.js'
 import { BootstrapDialer, type BootstrapFailure } from './bootstrap-dialer.js'
 import type { RoundLog } from './round-log.js'
@@ -99,6 +102,7 @@ class Peer extends TypedEventEmitter<PeerEvents> implements FloraPeer {
   readonly #bootstrap: BootstrapDialer
   readonly #autoStart: boolean
   #stopping: Promise<void> | undefined
+  readonly #onStop: (() => void)[] = []
 
   constructor(libp2p: FloraLibp2p, bootstrapList: readonly { id: PeerId; addr: string }[], autoStart: boolean, signal?: AbortSignal) {
     super()
@@ -158,8 +162,14 @@ class Peer extends TypedEventEmitter<PeerEvents> implements FloraPeer {
       await this.libp2p.stop()
       // (also when the node never started: the state dir is released either way)
       this.service.stateDir?.close()
+      for (const f of this.#onStop) f()
     })()
     await this.#stopping
+  }
+
+  /** Runs `f` once the peer has stopped (createPeer: release the identity's lock). */
+  onStop(f: () => void): void {
+    this.#onStop.push(f)
   }
 
   whenDone(): Promise<void> {
@@ -196,9 +206,42 @@ export async function createPeer(options: PeerOptions): Promise<FloraPeer> {
       throw new PeerOptionsError(`deny: ${JSON.stringify(id)} is not a peer id: ${(err as Error).message}`)
     }
   }
-  const privateKey =
-    options.privateKey ??
-    (options.identityFile != null ? (await loadOrCreateIdentity(options.identityFile)).privateKey : await generateKeyPair('Ed25519'))
+  // One identity file, one running peer: two processes on one key would be one peer id twice.
+  const releaseIdentity = options.privateKey == null && options.identityFile != null ? lockIdentity(options.identityFile) : undefined
+  let peer: Peer
+  try {
+    const privateKey =
+      options.privateKey ??
+      (options.identityFile != null ? (await loadOrCreateIdentity(options.identityFile)).privateKey : await generateKeyPair('Ed25519'))
+    const selfId = peerIdFromPrivateKey(privateKey).toString()
+    const self = bootstrapList.find((b) => b.id === selfId)
+    if (self !== undefined) {
+      throw new PeerOptionsError(
+        `bootstrap ${self.addr} is this peer's own id: another peer runs with the same identity${options.identityFile != null ? ` (${options.identityFile})` : ''}; give each peer its own --identity`,
+      )
+    }
+    peer = await createPeerWithKey(options, privateKey, bootstrapList)
+  } catch (err) {
+    releaseIdentity?.()
+    throw err
+  }
+  if (releaseIdentity !== undefined) peer.onStop(releaseIdentity)
+  return peer
+}
+
+/** Takes the identity file's lock (`<file>.lock`), or says which process holds it. */
+function lockIdentity(identityFile: string): () => void {
+  mkdirSync(dirname(identityFile), { recursive: true })
+  try {
+    return acquirePidLock(`${identityFile}.lock`)
+  } catch (err) {
+    if (!(err instanceof PidLockBusy)) throw err
+    const who = err.holder === process.pid ? `process ${process.pid} (this one: another peer here uses it)` : `process ${err.holder} (another flora-peer?)`
+    throw new PeerOptionsError(`identity ${identityFile} is in use by ${who}: two peers on one key are one peer id twice; give each peer its own --identity`)
+  }
+}
+
+async function createPeerWithKey(options: PeerOptions, privateKey: PrivateKey, bootstrapList: readonly { id: string; addr: string }[]): Promise<Peer> {
   // A closed swarm's gater refuses non-members: bootstrapping through one cannot work.
   const isMember = memberFilter(options.config)
   const outsiders = bootstrapList.filter((b) => !isMember(b.id))

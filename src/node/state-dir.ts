@@ -17,13 +17,14 @@
  * which the round log then does not append twice), and anything that does
  * not verify is refused with a message that says what and where, never loaded.
  */
-import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeFileSync, writeSync } from 'node:fs'
+import { closeSync, existsSync, fsyncSync, mkdirSync, openSync, readdirSync, readFileSync, renameSync, rmSync, statSync, writeSync } from 'node:fs'
 import { createHash } from 'node:crypto'
-import { join, resolve } from 'node:path'
+import { join } from 'node:path'
 import { z } from 'zod'
 import { CommitMessageSchema, type CommitMessage } from '../gossip/messages.js'
 import type { ModuleShape } from '../lora/types.js'
 import type { RoundRecord } from './round-log.js'
+import { acquirePidLock, PidLockBusy } from './pid-lock.js'
 import { parseSnapshot, serializeSnapshot } from './snapshot.js'
 import type { SwarmState } from './state.js'
 
@@ -124,23 +125,11 @@ function fsyncDir(dir: string): void {
   }
 }
 
-function pidAlive(pid: number): boolean {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (err) {
-    return (err as NodeJS.ErrnoException).code === 'EPERM'
-  }
-}
-
-/** State dirs this process holds (the LOCK's pid cannot tell two holders in one process apart). */
-const HELD = new Set<string>()
-
 export class StateDir {
   readonly dir: string
   readonly #id: StateDirIdentity
   readonly #keepRounds: number
-  #locked = false
+  #release: (() => void) | undefined
 
   private constructor(dir: string, id: StateDirIdentity, keepRounds: number) {
     this.dir = dir
@@ -189,33 +178,19 @@ export class StateDir {
   }
 
   #lock(): void {
-    const key = resolve(this.dir)
-    if (HELD.has(key)) throw new StateDirError(this.dir, `is in use by process ${process.pid} (this one: another peer here holds it); each peer needs its own --state-dir`)
-    const path = join(this.dir, 'LOCK')
-    for (let attempt = 0; attempt < 2; attempt++) {
-      try {
-        writeFileSync(path, `${process.pid}\n`, { flag: 'wx' })
-        this.#locked = true
-        HELD.add(key)
-        return
-      } catch (err) {
-        if ((err as NodeJS.ErrnoException).code !== 'EEXIST') throw err
-        const pid = Number.parseInt(readFileSync(path, 'utf8'), 10)
-        if (Number.isInteger(pid) && pid !== process.pid && pidAlive(pid)) {
-          throw new StateDirError(this.dir, `is in use by process ${pid} (another flora-peer?); each peer needs its own --state-dir`)
-        }
-        rmSync(path, { force: true }) // left by a process that died
-      }
+    try {
+      this.#release = acquirePidLock(join(this.dir, 'LOCK'))
+    } catch (err) {
+      if (!(err instanceof PidLockBusy)) throw err
+      const who = err.holder === process.pid ? `process ${process.pid} (this one: another peer here holds it)` : `process ${err.holder} (another flora-peer?)`
+      throw new StateDirError(this.dir, `is in use by ${who}; each peer needs its own --state-dir`)
     }
-    throw new StateDirError(this.dir, 'could not take the LOCK file')
   }
 
   /** Releases the lock (the files stay). */
   close(): void {
-    if (!this.#locked) return
-    this.#locked = false
-    HELD.delete(resolve(this.dir))
-    rmSync(join(this.dir, 'LOCK'), { force: true })
+    this.#release?.()
+    this.#release = undefined
   }
 
   get recordsFile(): string {
