@@ -21,7 +21,7 @@ import { createPeer, type FloraPeer } from '../../src/node/peer.js'
 import { setupPeer } from '../../src/node/setup.js'
 import type { Trainer } from '../../src/node/trainer.js'
 import { waitForEvent } from '../node/helpers.js'
-import { findChromium, type FloraInTab, openWebgpuTab, type WebgpuTab } from './chromium.js'
+import { findChromium, type FloraInTab, openWebgpuTab, type WebgpuTab } from '../../scripts/browser-tab.js'
 
 const CONFIG = llamaConfig({ vocabSize: 4096, hiddenSize: 16, intermediateSize: 32, numLayers: 2, numHeads: 2, numKvHeads: 1, maxPositionEmbeddings: 64, tieWordEmbeddings: true })
 const RANKS = [4, 2, 3] // the last one trains in the tab

@@ -14,7 +14,7 @@ import { selectBackend } from '../../src/model/backend.js'
 import { defaultModelDir } from '../../src/model/bundled.js'
 import { loadModel } from '../../src/model/checkpoint.js'
 import { trainLora } from '../../src/model/trainer.js'
-import { findChromium, type FloraInTab, openWebgpuTab, type WebgpuTab } from './chromium.js'
+import { findChromium, type FloraInTab, openWebgpuTab, type WebgpuTab } from '../../scripts/browser-tab.js'
 
 const MODEL = defaultModelDir()
 const SEQS = [

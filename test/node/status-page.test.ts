@@ -23,7 +23,7 @@ import { STATUS_PAGE_HTML } from '../../src/node/status-page.js'
 import { syntheticEvalLoss } from '../../src/node/trainer.js'
 import { startAttacker, type Attacker } from './attacker.js'
 import { gate, startTestSwarm, waitForEvent, type TestSwarm } from './helpers.js'
-import { findChromium } from '../browser/chromium.js'
+import { findChromium } from '../../scripts/browser-tab.js'
 
 const ROUNDS = 3
 const RANKS = [2, 4, 8]

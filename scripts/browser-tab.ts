@@ -1,6 +1,7 @@
 /**
- * Browser-test plumbing: the system's Chromium (no browser download here: Debian's
- * `chromium`), the model-layer bundle served over HTTP, and a tab that imports it.
+ * Browser plumbing for the tests and bench/webgpu-train.ts: the system's Chromium (no
+ * browser download here: Debian's `chromium`), the model-layer bundle served over HTTP, and
+ * a tab that imports it.
  */
 import { existsSync } from 'node:fs'
 import { readFile } from 'node:fs/promises'
@@ -8,7 +9,7 @@ import { createServer, type Server } from 'node:http'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { chromium, type Browser, type Page } from 'playwright-core'
-import { buildBrowserBundle } from '../../scripts/build-browser.mjs'
+import { buildBrowserBundle } from './build-browser.mjs'
 
 /** Debian's chromium (or CHROMIUM_PATH): `apt-get install -y chromium`. */
 export function findChromium(): string | undefined {
@@ -19,13 +20,19 @@ export function findChromium(): string | undefined {
 /** Flags that give headless Chromium a WebGPU adapter on its built-in SwiftShader (no GPU needed). */
 export const WEBGPU_SWIFTSHADER_ARGS = ['--no-sandbox', '--enable-unsafe-webgpu', '--enable-unsafe-swiftshader', '--use-webgpu-adapter=swiftshader', '--enable-features=Vulkan']
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..', '..')
+/** Flags for headless Chromium on the machine's GPU (Vulkan), where it has one. */
+export const WEBGPU_GPU_ARGS = ['--no-sandbox', '--enable-unsafe-webgpu', '--enable-features=Vulkan', '--use-angle=vulkan']
 
+const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), '..')
+
+// __name: tsx/esbuild's keep-names helper, which functions passed to page.evaluate from code
+// run by tsx reference; the tab does not define it.
 const PAGE = `<!doctype html><meta charset="utf-8"><title>flora</title>
+<script>window.__name = (f) => f</script>
 <script type="module">import * as flora from '/flora-model.js'; window.flora = flora; document.body.dataset.ready = '1'</script><body></body>`
 
 /** The bundle's exports, as a tab sees them on `window.flora`. */
-export type FloraInTab = typeof import('../../src/model/browser.js')
+export type FloraInTab = typeof import('../src/model/browser.js')
 
 export interface WebgpuTab {
   readonly page: Page
@@ -39,7 +46,7 @@ export interface WebgpuTab {
  * /model/...) on 127.0.0.1 (port 0), and opens a tab in headless Chromium with WebGPU on
  * SwiftShader that has imported it.
  */
-export async function openWebgpuTab(executablePath: string, modelDir: string, bundleDir: string): Promise<WebgpuTab> {
+export async function openWebgpuTab(executablePath: string, modelDir: string, bundleDir: string, args: readonly string[] = WEBGPU_SWIFTSHADER_ARGS): Promise<WebgpuTab> {
   const { outfile } = await buildBrowserBundle(path.join(ROOT, 'dist', bundleDir, 'flora-model.js'))
   const files: Record<string, [string, string]> = {
     '/flora-model.js': [outfile, 'text/javascript'],
@@ -59,7 +66,7 @@ export async function openWebgpuTab(executablePath: string, modelDir: string, bu
   const url = await new Promise<string>((resolve) => server.listen(0, '127.0.0.1', () => resolve(`http://127.0.0.1:${(server.address() as { port: number }).port}`)))
   let browser: Browser | undefined
   try {
-    browser = await chromium.launch({ executablePath, headless: true, args: WEBGPU_SWIFTSHADER_ARGS })
+    browser = await chromium.launch({ executablePath, headless: true, args: [...args] })
     const page = await browser.newPage()
     const errors: string[] = []
     page.on('pageerror', (err) => errors.push(err.message))
