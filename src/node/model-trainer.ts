@@ -153,7 +153,6 @@ class Lock {
 interface Runtime {
   /** The model, its tokenizer and backend, as opened for training (src/model/open-model.ts). */
   readonly opened: OpenedModel
-  readonly config: LlamaConfig
   readonly model: LlamaModel
   readonly baseModelHash: string
   /** Target modules, canonical order. */
@@ -191,7 +190,7 @@ async function createRuntime(dir: string, targets: readonly LinearModuleKind[], 
     const shapes = model.targetModuleShapes()
     const genesis = new Map<string, Float32Array>()
     for (const s of shapes) genesis.set(s.name, model.getBaseWeight(s.name))
-    return { opened, config: model.config, model, baseModelHash: hash, shapes, genesis, loaded: new Map(genesis), lock: new Lock() }
+    return { opened, model, baseModelHash: hash, shapes, genesis, loaded: new Map(genesis), lock: new Lock() }
   } catch (err) {
     model.dispose()
     throw err
@@ -397,7 +396,8 @@ export async function setupModelPeer(o: SetupOptions): Promise<PeerSetup> {
   }
   const genesis = o.initAdapter != null ? await withInitAdapter(rt, o.initAdapter) : rt.genesis
   const config = await resolveConfig(rt, o, genesis)
-  const modelLine = `${path.relative(process.cwd(), path.resolve(dir)) || '.'} (${rt.config.numLayers} layers, hidden ${rt.config.hiddenSize}, ${(parameterCount(rt.config) / 1e6).toFixed(2)}M parameters, tfjs ${describeBackend(rt.opened.backend)}, compute ${rt.model.compute}; base ${rt.baseModelHash.slice(0, 12)})`
+  const c = rt.model.config
+  const modelLine = `${path.relative(process.cwd(), path.resolve(dir)) || '.'} (${c.numLayers} layers, hidden ${c.hiddenSize}, ${(parameterCount(c) / 1e6).toFixed(2)}M parameters, tfjs ${describeBackend(rt.opened.backend)}, compute ${rt.model.compute}; base ${rt.baseModelHash.slice(0, 12)})`
   const notLoaded = (): never => {
     throw new Error('model trainer: set up with configOnly (no data loaded)')
   }
