@@ -58,7 +58,7 @@ const train = task.train.map(toExample)
 const heldOut = task.eval.map(toExample)
 const evalOpts = { seqLen, batchSize: 16, padId: tok.padId }
 
-const before = evaluate(model, heldOut, evalOpts)
+const before = await evaluate(model, heldOut, evalOpts)
 console.log(`backend ${backend.backend}; base model held-out loss ${before.loss.toFixed(4)} (ppl ${before.perplexity.toFixed(2)}) on ${heldOut.length} eval examples`)
 model.setAdapter(initAdapter({ shapes: model.targetModuleShapes(), rank, alpha, seed: values.seed ?? 'finetune-check' }))
 const t0 = performance.now()
@@ -76,7 +76,7 @@ const result = await trainLora(model, train, {
   },
 })
 const seconds = (performance.now() - t0) / 1000
-const after = evaluate(model, heldOut, evalOpts)
+const after = await evaluate(model, heldOut, evalOpts)
 console.log(`after ${steps} LoRA steps: held-out loss ${after.loss.toFixed(4)} (ppl ${after.perplexity.toFixed(2)}); delta ${(after.loss - before.loss).toFixed(4)}`)
 console.log(
   JSON.stringify({

@@ -1,8 +1,10 @@
 /**
- * Backend selection for tfjs: tfjs-node-gpu -> tfjs-node -> wasm -> cpu.
+ * Backend selection for tfjs: tfjs-node-gpu -> webgpu -> tfjs-node -> wasm -> cpu.
  *
  * The native backends download libtensorflow at install time, so they are optional
- * and only ever loaded by dynamic import. The wasm backend ships its binaries in the
+ * and only ever loaded by dynamic import. The webgpu backend runs on the optional `webgpu`
+ * package (Dawn) where a GPU adapter exists (webgpu-node.ts); `auto` takes it only on a real
+ * GPU, never on a software renderer. The wasm backend ships its binaries in the
  * package; in Node it runs single-threaded (tfjs disables wasm threads under Node).
  *
  * The stock wasm kernels have slow paths that a transformer hits all the time:
@@ -25,14 +27,14 @@ import path from 'node:path'
 import * as tf from '@tensorflow/tfjs'
 import type { BackendWasm } from '@tensorflow/tfjs-backend-wasm'
 import { loadNativeKernels } from './native.js'
+import { describeAdapter, openWebgpu, type WebgpuAdapterInfo } from './webgpu-node.js'
 import { markWasmPatchesInstalled, nativeKernelsSet, setNativeKernels, wasmPatchesInstalled } from './native-state.js'
 
 export { activeNativeKernels, nativeKernelsActive, setNativeKernels } from './native-state.js'
 
-export type BackendName = 'tensorflow-gpu' | 'tensorflow' | 'wasm' | 'cpu'
-export type BackendPreference = BackendName | 'auto'
+import { BACKEND_ORDER as ORDER, type BackendName, type BackendPreference } from './backend-names.js'
 
-const ORDER: readonly BackendName[] = ['tensorflow-gpu', 'tensorflow', 'wasm', 'cpu']
+export { BACKEND_CHOICES, type BackendName, type BackendPreference } from './backend-names.js'
 
 export interface SkippedBackend {
   readonly backend: BackendName
@@ -42,10 +44,12 @@ export interface SkippedBackend {
 export interface BackendSelection {
   /** The backend that now runs. */
   readonly backend: BackendName
-  /** tfjs's own name for it (`tensorflow`, `wasm`, `cpu`). */
+  /** tfjs's own name for it (`tensorflow`, `webgpu`, `wasm`, `cpu`). */
   readonly tfBackend: string
   /** Better backends that were tried and why they were not used, best first. */
   readonly skipped: readonly SkippedBackend[]
+  /** The GPU adapter (webgpu only). */
+  readonly adapter?: WebgpuAdapterInfo
   /** Compute threads of the backend where known (wasm: 1 under Node). */
   readonly threads?: number
   /** Kernels replaced by faster equivalents (wasm only). */
@@ -82,8 +86,10 @@ export class BackendUnavailableError extends Error {
 
 /**
  * Select and initialise the fastest available backend, starting at `preferred`
- * ('auto' = the best one) and falling down the order tensorflow-gpu, tensorflow,
- * wasm, cpu. Returns what runs and why the ones before it were skipped.
+ * ('auto' = the best one) and falling down the order tensorflow-gpu, webgpu, tensorflow,
+ * wasm, cpu. Returns what runs and why the ones before it were skipped. Under 'auto',
+ * webgpu is taken only on a GPU (a software adapter is skipped, saying so); asked for by
+ * name, any adapter will do.
  */
 export async function selectBackend(
   preferred: BackendPreference = 'auto',
@@ -95,8 +101,9 @@ export async function selectBackend(
   const candidates = fallback ? ORDER.slice(start) : [ORDER[start]]
   const skipped: SkippedBackend[] = []
   for (const name of candidates) {
+    let adapter: WebgpuAdapterInfo | undefined
     try {
-      await activate(name)
+      adapter = await activate(name, { requireHardware: preferred === 'auto' })
     } catch (err) {
       skipped.push({ backend: name, reason: err instanceof Error ? err.message : String(err) })
       continue
@@ -117,13 +124,14 @@ export async function selectBackend(
       backend: name,
       tfBackend: tf.getBackend(),
       skipped,
+      ...(adapter !== undefined ? { adapter } : {}),
       threads: name === 'wasm' ? await wasmThreads() : undefined,
       patchedKernels,
       ...(native !== undefined ? { native } : {}),
     }
   }
   throw new BackendUnavailableError(
-    `no tfjs backend could be initialised: ${skipped.map((s) => `${s.backend}: ${s.reason}`).join('; ')}`,
+    skipped.length === 1 ? `${skipped[0].backend}: ${skipped[0].reason}` : `no tfjs backend could be initialised: ${skipped.map((s) => `${s.backend}: ${s.reason}`).join('; ')}`,
     skipped,
   )
 }
@@ -142,12 +150,14 @@ export function describeBackend(s: BackendSelection): string {
     return `${s.backend} + native ${s.native.isa} x${s.native.threads} thread${s.native.threads === 1 ? '' : 's'}${s.native.prebuilt === true ? ' (prebuilt)' : ''}`
   }
   const extra: string[] = []
+  if (s.adapter !== undefined) extra.push(`${describeAdapter(s.adapter)}${s.adapter.software ? ', software renderer' : ''}`)
   if (s.threads !== undefined) extra.push(`${s.threads} thread${s.threads === 1 ? '' : 's'}`)
   if (s.native !== undefined && 'reason' in s.native) extra.push(`native kernels off: ${s.native.reason}`)
   return extra.length > 0 ? `${s.backend} (${extra.join('; ')})` : s.backend
 }
 
-async function activate(name: BackendName): Promise<void> {
+/** Make `name` tfjs's backend; for webgpu, returns the adapter it runs on. */
+async function activate(name: BackendName, o: { requireHardware: boolean }): Promise<WebgpuAdapterInfo | undefined> {
   switch (name) {
     case 'tensorflow-gpu':
     case 'tensorflow': {
@@ -160,16 +170,23 @@ async function activate(name: BackendName): Promise<void> {
         throw new Error(`${pkg} is not installed or failed to load (${firstLine(err)})`)
       }
       await setBackendOrThrow('tensorflow')
-      return
+      return undefined
+    }
+    case 'webgpu': {
+      const adapter = await openWebgpu(o)
+      // The package registers the backend on import where navigator.gpu exists (openWebgpu sees to that).
+      await import('@tensorflow/tfjs-backend-webgpu')
+      await setBackendOrThrow('webgpu')
+      return adapter
     }
     case 'wasm': {
       configureWasmPaths(await import('@tensorflow/tfjs-backend-wasm'))
       await setBackendOrThrow('wasm')
-      return
+      return undefined
     }
     case 'cpu':
       await setBackendOrThrow('cpu')
-      return
+      return undefined
   }
 }
 

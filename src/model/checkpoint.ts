@@ -208,7 +208,7 @@ export async function saveCheckpoint(
 /** Save a model's current base weights (LoRA not merged) as a model directory. */
 export async function saveModel(model: LlamaModel, dir: string, options: SaveCheckpointOptions = {}): Promise<void> {
   const weights = new Map<string, Float32Array>()
-  for (const name of model.baseWeightNames()) weights.set(name, model.getBaseWeight(name))
+  for (const name of model.baseWeightNames()) weights.set(name, await model.readBaseWeight(name))
   await saveCheckpoint(dir, model.config, weights, options)
 }
 

@@ -44,6 +44,16 @@ export class FrozenEmbedding {
   /** The table as float32 values [vocab, hidden] (exact). */
   read(): Float32Array {
     if (this.#tensor !== undefined) return this.#tensor.dataSync().slice() as Float32Array
+    return this.#allRows()
+  }
+
+  /** read(), reading asynchronously (the way values leave a GPU backend). */
+  async readAsync(): Promise<Float32Array> {
+    if (this.#tensor !== undefined) return ((await this.#tensor.data()) as Float32Array).slice()
+    return this.#allRows()
+  }
+
+  #allRows(): Float32Array {
     return this.#rows(Int32Array.from({ length: this.vocab }, (_, i) => i))
   }
 

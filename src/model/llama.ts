@@ -532,6 +532,25 @@ export class LlamaModel {
     }
   }
 
+  /** getBaseWeight(), reading asynchronously: on a GPU backend (WebGPU) the way to read a weight. */
+  async readBaseWeight(name: string): Promise<Float32Array> {
+    this.assertLive()
+    const [kind, key] = this.resolveWeight(name)
+    switch (kind) {
+      case 'linear':
+        return (this.linears.get(key) as LoraLinear).readWeight()
+      case 'bias':
+        return (await (this.linears.get(key) as LoraLinear).readBias()) as Float32Array
+      case 'embed':
+        return this.embed.readAsync()
+      case 'lm_head':
+        if (this.nativeHead !== undefined) return this.nativeHead.read()
+        return transpose2d((await (this.lmHeadT as tf.Tensor2D).data()) as Float32Array, this.config.hiddenSize, this.config.vocabSize)
+      case 'norm':
+        return ((await this.normTensor(key).data()) as Float32Array).slice()
+    }
+  }
+
   /** Replace a base weight (HF layout); the values are copied. */
   setBaseWeight(name: string, data: Float32Array): void {
     this.assertLive()

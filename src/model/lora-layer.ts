@@ -218,6 +218,13 @@ export class LoraLinear {
     return transpose2d((this.wT as tf.Tensor2D).dataSync() as Float32Array, this.inFeatures, this.outFeatures)
   }
 
+  /** getWeight(), reading asynchronously (the way values leave a GPU backend). */
+  async readWeight(): Promise<Float32Array> {
+    if (this.native !== undefined) return this.native.read()
+    if (this.w !== undefined) return ((await this.w.data()) as Float32Array).slice()
+    return transpose2d((await (this.wT as tf.Tensor2D).data()) as Float32Array, this.inFeatures, this.outFeatures)
+  }
+
   /** Replace W (HF layout [out, in]); the values are copied, exactly. */
   setWeight(weight: Float32Array): void {
     if (this.native !== undefined) this.native.set(weight)
@@ -234,6 +241,11 @@ export class LoraLinear {
   /** The bias [out] (a copy), or undefined when the layer has none. */
   getBias(): Float32Array | undefined {
     return this.bias === undefined ? undefined : (this.bias.dataSync().slice() as Float32Array)
+  }
+
+  /** getBias(), reading asynchronously. */
+  async readBias(): Promise<Float32Array | undefined> {
+    return this.bias === undefined ? undefined : ((await this.bias.data()) as Float32Array).slice()
   }
 
   /** Set the frozen bias [out]; the values are copied. */

@@ -16,7 +16,7 @@
 import { createHash } from 'node:crypto'
 import { readFile, stat } from 'node:fs/promises'
 import path from 'node:path'
-import { type BackendPreference, type BackendSelection, selectBackend } from './backend.js'
+import { BackendUnavailableError, type BackendPreference, type BackendSelection, selectBackend } from './backend.js'
 import { defaultModelDir } from './bundled.js'
 import { loadModel } from './checkpoint.js'
 import { tokenizeExample } from './data/template.js'
@@ -100,7 +100,9 @@ export async function openModelForTraining(dir: string | undefined, options: Ope
   try {
     backend = await selectBackend(preference, { fallback: preference === 'auto' })
   } catch (err) {
-    throw new ModelOpenError(`--backend ${preference}: ${(err as Error).message}`)
+    // One backend asked for by name: its reason alone (the flag already names it).
+    const why = err instanceof BackendUnavailableError && err.skipped.length === 1 ? err.skipped[0].reason : (err as Error).message
+    throw new ModelOpenError(`--backend ${preference}: ${why}`)
   }
   options.onBackend?.(backend)
   const tokenizerBytes = await readFile(path.join(checked.dir, 'tokenizer.json'))

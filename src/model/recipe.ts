@@ -7,6 +7,7 @@
  * The values suit the bundled model (a 2.4M-parameter Llama) and short local budgets; for a
  * checkpoint of a billion parameters, a learning rate of 1e-4 to 3e-4 is the usual choice.
  */
+import type { BackendPreference } from './backend-names.js'
 export const TRAINING_RECIPE = {
   /** LoRA rank (each peer may choose its own). Alpha defaults to 2 x rank, as in the FLoRA paper. */
   rank: 8,
@@ -23,5 +24,5 @@ export const TRAINING_RECIPE = {
   /** Examples per forward pass when evaluating (no gradients: larger than a training batch). */
   evalBatchSize: 16,
   /** tfjs backend: the best available (backend.ts). */
-  backend: 'auto' as 'auto' | 'tensorflow-gpu' | 'tensorflow' | 'wasm' | 'cpu',
+  backend: 'auto' as BackendPreference,
 } as const

@@ -22,6 +22,7 @@ import { adapterParamCount, initAdapter } from '../lora/init.js'
 import { createPrng } from '../lora/prng.js'
 import type { AdapterSet } from '../lora/types.js'
 import { type BackendPreference, type BackendSelection, describeBackend, selectBackend } from './backend.js'
+import { BACKEND_CHOICES } from './backend-names.js'
 import { loadModel, loadPeftAdapter, saveCheckpoint, savePeftAdapter } from './checkpoint.js'
 import { parameterCount } from './config.js'
 import { readInstructionJsonl } from './data/jsonl.js'
@@ -58,7 +59,7 @@ export interface OutputStream {
   readonly isTTY?: boolean
 }
 
-export const BACKEND_CHOICES = ['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu'] as const
+export { BACKEND_CHOICES }
 
 
 /** Defaults of `flora train` (the CLI shows them in --help): the shared training recipe (recipe.ts) plus the command's own. */
@@ -337,7 +338,7 @@ async function evaluateChunked(
   let correct = 0
   for (let i = 0; i < examples.length; i += chunk) {
     if (o.signal?.aborted === true) throw new TrainingAbortedError(o.stepsDone)
-    const r = evaluate(model, examples.slice(i, i + chunk), { seqLen: o.seqLen, padId: o.padId, batchSize: o.batchSize })
+    const r = await evaluate(model, examples.slice(i, i + chunk), { seqLen: o.seqLen, padId: o.padId, batchSize: o.batchSize })
     sum += r.loss * r.tokens
     correct += (r.accuracy ?? 0) * r.tokens
     count += r.tokens
@@ -390,9 +391,9 @@ async function loadInitAdapter(dir: string): Promise<AdapterSet> {
 }
 
 /** Base weights with every adapter module merged in: W <- W + s B A (the federation's deterministic kernel). */
-function mergedWeights(model: LlamaModel, adapter: AdapterSet): Map<string, Float32Array> {
+async function mergedWeights(model: LlamaModel, adapter: AdapterSet): Promise<Map<string, Float32Array>> {
   const weights = new Map<string, Float32Array>()
-  for (const name of model.baseWeightNames()) weights.set(name, model.getBaseWeight(name))
+  for (const name of model.baseWeightNames()) weights.set(name, await model.readBaseWeight(name))
   for (const m of adapter.modules) {
     const w = weights.get(`${m.name}.weight`) as Float32Array
     mergeIntoWeightsSync(w, { outFeatures: m.outFeatures, inFeatures: m.inFeatures }, [
@@ -443,7 +444,7 @@ export async function runTrain(options: TrainCommandOptions = {}): Promise<Train
       backend: options.backend ?? TRAIN_DEFAULTS.backend,
       targets,
       onBackend: (backend) => {
-        emit('backend', { backend: backend.backend, tfBackend: backend.tfBackend, threads: backend.threads, native: backend.native, patchedKernels: backend.patchedKernels, skipped: backend.skipped }, backendLine(backend))
+        emit('backend', { backend: backend.backend, tfBackend: backend.tfBackend, adapter: backend.adapter, threads: backend.threads, native: backend.native, patchedKernels: backend.patchedKernels, skipped: backend.skipped }, backendLine(backend))
         checkAbort(0)
       },
     }),
@@ -556,7 +557,7 @@ export async function runTrain(options: TrainCommandOptions = {}): Promise<Train
       }
     }
 
-    const adapter = model.getAdapter()
+    const adapter = await model.readAdapter()
     let saved: TrainCommandResult['saved']
     if (options.out !== undefined) {
       const out = options.out
@@ -573,7 +574,7 @@ export async function runTrain(options: TrainCommandOptions = {}): Promise<Train
       }
       await writeDirAtomically(out, async (tmp) => {
         await savePeftAdapter(tmp, adapter, { baseModelNameOrPath: modelDir })
-        if (merge) await saveCheckpoint(path.join(tmp, 'merged'), model.config, mergedWeights(model, adapter), { tokenizerDir: modelDir })
+        if (merge) await saveCheckpoint(path.join(tmp, 'merged'), model.config, await mergedWeights(model, adapter), { tokenizerDir: modelDir })
         await writeFile(path.join(tmp, SUMMARY_FILE), `${JSON.stringify(summary, null, 2)}\n`)
       })
       saved = { adapterDir: out, ...(merge ? { mergedDir: path.join(out, 'merged') } : {}) }

@@ -264,8 +264,11 @@ export interface EvalOptions {
   readonly padId?: number
 }
 
-/** Mean target-token loss, perplexity and greedy token accuracy over `examples` (no gradients, no dropout). */
-export function evaluate(model: LlamaModel, examples: readonly TrainingExample[], options: EvalOptions): EvalResult {
+/**
+ * Mean target-token loss, perplexity and greedy token accuracy over `examples` (no gradients,
+ * no dropout). Values are read back asynchronously, which every backend serves (WebGPU only so).
+ */
+export async function evaluate(model: LlamaModel, examples: readonly TrainingExample[], options: EvalOptions): Promise<EvalResult> {
   const bs = options.batchSize ?? 8
   let sum = 0
   let count = 0
@@ -278,8 +281,8 @@ export function evaluate(model: LlamaModel, examples: readonly TrainingExample[]
       const logits = model.lmHead(gatherRows(model.hiddenStates(t.ids, {}), t.rows))
       return [crossEntropy(logits, t.targets, false, model.compute), tf.argMax(logits, -1)] as const
     })
-    sum += (loss.dataSync()[0] as number) * batch.rows.length
-    const guesses = predicted.dataSync()
+    const [lossValue, guesses] = await Promise.all([loss.data(), predicted.data()])
+    sum += (lossValue[0] as number) * batch.rows.length
     for (let k = 0; k < guesses.length; k++) if (guesses[k] === t.targets.values[k]) correct++
     count += batch.rows.length
     loss.dispose()
@@ -303,11 +306,11 @@ export interface ModuleGradient {
  * Mean target-token loss of one batch of `examples` and its gradient with respect to
  * every adapter matrix (no dropout, no update). For diagnostics and gradient checks.
  */
-export function adapterGradients(
+export async function adapterGradients(
   model: LlamaModel,
   examples: readonly TrainingExample[],
   options: { readonly seqLen: number; readonly padId?: number },
-): { loss: number; modules: ModuleGradient[] } {
+): Promise<{ loss: number; modules: ModuleGradient[] }> {
   const vars = model.trainableVariables()
   if (vars.length === 0) throw new TrainingError('the model has no adapter: call setAdapter first')
   const batch = makeBatch(examples, options.seqLen, options.padId ?? 0, model.config.vocabSize)
@@ -315,12 +318,11 @@ export function adapterGradients(
   const bt = batchTensors(batch)
   const { value, grads } = tf.variableGrads(() => batchLoss(model, batch, bt, true), vars)
   const names = model.adapterModuleNames()
-  const modules = names.map((name, i) => ({
-    name,
-    dA: grads[vars[2 * i].name].dataSync().slice() as Float32Array,
-    dB: grads[vars[2 * i + 1].name].dataSync().slice() as Float32Array,
-  }))
-  const loss = value.dataSync()[0] as number
+  const read = async (t: tf.Tensor): Promise<Float32Array> => ((await t.data()) as Float32Array).slice()
+  const modules = await Promise.all(
+    names.map(async (name, i) => ({ name, dA: await read(grads[vars[2 * i].name]), dB: await read(grads[vars[2 * i + 1].name]) })),
+  )
+  const loss = (await value.data())[0] as number
   tf.dispose([value, ...Object.values(grads)])
   disposeBatch(bt)
   return { loss, modules }
@@ -444,7 +446,7 @@ async function trainLoraSteps(model: LlamaModel, examples: readonly TrainingExam
       options.evalExamples.length > 0 &&
       (step === options.steps || (options.evalEvery !== undefined && step % options.evalEvery === 0))
     lastEval = evalNow
-      ? evaluate(model, options.evalExamples as TrainingExample[], { batchSize: options.evalBatchSize, seqLen: options.seqLen, padId })
+      ? await evaluate(model, options.evalExamples as TrainingExample[], { batchSize: options.evalBatchSize, seqLen: options.seqLen, padId })
       : undefined
     const elapsedMs = performance.now() - start
     options.onStep?.({

@@ -18,6 +18,7 @@ import { exportFederatedModel } from './export.js'
 import type { WireCounter } from './wire-metrics.js'
 import { listStrategies } from '../aggregation/index.js'
 import { MODEL_TRAINER_DEFAULTS } from './model-defaults.js'
+import { BACKEND_CHOICES, type BackendPreference } from '../model/backend-names.js'
 import { readSwarmKey, swarmKeyFingerprint } from './swarm-key.js'
 import { VERSION } from '../version.js'
 import { parseCommandLine } from '../exit-codes.js'
@@ -118,7 +119,7 @@ export function buildProgram(): Command {
     .addOption(new Option('--eval-data <spec>', "model trainer: held-out set, 'wordnet' (held-out synsets, default) or a JSONL file; use the same on every peer").env('FLORA_EVAL_DATA'))
     .addOption(new Option('--train-examples <n>', `model trainer: cap on the training pool before it is split into shards (WordNet default ${MODEL_TRAINER_DEFAULTS.wordnetTrainExamples})`).argParser(intAtLeast('--train-examples', 1)).env('FLORA_TRAIN_EXAMPLES'))
     .addOption(new Option('--targets <modules>', `model trainer: linear layers to adapt, comma-separated (swarm-wide; default ${MODEL_TRAINER_DEFAULTS.targets.join(',')})`).argParser(list).env('FLORA_TARGETS'))
-    .addOption(new Option('--backend <name>', 'model trainer: tfjs backend').choices(['auto', 'tensorflow-gpu', 'tensorflow', 'wasm', 'cpu']).default('auto').env('FLORA_BACKEND'))
+    .addOption(new Option('--backend <name>', 'model trainer: tfjs backend').choices(BACKEND_CHOICES).default('auto').env('FLORA_BACKEND'))
     .addOption(new Option('-s, --strategy <name>', `aggregation strategy (swarm-wide): ${listStrategies().join(', ')}`).env('FLORA_STRATEGY'))
     .addOption(new Option('-c, --config <file>', 'swarm config JSON (as printed by --print-config); overrides the swarm flags').env('FLORA_CONFIG'))
     .addOption(new Option('--print-config', 'print the swarm config these options define, and exit'))
@@ -211,7 +212,7 @@ interface CliOptions {
   evalData?: string
   trainExamples?: number
   targets?: string[]
-  backend: 'auto' | 'tensorflow-gpu' | 'tensorflow' | 'wasm' | 'cpu'
+  backend: BackendPreference
   strategy?: string
   config?: string
   printConfig?: boolean

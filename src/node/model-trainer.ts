@@ -189,7 +189,7 @@ async function createRuntime(dir: string, targets: readonly LinearModuleKind[], 
     const hash = await checkpointBaseModelHash(dir, opened.tokenizerSha256)
     const shapes = model.targetModuleShapes()
     const genesis = new Map<string, Float32Array>()
-    for (const s of shapes) genesis.set(s.name, model.getBaseWeight(s.name))
+    for (const s of shapes) genesis.set(s.name, await model.readBaseWeight(s.name))
     return { opened, model, baseModelHash: hash, shapes, genesis, loaded: new Map(genesis), lock: new Lock() }
   } catch (err) {
     model.dispose()
@@ -429,7 +429,7 @@ export async function setupModelPeer(o: SetupOptions): Promise<PeerSetup> {
           signal: ctx.signal,
           onStep: (info: StepInfo) => o.onTrainStep?.({ round: ctx.round, step: info.step, steps: info.steps, loss: info.loss, elapsedMs: info.elapsedMs }),
         })
-        const adapter = rt.model.getAdapter()
+        const adapter = await rt.model.readAdapter()
         const mean = res.losses.reduce((a, b) => a + b, 0) / res.losses.length
         return {
           adapter,
@@ -451,7 +451,7 @@ export async function setupModelPeer(o: SetupOptions): Promise<PeerSetup> {
       let count = 0
       for (let i = 0; i < held.length; i += evalBatch) {
         signal?.throwIfAborted()
-        const r = evaluate(rt.model, held.slice(i, i + evalBatch), { seqLen, padId, batchSize: evalBatch })
+        const r = await evaluate(rt.model, held.slice(i, i + evalBatch), { seqLen, padId, batchSize: evalBatch })
         sum += r.loss * r.tokens
         correct += (r.accuracy ?? 0) * r.tokens
         count += r.tokens

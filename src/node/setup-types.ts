@@ -5,6 +5,7 @@
  */
 import type { ContributionPolicy, RoundPolicy, SwarmConfig } from './config.js'
 import type { Trainer } from './trainer.js'
+import type { BackendPreference } from '../model/backend-names.js'
 
 /** A held-out evaluation of a state's weights. */
 export interface EvalScore {
@@ -81,8 +82,8 @@ export interface SetupOptions {
   trainExamples?: number
   /** Linear layers to adapt (swarm-wide: part of the config's targets). */
   targets?: readonly string[]
-  /** tfjs backend preference: auto, tensorflow-gpu, tensorflow, wasm, cpu. */
-  backend?: 'auto' | 'tensorflow-gpu' | 'tensorflow' | 'wasm' | 'cpu'
+  /** tfjs backend preference: auto, tensorflow-gpu, webgpu, tensorflow, wasm, cpu. */
+  backend?: BackendPreference
   /** Only the swarm config is needed (e.g. --print-config): skip loading data. */
   configOnly?: boolean
   /**

@@ -115,10 +115,10 @@ describe('architectures: golden logits of an independent reference', () => {
       model.setAdapter(initAdapter({ shapes: model.targetModuleShapes(), rank: 4, alpha: 8, seed: 3 }))
       // Sequences longer than Mistral's window (5), so the windowed path is the one trained.
       const data = golden(name).input_ids.map((ids) => ({ inputIds: [...ids, ...ids.slice(0, 4)] }))
-      const before = evaluate(model, data, { seqLen: 16 })
+      const before = await evaluate(model, data, { seqLen: 16 })
       const result = await trainLora(model, data, { steps: 30, batchSize: 2, seqLen: 16, lr: 2e-2, seed: 1 })
       expect(result.losses.every((l) => Number.isFinite(l))).toBe(true)
-      expect(evaluate(model, data, { seqLen: 16 }).loss).toBeLessThan(0.8 * before.loss)
+      expect((await evaluate(model, data, { seqLen: 16 })).loss).toBeLessThan(0.8 * before.loss)
     } finally {
       model.dispose()
     }

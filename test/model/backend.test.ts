@@ -38,7 +38,7 @@ function refMatMul(a: Float32Array, aShape: number[], b: Float32Array, bShape: n
 }
 
 describe('selectBackend', () => {
-  it('falls back past the native backends (not installed here) and reports why', async () => {
+  it('falls back past the native backends (not installed here) and webgpu (no GPU here) and reports why', async () => {
     const sel = await selectBackend('auto')
     // tfjs-node cannot be installed offline; if it ever is, the test still holds for what is skipped.
     expect(['tensorflow-gpu', 'tensorflow', 'wasm']).toContain(sel.backend)
@@ -46,8 +46,9 @@ describe('selectBackend', () => {
       expect(s.reason.length).toBeGreaterThan(0)
     }
     if (sel.backend === 'wasm') {
-      expect(sel.skipped.map((s) => s.backend)).toEqual(['tensorflow-gpu', 'tensorflow'])
+      expect(sel.skipped.map((s) => s.backend)).toEqual(['tensorflow-gpu', 'webgpu', 'tensorflow'])
       expect(sel.skipped[0].reason).toMatch(/tfjs-node-gpu/)
+      expect(sel.skipped[1].reason).toMatch(/no WebGPU adapter|software renderer/)
       expect(sel.threads).toBe(1)
       expect(sel.patchedKernels).toEqual(['BatchMatMul', 'Slice', 'GatherV2', 'Identity', 'Cast', 'Add', 'Sub', 'Multiply', 'Transpose'])
       // The native kernels either run or say why not.

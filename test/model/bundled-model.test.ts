@@ -93,13 +93,13 @@ describe('bundled model models/flora-tiny', () => {
     expect(worst).toBeLessThan(TOL)
   })
 
-  it('has a held-out WordNet loss far below a uniform guess', () => {
+  it('has a held-out WordNet loss far below a uniform guess', async () => {
     const task = wordnetTask({ maxTrain: 0, maxEval: 16 })
     const examples = task.eval.map((ex) => {
       const t = tokenizeExample(ex, tok, 128)
       return { inputIds: t.inputIds, promptLength: t.promptLength }
     })
-    const r = evaluate(model, examples, { seqLen: 128, batchSize: 8, padId: tok.padId })
+    const r = await evaluate(model, examples, { seqLen: 128, batchSize: 8, padId: tok.padId })
     expect(Number.isFinite(r.loss)).toBe(true)
     expect(r.loss).toBeLessThan(0.75 * Math.log(model.config.vocabSize))
   })

@@ -108,8 +108,8 @@ describe.runIf(native.kernels !== undefined)('frozen weights in the native addon
       held.setAdapter(adapter)
       plain.setAdapter(adapter)
       const batch = [{ inputIds: [1, 5, 9, 2, 44, 17, 3, 8] }, { inputIds: [4, 4, 30, 12, 50, 6] }]
-      const ga = adapterGradients(held, batch, { seqLen: 8 })
-      const gb = adapterGradients(plain, batch, { seqLen: 8 })
+      const ga = await adapterGradients(held, batch, { seqLen: 8 })
+      const gb = await adapterGradients(plain, batch, { seqLen: 8 })
       expect(ga.loss).toBe(gb.loss)
       expect(ga.modules.map((g) => g.name)).toEqual(gb.modules.map((g) => g.name))
       ga.modules.forEach((g, i) => {

@@ -58,7 +58,7 @@ function gradientsWithDropout(model: LlamaModel, rate: number): { loss: number; 
 }
 
 describe('sublayers with their own backward pass', () => {
-  it('give the op-by-op logits and LoRA gradients, on every kind of module', () => {
+  it('give the op-by-op logits and LoRA gradients, on every kind of module', async () => {
     if (!nativeAvailable) return // the 'native' path needs the addon (covered where it is built: CI builds it)
     const layered = modelOn('native')
     const stock = modelOn('stock')
@@ -68,8 +68,8 @@ describe('sublayers with their own backward pass', () => {
       const b = stock.forward(ids)
       expect(maxAbsDiff(a.dataSync(), b.dataSync())).toBeLessThan(1e-5)
       tf.dispose([ids, a, b])
-      const ga = adapterGradients(layered, EXAMPLES, { seqLen: 16 })
-      const gb = adapterGradients(stock, EXAMPLES, { seqLen: 16 })
+      const ga = await adapterGradients(layered, EXAMPLES, { seqLen: 16 })
+      const gb = await adapterGradients(stock, EXAMPLES, { seqLen: 16 })
       expect(ga.modules.map((m) => m.name)).toEqual(gb.modules.map((m) => m.name))
       expect(ga.modules).toHaveLength(2 * 7)
       expect(ga.loss).toBeCloseTo(gb.loss, 5)
@@ -106,10 +106,10 @@ describe('sublayers with their own backward pass', () => {
     const peak = async (compute: ComputePath): Promise<number> => {
       const model = modelOn(compute)
       const long: TrainingExample[] = [{ inputIds: Array.from({ length: 48 }, (_, i) => (i * 13) % 61), promptLength: 4 }]
-      adapterGradients(model, long, { seqLen: 48 }) // makes the model's RoPE tables, which it keeps
+      await adapterGradients(model, long, { seqLen: 48 }) // makes the model's RoPE tables, which it keeps
       const before = tf.memory().numTensors
-      const info = await tf.profile(() => {
-        adapterGradients(model, long, { seqLen: 48 })
+      const info = await tf.profile(async () => {
+        await adapterGradients(model, long, { seqLen: 48 })
         return []
       })
       expect(tf.memory().numTensors).toBe(before)

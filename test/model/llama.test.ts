@@ -250,23 +250,23 @@ describe('fused kernels', () => {
     await useWasm()
   })
 
-  it('give the same logits and LoRA gradients as the tf-op formulation', () => {
+  it('give the same logits and LoRA gradients as the tf-op formulation', async () => {
     const w = randomLlamaWeights(TINY, 'fused', 0.3)
-    const run = (fusedKernels: boolean, backwardWeightCopies: boolean) => {
+    const run = async (fusedKernels: boolean, backwardWeightCopies: boolean) => {
       const model = new LlamaModel(TINY, w, { compute: fusedKernels ? undefined : 'stock', backwardWeightCopies, targetModules: ['q_proj', 'k_proj', 'o_proj', 'up_proj'] })
       const init = initAdapter({ shapes: model.targetModuleShapes(), rank: 3, alpha: 6, seed: 4 })
       model.setAdapter({ modules: init.modules.map((m) => ({ ...m, loraB: m.loraB.map((_, i) => Math.sin(i) / 4) })) })
       const logits = logitsOf(model, SEQS)
-      const g = adapterGradients(model, SEQS.map((inputIds) => ({ inputIds, promptLength: 2 })), { seqLen: 16 })
+      const g = await adapterGradients(model, SEQS.map((inputIds) => ({ inputIds, promptLength: 2 })), { seqLen: 16 })
       model.dispose()
       return { logits, g }
     }
     const native = loadNativeKernels().kernels
-    const b = run(false, false)
+    const b = await run(false, false)
     // The fused kernels in JS, and (when the addon is built) in native code.
     for (const kernels of native !== undefined ? [undefined, native] : [undefined]) {
       setNativeKernels(kernels)
-      const a = run(true, true)
+      const a = await run(true, true)
       expect(maxAbsDiff(a.logits, b.logits)).toBeLessThan(1e-5)
       expect(a.g.loss).toBeCloseTo(b.g.loss, 5)
       a.g.modules.forEach((m, i) => {

@@ -86,7 +86,7 @@ describe('trainLora', () => {
 
   it('memorizes a few sequences: loss and held-out eval drop, no tensor leaks', async () => {
     const model = freshModel()
-    const before = evaluate(model, DATA, { seqLen: 16 })
+    const before = await evaluate(model, DATA, { seqLen: 16 })
     const counts: number[] = []
     const result = await trainLora(model, DATA, {
       steps: 40,
@@ -154,7 +154,7 @@ describe('adapter gradients', () => {
     await useWasm()
   })
 
-  it('match central finite differences of the float64 reference loss', () => {
+  it('match central finite differences of the float64 reference loss', async () => {
     const w = randomLlamaWeights(TINY, 'gradcheck', 0.3)
     const model = new LlamaModel(TINY, w, { targetModules: ['q_proj', 'k_proj', 'v_proj', 'down_proj'] })
     // Non-zero A and B everywhere, so every path (rope, attention, frozen backward, gather, CE) carries gradient.
@@ -168,7 +168,7 @@ describe('adapter gradients', () => {
       { inputIds: [3, 8, 1, 30, 2, 17, 5, 9], promptLength: 3 },
       { inputIds: [7, 7, 21, 4, 11], promptLength: 1 },
     ]
-    const { loss, modules } = adapterGradients(model, examples, { seqLen: 16 })
+    const { loss, modules } = await adapterGradients(model, examples, { seqLen: 16 })
 
     // Reference loss: mean over target tokens of logsumexp - logit[target], in float64.
     const refLoss = (a: typeof adapter): number => {

@@ -7,73 +7,14 @@
  * one-chain.test.ts, the minority case.)
  */
 import { afterEach, describe, expect, it } from 'vitest'
-import { spawn, type ChildProcess } from 'node:child_process'
 import { mkdtemp, readFile, rm } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
-import { join, resolve } from 'node:path'
+import { join } from 'node:path'
 
-const ROOT = resolve(import.meta.dirname, '..', '..')
-const BIN = join(ROOT, 'bin', 'flora-peer.js')
+import { live, peerProcess, type PeerProcess as Proc } from './peer-process.js'
 
-interface Proc {
-  child: ChildProcess
-  events: Array<Record<string, unknown>>
-  stderr: string
-  exit: Promise<number | null>
-  /** Resolves with the first event matching `pred`. */
-  until(pred: (e: Record<string, unknown>) => boolean): Promise<Record<string, unknown>>
-}
-
-function peer(args: string[]): Proc {
-  const child = spawn(process.execPath, [BIN, '--trainer', 'synthetic', '--json', ...args], {
-    cwd: ROOT,
-    stdio: ['ignore', 'pipe', 'pipe'],
-    env: { ...process.env, FLORA_FROM_SOURCE: '1' },
-  })
-  live.add(child)
-  const events: Array<Record<string, unknown>> = []
-  const waiters: Array<{ pred: (e: Record<string, unknown>) => boolean; resolve: (e: Record<string, unknown>) => void }> = []
-  let buf = ''
-  child.stdout?.on('data', (d: Buffer) => {
-    buf += d.toString()
-    let nl
-    while ((nl = buf.indexOf('\n')) >= 0) {
-      const line = buf.slice(0, nl)
-      buf = buf.slice(nl + 1)
-      let e: Record<string, unknown>
-      try {
-        e = JSON.parse(line) as Record<string, unknown>
-      } catch {
-        continue
-      }
-      events.push(e)
-      for (const w of [...waiters]) {
-        if (w.pred(e)) {
-          waiters.splice(waiters.indexOf(w), 1)
-          w.resolve(e)
-        }
-      }
-    }
-  })
-  const p: Proc = {
-    child,
-    events,
-    stderr: '',
-    exit: new Promise((res) => child.on('exit', (code) => res(code))),
-    until: (pred) =>
-      new Promise((res, rej) => {
-        const hit = events.find(pred)
-        if (hit != null) return res(hit)
-        waiters.push({ pred, resolve: res })
-        void p.exit.then((code) => rej(new Error(`peer exited (${code}) first; stderr:\n${p.stderr.slice(-3000)}`)))
-      }),
-  }
-  child.stderr?.on('data', (d: Buffer) => (p.stderr += d.toString()))
-  return p
-}
-
-/** Every process a test started: killed after it, even when the test timed out (its finally never runs then). */
-const live = new Set<ChildProcess>()
+/** A flora-peer process on the synthetic trainer. */
+const peer = (args: string[]): Proc => peerProcess(['--trainer', 'synthetic', ...args])
 
 describe('P11: honest exit, with flora-peer processes and kill -9', () => {
   afterEach(() => {
