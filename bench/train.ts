@@ -39,6 +39,14 @@
  * --torch runs the same step in PyTorch (bench/train_torch.py, torch's default threading) right
  * after each config, and reports ratio = flora tok/s / torch tok/s, from the best and from the
  * median step times.
+ *
+ * On a GPU backend (--backend webgpu): no CPU MFU; instead the GPU memory tfjs's WebGPU buffer
+ * pool holds at its peak (`gpuPeakMiB`: buffers are pooled and reused, so the pool's size after
+ * the steps is the step's high-water mark) and the adapter the backend runs on. --torch then
+ * runs PyTorch on CUDA (`--device cuda`), with torch's own peak GPU memory. Without a GPU:
+ *   LD_LIBRARY_PATH=/usr/lib/chromium VK_ICD_FILENAMES=/usr/lib/chromium/vk_swiftshader_icd.json \
+ *     npm run bench:train -- --backend webgpu --config bundled
+ * runs it on Chromium's SwiftShader (a CPU renderer: a check that the path works, not a speed).
  */
 import { execFile } from 'node:child_process'
 import { readFileSync } from 'node:fs'
@@ -49,7 +57,7 @@ import { CONFIGS as MODEL_SHAPES, roundToBf16InPlace } from './model-shapes.js'
 import { promisify } from 'node:util'
 import * as tf from '@tensorflow/tfjs'
 import { initAdapter } from '../src/lora/init.js'
-import { selectBackend, type BackendPreference, type BackendSelection } from '../src/model/backend.js'
+import { describeBackend, selectBackend, type BackendPreference, type BackendSelection } from '../src/model/backend.js'
 import { defaultModelDir } from '../src/model/bundled.js'
 import { loadModel } from '../src/model/checkpoint.js'
 import { llamaConfig, type LlamaConfig } from '../src/model/config.js'
@@ -187,7 +195,7 @@ function cpuFlopsPerCycle(): { flops: number; isa: string } {
 }
 
 /** Best FLOP/s of plain matmuls of the benchmark's typical shapes (best of 5 each). */
-function measurePeak(): number {
+async function measurePeak(): Promise<number> {
   let best = 0
   for (const [m, k, n] of [
     [1024, 1024, 1024],
@@ -200,7 +208,7 @@ function measurePeak(): number {
     for (let i = 0; i < 5; i++) {
       const t0 = performance.now()
       const c = tf.matMul(a, b)
-      c.dataSync()
+      await c.data()
       const s = (performance.now() - t0) / 1000
       c.dispose()
       best = Math.max(best, (2 * m * k * n) / s)
@@ -240,6 +248,10 @@ interface TorchResult {
   readonly cpuMsPerStep: number
   readonly tokensPerSecond: number
   readonly medianTokensPerSecond: number
+  /** With --device cuda: the GPU and the peak memory torch allocated. */
+  readonly device?: 'cuda'
+  readonly gpu?: string
+  readonly gpuPeakMiB?: number
 }
 
 type TorchRun = { readonly version: string; readonly result: TorchResult } | { readonly error: string }
@@ -248,9 +260,9 @@ const TORCH_SCRIPT = fileURLToPath(new URL('./train_torch.py', import.meta.url))
 const execFileAsync = promisify(execFile)
 
 /** Run the PyTorch baseline for one config; an error (no python, no torch) is returned, not thrown. */
-async function runTorch(python: string, config: string, steps: number): Promise<TorchRun> {
+async function runTorch(python: string, config: string, steps: number, device: 'cpu' | 'cuda'): Promise<TorchRun> {
   try {
-    const { stdout } = await execFileAsync(python, [TORCH_SCRIPT, '--config', config, '--steps', String(steps), '--json'], {
+    const { stdout } = await execFileAsync(python, [TORCH_SCRIPT, '--config', config, '--steps', String(steps), '--device', device, '--json'], {
       maxBuffer: 1 << 20,
       timeout: 30 * 60_000,
     })
@@ -263,6 +275,13 @@ async function runTorch(python: string, config: string, steps: number): Promise<
     const lastLine = e.stderr?.trim().split('\n').at(-1)
     return { error: lastLine !== undefined && lastLine !== '' ? lastLine : e.message.split('\n')[0] }
   }
+}
+
+/** MiB held by tfjs's WebGPU buffer pool (its high-water mark: freed buffers are kept for reuse). */
+function gpuPoolMiB(): number | undefined {
+  const b = tf.backend() as unknown as { bufferManager?: { numBytesAllocated?: number } }
+  const bytes = b.bufferManager?.numBytesAllocated
+  return bytes === undefined ? undefined : Math.round(bytes / 2 ** 20)
 }
 
 /** The native kernels' state in one line. */
@@ -309,7 +328,8 @@ async function main(): Promise<void> {
     patchWasmKernels: !flag('no-patch'),
     nativeKernels: !flag('no-native'),
   })
-  const peak = measurePeak()
+  const peak = await measurePeak()
+  const onGpu = backend.backend === 'webgpu' || backend.backend === 'tensorflow-gpu'
   const nativeThreads = backend.native !== undefined && 'isa' in backend.native ? backend.native.threads : undefined
   const coresUsed = nativeThreads ?? (backend.backend === 'wasm' || backend.backend === 'cpu' ? 1 : os.cpus().length)
   const clockHz = cpuClockHz()
@@ -359,12 +379,13 @@ async function main(): Promise<void> {
     const attn = attentionFlopsPerToken(mc, bc.seqLen)
     const modelFlops = (6 * n + attn) * tokens
     const hwFlops = (4 * n + attn) * tokens
+    const gpuPeakMiB = onGpu ? gpuPoolMiB() : undefined
     const profile = flag('profile') || !json ? (await profileStep(model, bc, data)).slice(0, 15) : undefined
     model.dispose()
     // Torch right after the same config (interleaved), so both see similar machine load.
     let torchResult: TorchResult | undefined
     if (torch && torchError === undefined) {
-      const run = await runTorch(python, bc.name, steps)
+      const run = await runTorch(python, bc.name, steps, onGpu ? 'cuda' : 'cpu')
       if ('error' in run) {
         torchError = run.error
       } else {
@@ -398,7 +419,9 @@ async function main(): Promise<void> {
       medianTokensPerSecond: Math.round(medianTokensPerSecond),
       modelTflopsPerStep: modelFlops / 1e12,
       modelGflops: Math.round(modelFlops / (stepMs / 1000) / 1e7) / 100,
-      mfu: Math.round((modelFlops / (stepMs / 1000) / cpuPeak) * 1000) / 1000,
+      // MFU against the CPU's peak: meaningless when a GPU computes.
+      mfu: onGpu ? null : Math.round((modelFlops / (stepMs / 1000) / cpuPeak) * 1000) / 1000,
+      ...(gpuPeakMiB !== undefined ? { gpuPeakMiB } : {}),
       hardwareGflops: Math.round(hwFlops / (stepMs / 1000) / 1e7) / 100,
       matmulUtil: Math.round((hwFlops / (stepMs / 1000) / peak) * 1000) / 1000,
       ...(profile !== undefined ? { profile } : {}),
@@ -422,6 +445,7 @@ async function main(): Promise<void> {
     skipped: backend.skipped,
     threads: backend.threads,
     native: backend.native ?? null,
+    ...(backend.adapter !== undefined ? { adapter: backend.adapter } : {}),
     coresUsed,
     matmulPeakGflops: Math.round(peak / 1e7) / 100,
     cpuPeakGflops: Math.round(cpuPeak / 1e7) / 100,
@@ -437,14 +461,20 @@ async function main(): Promise<void> {
     return
   }
   console.log(
-    `backend ${summary.backend} (threads ${summary.threads ?? '?'}, ${describeNative(backend.native)}, patched: ${summary.patchedKernels.join(', ') || 'none'}) on ${summary.cpu}`,
+    backend.adapter !== undefined
+      ? `backend ${describeBackend(backend)} with ${summary.cpu}`
+      : `backend ${summary.backend} (threads ${summary.threads ?? '?'}, ${describeNative(backend.native)}, patched: ${summary.patchedKernels.join(', ') || 'none'}) on ${summary.cpu}`,
   )
   for (const s of summary.skipped) console.log(`  skipped ${s.backend}: ${s.reason}`)
-  console.log(`best plain matmul: ${summary.matmulPeakGflops} GFLOP/s; CPU peak (${coresUsed} core(s), ${perCycle.isa}: ${perCycle.flops} FLOP/cycle): ${summary.cpuPeakGflops} GFLOP/s`)
+  console.log(
+    onGpu
+      ? `best plain matmul on the GPU: ${summary.matmulPeakGflops} GFLOP/s`
+      : `best plain matmul: ${summary.matmulPeakGflops} GFLOP/s; CPU peak (${coresUsed} core(s), ${perCycle.isa}: ${perCycle.flops} FLOP/cycle): ${summary.cpuPeakGflops} GFLOP/s`,
+  )
   for (const r of results) {
     console.log(
       `\n${r.config} (${r.weights} weights): d=${r.hidden} L=${r.layers} H=${r.heads}/${r.kvHeads}kv hd=${r.headDim} I=${r.intermediate} V=${r.vocab}${r.tiedEmbeddings ? ' tied' : ''} B=${r.batch} T=${r.seqLen} r=${r.loraRank}  ` +
-        `${r.stepMs} ms/step (median ${r.medianStepMs}, cpu ${r.cpuMsPerStep})  ${r.tokensPerSecond} tok/s (median ${r.medianTokensPerSecond})  model ${r.modelGflops} GFLOP/s  MFU ${(r.mfu * 100).toFixed(1)}%  (hardware ${r.hardwareGflops} GFLOP/s = ${(r.matmulUtil * 100).toFixed(0)}% of the best matmul)`,
+        `${r.stepMs} ms/step (median ${r.medianStepMs}, cpu ${r.cpuMsPerStep})  ${r.tokensPerSecond} tok/s (median ${r.medianTokensPerSecond})  model ${r.modelGflops} GFLOP/s  ${r.mfu !== null ? `MFU ${(r.mfu * 100).toFixed(1)}%` : `GPU memory ${r.gpuPeakMiB ?? '?'} MiB (tfjs buffer pool)`}  (hardware ${r.hardwareGflops} GFLOP/s = ${(r.matmulUtil * 100).toFixed(0)}% of the best matmul)`,
     )
     if (r.profile !== undefined) {
       const total = r.profile.reduce((a, p) => a + p.ms, 0)
@@ -457,7 +487,7 @@ async function main(): Promise<void> {
     if (r.torch !== undefined && r.ratio !== undefined) {
       const t = r.torch
       console.log(
-        `  torch ${torchVersion ?? '?'} (${t.threads} intra-op thread(s), BLAS ${t.blas ?? '?'} ${t.blasLibrary ?? ''} x${t.blasThreads ?? '?'}): ${t.stepMs} ms/step (median ${t.medianStepMs}, cpu ${t.cpuMsPerStep})  ` +
+        `  torch ${torchVersion ?? '?'} (${t.device === 'cuda' ? `CUDA on ${t.gpu ?? '?'}, peak ${t.gpuPeakMiB ?? '?'} MiB` : `${t.threads} intra-op thread(s), BLAS ${t.blas ?? '?'} ${t.blasLibrary ?? ''} x${t.blasThreads ?? '?'}`}): ${t.stepMs} ms/step (median ${t.medianStepMs}, cpu ${t.cpuMsPerStep})  ` +
           `${t.tokensPerSecond} tok/s (median ${t.medianTokensPerSecond})  flora/torch tok/s: ${r.ratio.best.toFixed(2)}x best, ${r.ratio.median.toFixed(2)}x median`,
       )
     }

@@ -2,7 +2,11 @@
 """PyTorch baseline for bench/train.ts: the same Llama + LoRA (r=16 on q_proj, v_proj)
 training step, float32 on CPU, AdamW, loss on the tokens after a 16-token prompt.
 
-    /usr/bin/python3 bench/train_torch.py [--config bundled|small|wide|all] [--steps 5] [--threads N] [--json]
+    /usr/bin/python3 bench/train_torch.py [--config bundled|small|wide|all] [--steps 5] [--threads N] [--device cpu|cuda] [--json]
+
+--device cuda runs the step on the GPU (float32, TF32 off: torch's default for matmuls) and
+reports the peak GPU memory torch allocated; bench/train.ts asks for it when flora trains on a
+GPU backend (webgpu). Without CUDA it exits with the reason.
 
 `bundled` has the shapes of models/flora-tiny (GQA: 3 query heads of 64, 1 key/value head,
 repeated as HF's repeat_kv does; lm_head tied to the embedding), with random weights: only
@@ -165,16 +169,16 @@ def blas_threads():
     return None
 
 
-def run(name, steps, threads):
+def run(name, steps, threads, device):
     torch.manual_seed(0)
     if threads is not None:
         torch.set_num_threads(threads)
     c = CONFIGS[name]
-    model = Llama(c)
+    model = Llama(c).to(device)
     params = [p for p in model.parameters() if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=1e-4, weight_decay=0.0)
     batch = c.get("batch", BATCH)
-    ids = torch.randint(0, c["vocab"], (batch, SEQ))
+    ids = torch.randint(0, c["vocab"], (batch, SEQ)).to(device)
     labels = ids.clone()
     labels[:, :PROMPT] = -100
 
@@ -188,6 +192,8 @@ def run(name, steps, threads):
         return loss.item()
 
     step()
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
     walls, cpus = [], []
     for _ in range(steps):
         w0 = time.perf_counter()
@@ -200,8 +206,12 @@ def run(name, steps, threads):
     cpus.sort()
     tokens = batch * SEQ
     blas, blas_path = blas_library()
+    gpu = {}
+    if device == "cuda":
+        gpu = dict(device="cuda", gpu=torch.cuda.get_device_name(), gpuPeakMiB=round(torch.cuda.max_memory_allocated() / 2**20))
     return dict(
         config=name,
+        **gpu,
         blas=blas,
         blasLibrary=blas_path,
         threads=torch.get_num_threads(),
@@ -219,10 +229,13 @@ def main():
     ap.add_argument("--config", default="all")
     ap.add_argument("--steps", type=int, default=5)
     ap.add_argument("--threads", type=int, default=None, help="torch intra-op threads (default: torch's own default)")
+    ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--json", action="store_true")
     a = ap.parse_args()
+    if a.device == "cuda" and not torch.cuda.is_available():
+        raise SystemExit(f"torch {torch.__version__} has no CUDA device here (torch.cuda.is_available() is False)")
     names = list(CONFIGS) if a.config == "all" else [a.config]
-    res = [run(n, a.steps, a.threads) for n in names]
+    res = [run(n, a.steps, a.threads, a.device) for n in names]
     out = dict(torch=torch.__version__, results=res)
     if a.json:
         print(json.dumps(out))

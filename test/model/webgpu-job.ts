@@ -2,8 +2,8 @@
  * One correctness job of test/model/webgpu-node.test.ts, run the same way on any backend:
  * the logits of a sequence, the LoRA gradients of a batch (non-zero B, so every factor has a
  * gradient), then a few training steps from a fresh adapter and the adapter they give.
- * The test runs it here on wasm and, as `tsx test/model/webgpu-job.ts '<job json>'`, in a
- * child process on webgpu (the child prints `RESULT <json>`).
+ * The test runs it here on wasm and, as `tsx test/model/webgpu-job.ts '<jobs json array>'`, in a
+ * child process on webgpu (the child prints `RESULT <json array>`, one result per job).
  */
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -63,6 +63,7 @@ export async function runJob(job: WebgpuJob): Promise<WebgpuJobResult> {
 }
 
 if (process.argv[1] !== undefined && path.resolve(process.argv[1]) === fileURLToPath(import.meta.url)) {
-  const result = await runJob(JSON.parse(process.argv[2] as string) as WebgpuJob)
-  process.stdout.write(`RESULT ${JSON.stringify(result)}\n`)
+  const results: WebgpuJobResult[] = []
+  for (const job of JSON.parse(process.argv[2] as string) as WebgpuJob[]) results.push(await runJob(job))
+  process.stdout.write(`RESULT ${JSON.stringify(results)}\n`)
 }

@@ -112,14 +112,26 @@ if (swiftshader === undefined) console.warn('webgpu-node: adapter cases skipped:
 
 describe.skipIf(swiftshader === undefined)('--backend webgpu on an adapter (SwiftShader, in a child process)', () => {
   let dir = ''
-  let gqaDir = ''
+  const MODELS = ['bundled', 'gqa'] as const
+  /** Per model: the child's webgpu result and this process's wasm result. */
+  const results = new Map<(typeof MODELS)[number], { gpu: WebgpuJobResult; wasm: WebgpuJobResult }>()
 
   beforeAll(async () => {
     dir = await mkdtemp(path.join(tmpdir(), 'flora-webgpu-node-'))
-    gqaDir = path.join(dir, 'gqa')
+    const gqaDir = path.join(dir, 'gqa')
     const gqa = llamaConfig({ vocabSize: 4096, hiddenSize: 48, intermediateSize: 96, numLayers: 2, numHeads: 6, numKvHeads: 2, maxPositionEmbeddings: 64, tieWordEmbeddings: false })
     await saveCheckpoint(gqaDir, gqa, randomLlamaWeights(gqa, 'webgpu-gqa', 0.2))
-  })
+    const jobs: WebgpuJob[] = MODELS.map((m) => ({ ...JOB, modelDir: m === 'bundled' ? defaultModelDir() : gqaDir, backend: 'webgpu' }))
+    // One child runs both models on webgpu while this process runs them on wasm.
+    const running = child([path.join('test', 'model', 'webgpu-job.ts'), JSON.stringify(jobs)], SWIFTSHADER)
+    const wasm: WebgpuJobResult[] = []
+    for (const job of jobs) wasm.push(await runJob({ ...job, backend: 'wasm' }))
+    const run = await running
+    const line = run.stdout.split('\n').find((l) => l.startsWith('RESULT '))
+    if (run.code !== 0 || line === undefined) throw new Error(`the webgpu child failed (${run.code}): ${run.stderr.slice(-2000)}`)
+    const gpu = JSON.parse(line.slice('RESULT '.length)) as WebgpuJobResult[]
+    MODELS.forEach((m, i) => results.set(m, { gpu: gpu[i], wasm: wasm[i] }))
+  }, 180_000)
 
   afterAll(async () => {
     await rm(dir, { recursive: true, force: true })
@@ -137,18 +149,12 @@ describe.skipIf(swiftshader === undefined)('--backend webgpu on an adapter (Swif
     expect(n.adapter).toMatchObject({ architecture: 'swiftshader', software: true })
   }, 60_000)
 
-  for (const which of ['bundled', 'gqa'] as const) {
-    it(`${which === 'bundled' ? 'the bundled model' : 'a random GQA checkpoint'}: logits, LoRA gradients and training steps agree with wasm`, async () => {
-      const modelDir = which === 'bundled' ? defaultModelDir() : gqaDir
-      const job: WebgpuJob = { ...JOB, modelDir, backend: 'webgpu' }
-      const run = await child([path.join('test', 'model', 'webgpu-job.ts'), JSON.stringify(job)], SWIFTSHADER)
-      const line = run.stdout.split('\n').find((l) => l.startsWith('RESULT '))
-      if (run.code !== 0 || line === undefined) throw new Error(`the webgpu child failed (${run.code}): ${run.stderr.slice(-2000)}`)
-      const gpu = JSON.parse(line.slice('RESULT '.length)) as WebgpuJobResult
+  for (const which of MODELS) {
+    it(`${which === 'bundled' ? 'the bundled model' : 'a random GQA checkpoint'}: logits, LoRA gradients and training steps agree with wasm`, () => {
+      const { gpu, wasm } = results.get(which) as { gpu: WebgpuJobResult; wasm: WebgpuJobResult }
       expect(gpu.backend).toBe('webgpu')
       expect(gpu.adapterInfo?.architecture).toBe('swiftshader')
-
-      const wasm = await runJob({ ...job, backend: 'wasm' })
+      expect(wasm.backend).toBe('wasm')
       const logitErr = maxAbs(gpu.logits, wasm.logits)
       const lossErr = Math.max(maxAbs(gpu.losses, wasm.losses), Math.abs(gpu.gradLoss - wasm.gradLoss))
       const gradScale = maxMag(wasm.gradients.flatMap((m) => [m.dA, m.dB]))
@@ -167,6 +173,6 @@ describe.skipIf(swiftshader === undefined)('--backend webgpu on an adapter (Swif
       expect(gradErr).toBeLessThan(GRAD_TOL)
       expect(adapterErr).toBeLessThan(ADAPTER_TOL)
       expect(gpu.losses[2]).toBeLessThan(gpu.losses[0]) // it learns, on the GPU path too
-    }, 120_000)
+    })
   }
 })
