@@ -1,7 +1,7 @@
 /**
  * Writes the token stream scripts/pretrain.py trains the bundled base model on.
  *
- *   npx tsx scripts/export-pretrain-tokens.ts [--out .flora/pretrain] [--instruct-share 0.12] [--val-docs 2000]
+ *   npx tsx scripts/export-pretrain-tokens.ts [--out .flora/pretrain] [--instruct-share 0.12] [--val-docs 2000] [--suite skills [--suite-words 3000]]
  *
  * Documents:
  *  - every pretraining entry (WordNet TRAIN synsets only: "words (pos): definition" plus
@@ -9,6 +9,9 @@
  *  - a minority of instruction-formatted WordNet TRAIN examples (prompt template + answer,
  *    `<s> prompt answer </s>`), so the base model has seen the format; sized to roughly
  *    `--instruct-share` of the training tokens. Never an eval-split synset.
+ * With `--suite skills` the pretraining entries are instead the skills suite's documents
+ * (src/model/data/skills.ts: every word's spelling, synonyms, kind and definition, and every
+ * sum, in several phrasings; held-out entities included, their questions never).
  * The last `--val-docs` pretraining entries (train-split synsets too, but kept out of the
  * training stream) form the validation stream. Documents are shuffled with a fixed seed
  * and concatenated; the output is deterministic.
@@ -21,6 +24,7 @@ import { join } from 'node:path'
 import { parseArgs } from 'node:util'
 import { createPrng } from '../src/lora/prng.js'
 import { pretrainEntries } from '../src/model/data/pretrain-text.js'
+import { skillsSuite } from '../src/model/data/skills.js'
 import { tokenizeExample } from '../src/model/data/template.js'
 import { loadWordNet, splitWordNet, wordnetTask } from '../src/model/data/wordnet.js'
 import { LlamaTokenizer } from '../src/model/tokenizer.js'
@@ -31,8 +35,11 @@ const { values } = parseArgs({
     model: { type: 'string', default: 'models/flora-tiny' },
     'instruct-share': { type: 'string', default: '0.12' },
     'val-docs': { type: 'string', default: '2000' },
+    suite: { type: 'string' },
+    'suite-words': { type: 'string', default: '3000' },
   },
 })
+if (values.suite !== undefined && values.suite !== 'skills') throw new Error(`--suite: unknown suite '${values.suite}' (skills)`)
 const outDir = values.out ?? '.flora/pretrain'
 const instructShare = Number(values['instruct-share'])
 const valDocs = Number(values['val-docs'])
@@ -44,7 +51,7 @@ if (tok.bosId !== 1 || tok.eosId !== 2) throw new Error(`unexpected special ids 
 const split = splitWordNet(loadWordNet())
 const evalIds = new Set(split.eval.map((s) => s.id))
 
-const entries = pretrainEntries()
+const entries = values.suite === 'skills' ? skillsSuite({ words: Number(values['suite-words']) }).pretrainDocs : pretrainEntries()
 const valEntries = entries.slice(entries.length - valDocs)
 const trainEntries = entries.slice(0, entries.length - valDocs)
 const encodeDoc = (text: string): number[] => [tok.bosId ?? 1, ...tok.encode(text), tok.eosId]
@@ -101,6 +108,7 @@ const meta = {
   vocabSize: tok.vocabSize,
   trainTokens: train.length,
   valTokens: val.length,
+  suite: values.suite ?? null,
   pretrainDocs: trainEntries.length,
   pretrainTokens,
   instructDocs,
