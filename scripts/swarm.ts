@@ -65,6 +65,8 @@ export interface SwarmRoundReport {
   hashes: Record<string, string | null>
   /** peer id -> held-out loss of the agreed weights after the round. */
   evalLoss: Record<string, number | null>
+  /** Exact match of greedy answers to held-out questions (the skills suite), as the first peer to report it measured; null otherwise. */
+  exactMatch: number | null
   /** peer id -> mean loss of the peer's local training steps in the round. */
   trainLoss: Record<string, number | null>
   agree: boolean
@@ -77,7 +79,7 @@ export interface SwarmReport {
   agreement: boolean
   allFinished: boolean
   /** Round 0: the base model's target weights and their held-out loss. */
-  genesis: { stateHash: string | null; evalLoss: number | null }
+  genesis: { stateHash: string | null; evalLoss: number | null; exactMatch: number | null }
   rounds: SwarmRoundReport[]
   peers: Array<{
     index: number
@@ -183,7 +185,7 @@ export async function runSwarm(options: SwarmOptions): Promise<SwarmReport> {
     })
     lines(child, (line) => {
       events.write(`${line}\n`)
-      let ev: { event?: string; multiaddrs?: string[]; round?: number; step?: number; steps?: number; stateHash?: string; evalLoss?: number; contributors?: string[] }
+      let ev: { event?: string; multiaddrs?: string[]; round?: number; step?: number; steps?: number; stateHash?: string; evalLoss?: number; evalExactMatch?: number; contributors?: string[] }
       try {
         ev = JSON.parse(line) as typeof ev
       } catch {
@@ -201,7 +203,7 @@ export async function runSwarm(options: SwarmOptions): Promise<SwarmReport> {
       if (ev.event === 'round:complete') {
         completions++
         doing[i] = `r${ev.round} done`
-        const line = `[${elapsed()}] peer ${i} finished round ${ev.round}: state ${ev.stateHash?.slice(0, 12) ?? '?'}, ${ev.contributors?.length ?? '?'} contributor${ev.contributors?.length === 1 ? '' : 's'}, eval loss ${ev.evalLoss?.toFixed(4) ?? '-'}`
+        const line = `[${elapsed()}] peer ${i} finished round ${ev.round}: state ${ev.stateHash?.slice(0, 12) ?? '?'}, ${ev.contributors?.length ?? '?'} contributor${ev.contributors?.length === 1 ? '' : 's'}, eval loss ${ev.evalLoss?.toFixed(4) ?? '-'}${ev.evalExactMatch != null ? `, exact match ${(100 * ev.evalExactMatch).toFixed(1)}%` : ''}`
         if (bar == null) process.stderr.write(`${line}\n`)
         else showDoing()
       }
@@ -273,11 +275,13 @@ export async function buildReport(
     const trainLoss: Record<string, number | null> = {}
     let contributors: readonly string[] = []
     let proposer: string | null = null
+    let exactMatch: number | null = null
     reports.forEach((rep, i) => {
       const key = ids[i] ?? `peer-${i}`
       const rec = rep?.rounds.find((x) => x.round === r)
       hashes[key] = rec?.stateHash ?? null
       evalLoss[key] = rec?.evalLoss ?? null
+      exactMatch ??= rec?.evalExactMatch ?? null
       trainLoss[key] = rec?.metrics?.train?.loss ?? null
       if (rec != null) {
         contributors = rec.contributors
@@ -287,7 +291,7 @@ export async function buildReport(
     const seen = Object.values(hashes)
     const agree = seen.every((h) => h != null) && new Set(seen).size === 1
     if (!agree) agreement = false
-    roundReports.push({ round: r, contributors, proposer, hashes, evalLoss, trainLoss, agree })
+    roundReports.push({ round: r, contributors, proposer, hashes, evalLoss, exactMatch, trainLoss, agree })
   }
   const report: SwarmReport = {
     swarmId: reports.find((r) => r != null)?.swarmId ?? null,
@@ -295,7 +299,11 @@ export async function buildReport(
     durationMs,
     agreement,
     allFinished: reports.every((r) => r?.finished === true),
-    genesis: { stateHash: reports[0]?.genesis.stateHash ?? null, evalLoss: reports[0]?.genesis.evalLoss ?? null },
+    genesis: {
+      stateHash: reports[0]?.genesis.stateHash ?? null,
+      evalLoss: reports[0]?.genesis.evalLoss ?? null,
+      exactMatch: reports.find((rep) => rep?.genesis.evalExactMatch != null)?.genesis.evalExactMatch ?? null,
+    },
     rounds: roundReports,
     peers: reports.map((rep, i) => ({
       index: i,
@@ -342,7 +350,7 @@ async function cli(): Promise<void> {
     )
     .option('-s, --strategy <name>', 'aggregation strategy', 'flora')
     .option('-m, --model <dir>', 'model trainer: base model directory (default: models/flora-tiny)')
-    .option('-d, --data <spec>', "model trainer: 'wordnet' or a JSONL file; peer i trains on shard i of n (non-IID by category)", 'wordnet')
+    .option('-d, --data <spec>', "model trainer: 'wordnet', 'skills' (the skills suite, scored by held-out exact match) or a JSONL file; peer i trains on shard i of n (non-IID by category)", 'wordnet')
     .option('--local-steps <n>', `model trainer: local steps per round (default ${MODEL_TRAINER_DEFAULTS.localSteps})`, positive('--local-steps'))
     .option('--eval-examples <n>', `model trainer: held-out examples (default ${MODEL_TRAINER_DEFAULTS.evalExamples})`, positive('--eval-examples'))
     .option('--peer-args <flags>', "extra flags for every flora-peer, e.g. '--lr 3e-3 --batch-size 4' (repeatable)", splitArgs)
@@ -412,11 +420,12 @@ async function cli(): Promise<void> {
     return v.length === 0 ? '' : `, train loss ${(v.reduce((a, b) => a + b, 0) / v.length).toFixed(4)} (peer mean)`
   }
   text.write(`swarm ${report.swarmId ?? '?'}: ${report.options.peers} ${report.options.trainer} peers, ranks ${report.options.ranks.join(',')}, ${report.options.strategy}\n`)
-  text.write(`round 0: state ${report.genesis.stateHash?.slice(0, 12) ?? '?'}, eval loss ${report.genesis.evalLoss?.toFixed(4) ?? '-'}\n`)
+  const exactOf = (x: number | null): string => (x != null ? `, held-out exact match ${(100 * x).toFixed(1)}%` : '')
+  text.write(`round 0: state ${report.genesis.stateHash?.slice(0, 12) ?? '?'}, eval loss ${report.genesis.evalLoss?.toFixed(4) ?? '-'}${exactOf(report.genesis.exactMatch)}\n`)
   for (const r of report.rounds) {
     const hashes = new Set(Object.values(r.hashes))
     text.write(
-      `round ${r.round}: ${r.agree ? 'hashes agree' : 'HASHES DISAGREE'} (${[...hashes].map((h) => h?.slice(0, 12) ?? 'missing').join(', ')}), ${r.contributors.length} contributor${r.contributors.length === 1 ? '' : 's'}, eval loss ${lossOf(r)}${trainOf(r)}\n`,
+      `round ${r.round}: ${r.agree ? 'hashes agree' : 'HASHES DISAGREE'} (${[...hashes].map((h) => h?.slice(0, 12) ?? 'missing').join(', ')}), ${r.contributors.length} contributor${r.contributors.length === 1 ? '' : 's'}, eval loss ${lossOf(r)}${exactOf(r.exactMatch)}${trainOf(r)}\n`,
     )
   }
   text.write(`report: ${join(resolve(out), 'report.json')} (${(report.durationMs / 1000).toFixed(1)} s)\n`)

@@ -45,8 +45,11 @@ export interface PeerReport {
   rank: number
   alpha: number
   samples: number
-  /** evalLoss (evalAccuracy): held-out loss (token accuracy, model trainer) of the agreed weights (null: not evaluated, e.g. interrupted). */
-  genesis: { stateHash: string; evalLoss: number | null; evalAccuracy?: number | null }
+  /**
+   * evalLoss (evalAccuracy, evalExactMatch): held-out loss (token accuracy, model trainer; exact
+   * match of whole answers, skills suite) of the agreed weights (null: not evaluated, e.g. interrupted).
+   */
+  genesis: { stateHash: string; evalLoss: number | null; evalAccuracy?: number | null; evalExactMatch?: number }
   rounds: Array<{
     round: number
     stateHash: string
@@ -55,6 +58,7 @@ export interface PeerReport {
     contributors: readonly string[]
     evalLoss: number | null
     evalAccuracy?: number | null
+    evalExactMatch?: number
     metrics: RoundCompleteDetail['metrics']
   }>
   /** Set when a round could not be certified in time (the peer then exits non-zero). */
@@ -252,9 +256,13 @@ interface CliOptions {
 }
 
 /** A report's eval fields from an evaluation (accuracy only where the trainer measures it). */
-function scoreFields(score: EvalScore | null): { evalLoss: number | null; evalAccuracy?: number | null } {
+function scoreFields(score: EvalScore | null): { evalLoss: number | null; evalAccuracy?: number | null; evalExactMatch?: number } {
   if (score == null) return { evalLoss: null }
-  return { evalLoss: score.loss, ...(score.accuracy !== undefined ? { evalAccuracy: score.accuracy } : {}) }
+  return {
+    evalLoss: score.loss,
+    ...(score.accuracy !== undefined ? { evalAccuracy: score.accuracy } : {}),
+    ...(score.exactMatch !== undefined ? { evalExactMatch: score.exactMatch } : {}),
+  }
 }
 
 /** Runs the CLI; resolves with the process exit code. */
@@ -453,18 +461,19 @@ export async function main(argv: readonly string[] = process.argv): Promise<numb
     if (latest) exporter?.schedule()
     pending.push(
       (latest ? evaluate(weights) : Promise.resolve(null)).then((score) => {
-        const { evalLoss, evalAccuracy } = scoreFields(score)
+        const { evalLoss, evalAccuracy, evalExactMatch } = scoreFields(score)
+        const scores = { evalLoss, ...(evalAccuracy !== undefined ? { evalAccuracy } : {}), ...(evalExactMatch !== undefined ? { evalExactMatch } : {}) }
         if (evalLoss != null) {
           peerMetrics?.recordEval(d.round, evalLoss, evalAccuracy ?? undefined)
           status?.recordEval(d.round, evalLoss, evalAccuracy ?? undefined)
         }
-        report.rounds.push({ ...d, evalLoss, ...(evalAccuracy !== undefined ? { evalAccuracy } : {}) })
+        report.rounds.push({ ...d, ...scores })
         const train = d.metrics.train?.loss
         emit(
           'round:complete',
-          { ...d, evalLoss, ...(evalAccuracy !== undefined ? { evalAccuracy } : {}) },
+          { ...d, ...scores },
           `round ${d.round}${o.rounds != null ? `/${o.rounds}` : ''} complete  state ${d.stateHash.slice(0, 16)}  ${d.contributors.length} contributor${d.contributors.length === 1 ? '' : 's'}  ` +
-            `eval loss ${evalLoss?.toFixed(4) ?? '-'}${evalAccuracy != null ? `  accuracy ${evalAccuracy.toFixed(4)}` : ''}${train != null ? `  (local train loss ${train.toFixed(4)})` : ''}  ${(d.metrics.roundMs / 1000).toFixed(1)} s`,
+            `eval loss ${evalLoss?.toFixed(4) ?? '-'}${evalAccuracy != null ? `  accuracy ${evalAccuracy.toFixed(4)}` : ''}${evalExactMatch != null ? `  exact match ${(100 * evalExactMatch).toFixed(1)}%` : ''}${train != null ? `  (local train loss ${train.toFixed(4)})` : ''}  ${(d.metrics.roundMs / 1000).toFixed(1)} s`,
         )
       }),
     )

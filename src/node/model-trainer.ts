@@ -33,6 +33,9 @@ import { readInstructionJsonl } from '../model/data/jsonl.js'
 import { partitionExamples } from '../model/data/partition.js'
 import type { InstructionExample } from '../model/data/types.js'
 import { type WordNetTask, wordnetTask } from '../model/data/wordnet.js'
+import { scoreAnswers, type SkillExample, type SkillsSuite, skillsSuite } from '../model/data/skills.js'
+import { formatPrompt } from '../model/data/template.js'
+import { generate } from '../model/generate.js'
 import { expectedWeightShapes, LINEAR_MODULES, type LinearModuleKind, LlamaModel } from '../model/llama.js'
 import { type OpenedModel, openModelForTraining } from '../model/open-model.js'
 import { evaluate, type StepInfo, trainLora } from '../model/trainer.js'
@@ -61,14 +64,14 @@ export interface TrainStepProgress {
 // ---------------------------------------------------------------------------------
 
 export interface DataSpec {
-  /** 'wordnet' or a JSONL path. */
+  /** 'wordnet', 'skills' (the skills suite, src/model/data/skills.ts) or a JSONL path. */
   readonly source: string
   /** Keep shard `index` of `count` (0-based); absent: every example. */
   readonly part?: { readonly index: number; readonly count: number }
 }
 
 /**
- * `wordnet` | `FILE.jsonl` | `i/n` (WordNet shard i of n) | `wordnet:i/n` | `FILE.jsonl:i/n`.
+ * `wordnet` | `skills` | `FILE.jsonl` | `i/n` (WordNet shard i of n) | `wordnet:i/n` | `skills:i/n` | `FILE.jsonl:i/n`.
  */
 export function parseDataSpec(spec: string | undefined): DataSpec {
   const s = spec?.trim() ?? ''
@@ -240,6 +243,9 @@ function wordnet(maxTrain: number, maxEval: number): WordNetTask {
   return t
 }
 
+let skillsCache: SkillsSuite | undefined
+const skills = (): SkillsSuite => (skillsCache ??= skillsSuite())
+
 async function readJsonl(flag: string, file: string): Promise<InstructionExample[]> {
   try {
     return await readInstructionJsonl(file)
@@ -266,6 +272,10 @@ async function loadPeerData(spec: DataSpec, o: { evalData: string; evalExamples:
   if (spec.source === 'wordnet') {
     pool = wordnet(wnTrain, o.evalData === 'wordnet' ? o.evalExamples : 1).train
     trainSource = `WordNet definitions (train split, first ${pool.length} examples)`
+  } else if (spec.source === 'skills') {
+    const all = skills().train
+    pool = o.trainExamples !== undefined ? all.slice(0, o.trainExamples) : all
+    trainSource = `the skills suite (${pool.length} questions about the words and sums not held out)`
   } else {
     const all = await readJsonl('--data', spec.source)
     pool = o.trainExamples !== undefined ? all.slice(0, o.trainExamples) : all
@@ -284,6 +294,9 @@ async function loadPeerData(spec: DataSpec, o: { evalData: string; evalExamples:
   if (o.evalData === 'wordnet') {
     evalSet = wordnet(spec.source === 'wordnet' ? wnTrain : 1, o.evalExamples).eval
     evalSource = `WordNet held-out synsets (first ${evalSet.length})`
+  } else if (o.evalData === 'skills') {
+    evalSet = skills().eval.slice(0, o.evalExamples)
+    evalSource = `skills suite, questions about held-out words and sums (first ${evalSet.length}; exact match of greedy answers)`
   } else {
     evalSet = (await readJsonl('--eval-data', o.evalData)).slice(0, o.evalExamples)
     evalSource = `${o.evalData} (first ${evalSet.length})`
@@ -380,7 +393,8 @@ export async function setupModelPeer(o: SetupOptions): Promise<PeerSetup> {
   if (o.seqLen !== undefined) positive('--seq-len', o.seqLen)
   const lr = positive('--lr', o.lr ?? d.lr, false)
   const evalExamples = positive('--eval-examples', o.evalExamples ?? d.evalExamples)
-  const evalData = o.evalData ?? d.evalData
+  // The skills suite is scored on its own held-out questions unless told otherwise.
+  const evalData = o.evalData ?? (spec.source === 'skills' ? 'skills' : d.evalData)
   const loraDropout = o.loraDropout ?? d.loraDropout
   if (!(loraDropout >= 0 && loraDropout < 1)) throw new SwarmConfigError(`--lora-dropout must be in [0, 1), got ${loraDropout}`)
   if (o.trainExamples !== undefined) positive('--train-examples', o.trainExamples)
@@ -457,8 +471,23 @@ export async function setupModelPeer(o: SetupOptions): Promise<PeerSetup> {
         count += r.tokens
         await yieldNow()
       }
-      return count > 0 ? { loss: sum / count, accuracy: correct / count } : { loss: Number.NaN }
+      const exactMatch = skillQuestions !== undefined ? await exactMatchOf(skillQuestions, signal) : undefined
+      return count > 0 ? { loss: sum / count, accuracy: correct / count, ...(exactMatch !== undefined ? { exactMatch } : {}) } : { loss: Number.NaN }
     })
+
+  // Questions with accepted answers (the skills suite): also scored by the exact match of greedy answers.
+  const skillQuestions = data.eval.every((e) => Array.isArray((e as Partial<SkillExample>).accept)) ? (data.eval as SkillExample[]) : undefined
+  const tok = rt.opened.tokenizer
+  const answerBudget = skillQuestions === undefined ? 0 : Math.max(...skillQuestions.map((e) => tok.encode(e.output).length)) + 4
+  const exactMatchOf = async (questions: readonly SkillExample[], signal?: AbortSignal): Promise<number> => {
+    const answers: string[] = []
+    for (const q of questions) {
+      signal?.throwIfAborted()
+      const prompt = [...(tok.bosId !== undefined ? [tok.bosId] : []), ...tok.encode(formatPrompt(q))]
+      answers.push(tok.decode(await generate(rt.model, prompt, { maxNewTokens: answerBudget, stopIds: [tok.eosId], ...(signal !== undefined ? { signal } : {}) })))
+    }
+    return scoreAnswers(questions, answers).all
+  }
 
   return {
     config,

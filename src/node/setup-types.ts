@@ -13,6 +13,8 @@ export interface EvalScore {
   readonly loss: number
   /** Share of target tokens predicted right by greedy decoding (model trainer only). */
   readonly accuracy?: number
+  /** Share of held-out questions whose whole greedy answer is right (the skills suite only). */
+  readonly exactMatch?: number
 }
 
 export interface PeerSetup {

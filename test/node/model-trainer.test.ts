@@ -77,7 +77,24 @@ describe('model trainer: options and identity', () => {
     expect(parseDataSpec('data/x.jsonl:2/4')).toEqual({ source: 'data/x.jsonl', part: { index: 2, count: 4 } })
     expect(parseDataSpec('data/x.jsonl')).toEqual({ source: 'data/x.jsonl' })
     expect(() => parseDataSpec('3/3')).toThrow(SwarmConfigError)
+    expect(parseDataSpec('skills:1/3')).toEqual({ source: 'skills', part: { index: 1, count: 3 } })
   })
+
+  it('--data skills: a shard holds a few task types (non-IID by task), held-out questions are scored by exact match', async () => {
+    const setup = await setupPeer({ trainer: 'model', model: modelA, rank: 2, alpha: 4, data: 'skills:0/3', ...FAST, trainExamples: undefined })
+    try {
+      expect(setup.description).toMatch(/shard 0\/3 \(by category, .*\) of the skills suite/)
+      expect(setup.description).toMatch(/eval: 8 examples, skills suite, questions about held-out words and sums/)
+      const tasks = [...setup.description.matchAll(/(spell|first-letter|last-letter|length|synonym|kind|add) \d+%/g)].map((m) => m[1])
+      expect(tasks.length).toBeGreaterThan(0)
+      const score = await setup.evaluate(setup.weights)
+      expect(score.loss).toBeGreaterThan(0)
+      // A random model answers nothing right; the field is there, as a share.
+      expect(score.exactMatch).toBe(0)
+    } finally {
+      await setup.close?.()
+    }
+  }, 60_000)
 
   it('hashes the base model over every tensor, the config and the tokenizer', () => {
     const w = randomLlamaWeights(CONFIG, 'hash')
