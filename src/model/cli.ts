@@ -116,7 +116,7 @@ export function buildProgram(run: { code: number }, io: CliIo = {}): Command {
         'Every option can also be set by the FLORA_* environment variable shown, or in a JSON --config file (a flag wins over the variable, the variable over the file), as for every flora command.',
     )
     .addOption(new Option('-m, --model <dir>', 'base model directory: config.json, model.safetensors, tokenizer.json (default: the bundled models/flora-tiny)').env('FLORA_MODEL'))
-    .addOption(new Option('-d, --data <spec>', "'wordnet' (bundled WordNet 3.1 definition task) or a JSONL file of Alpaca {instruction, input, output} or Dolly {instruction, context, response} records").default(TRAIN_DEFAULTS.data).env('FLORA_DATA'))
+    .addOption(new Option('-d, --data <spec>', "'wordnet' (bundled WordNet 3.1 definition task), 'skills' (the skills suite, scored by held-out exact match) or a JSONL file of Alpaca {instruction, input, output} or Dolly {instruction, context, response} records").default(TRAIN_DEFAULTS.data).env('FLORA_DATA'))
     .addOption(new Option('--eval-data <file>', 'held-out JSONL file (default: WordNet\'s held-out synsets, or a seeded 5% of --data)').env('FLORA_EVAL_DATA'))
     .addOption(new Option('-r, --rank <n>', 'LoRA rank').argParser(intAtLeast('--rank', 1)).default(TRAIN_DEFAULTS.rank).env('FLORA_RANK'))
     .addOption(new Option('--alpha <x>', 'LoRA alpha (default: 2 x rank)').argParser(positiveNumber('--alpha')).env('FLORA_ALPHA'))

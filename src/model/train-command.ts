@@ -29,6 +29,8 @@ import { readInstructionJsonl } from './data/jsonl.js'
 import { formatPrompt } from './data/template.js'
 import type { InstructionExample } from './data/types.js'
 import { wordnetTask } from './data/wordnet.js'
+import { skillsSuite } from './data/skills.js'
+import { exactMatchAccuracy, isSkillQuestions } from './exact-match.js'
 import { generate } from './generate.js'
 import { LINEAR_MODULES, type LinearModuleKind, type LlamaModel } from './llama.js'
 import { createProgressReporter } from './progress.js'
@@ -275,6 +277,16 @@ async function loadData(o: Required<Pick<TrainCommandOptions, 'data' | 'seed' | 
     if (ex.length === 0) throw new TrainCommandError(`--eval-data ${evalFile}: no examples`)
     return ex.slice(0, o.maxEval ?? ex.length)
   }
+  if (o.data === 'skills') {
+    const suite = skillsSuite()
+    const held = await readEval()
+    return {
+      source: 'the skills suite (questions about the words and sums not held out)',
+      evalSource: held === undefined ? 'skills suite: questions about held-out words and sums (scored by exact match)' : (evalFile as string),
+      train: suite.train.slice(0, o.maxTrain ?? suite.train.length),
+      eval: held ?? suite.eval.slice(0, o.maxEval ?? TRAIN_DEFAULTS.wordnetMaxEval),
+    }
+  }
   if (o.data === 'wordnet') {
     const maxTrain = o.maxTrain ?? Math.max(TRAIN_DEFAULTS.wordnetMinTrain, o.steps * o.batchSize)
     const held = await readEval()
@@ -347,6 +359,8 @@ async function evaluateChunked(
   const loss = sum / count
   return { loss, perplexity: Math.exp(loss), tokens: count, accuracy: correct / count }
 }
+
+const exactMatchText = (x: number | undefined): string => (x !== undefined ? `  exact match ${(100 * x).toFixed(1)}%` : '')
 
 function promptIds(tok: LlamaTokenizer, ex: Pick<InstructionExample, 'instruction' | 'input'>, raw = false): number[] {
   const text = raw ? ex.instruction : formatPrompt(ex)
@@ -435,7 +449,7 @@ export async function runTrain(options: TrainCommandOptions = {}): Promise<Train
 
   // Cheap checks first, so a typo fails in milliseconds rather than after loading a model.
   await usage(() => checkModelDir(options.model))
-  if (data !== 'wordnet') await checkJsonlFile('--data', data)
+  if (data !== 'wordnet' && data !== 'skills') await checkJsonlFile('--data', data)
   if (options.evalData !== undefined) await checkJsonlFile('--eval-data', options.evalData)
   if (options.out !== undefined) await checkOut(options.out)
 
@@ -487,10 +501,13 @@ export async function runTrain(options: TrainCommandOptions = {}): Promise<Train
     const evalOpts = { seqLen, padId: tok.padId, batchSize: Math.max(batchSize, TRAINING_RECIPE.evalBatchSize), signal }
     let t = performance.now()
     const before = await evaluateChunked(model, held, { ...evalOpts, stepsDone: 0 })
+    // Questions with accepted answers (the skills suite): also the exact match of whole greedy answers.
+    const questions = isSkillQuestions(loaded.eval) ? loaded.eval : undefined
+    const exactBefore = questions !== undefined ? (await exactMatchAccuracy(model, tok, questions, { signal })).all : undefined
     emit(
       'eval',
-      { when: 'before', loss: before.loss, perplexity: before.perplexity, tokens: before.tokens, elapsedMs: Math.round(performance.now() - t) },
-      `eval before  loss ${before.loss.toFixed(4)}  perplexity ${before.perplexity.toFixed(2)}  (${fmtInt(before.tokens)} held-out target tokens, ${((performance.now() - t) / 1000).toFixed(1)} s)`,
+      { when: 'before', loss: before.loss, perplexity: before.perplexity, tokens: before.tokens, ...(exactBefore !== undefined ? { exactMatch: exactBefore } : {}), elapsedMs: Math.round(performance.now() - t) },
+      `eval before  loss ${before.loss.toFixed(4)}  perplexity ${before.perplexity.toFixed(2)}${exactMatchText(exactBefore)}  (${fmtInt(before.tokens)} held-out target tokens, ${((performance.now() - t) / 1000).toFixed(1)} s)`,
     )
 
     const sampleSet = loaded.eval.slice(0, nSamples)
@@ -530,11 +547,12 @@ export async function runTrain(options: TrainCommandOptions = {}): Promise<Train
 
     t = performance.now()
     const after = await evaluateChunked(model, held, { ...evalOpts, stepsDone: steps })
+    const exactAfter = questions !== undefined ? (await exactMatchAccuracy(model, tok, questions, { signal })).all : undefined
     const delta = after.loss - before.loss
     emit(
       'eval',
-      { when: 'after', loss: after.loss, perplexity: after.perplexity, tokens: after.tokens, delta, elapsedMs: Math.round(performance.now() - t) },
-      `eval after   loss ${after.loss.toFixed(4)}  perplexity ${after.perplexity.toFixed(2)}  (${delta <= 0 ? '' : '+'}${delta.toFixed(4)} vs before)`,
+      { when: 'after', loss: after.loss, perplexity: after.perplexity, tokens: after.tokens, delta, ...(exactAfter !== undefined ? { exactMatch: exactAfter } : {}), elapsedMs: Math.round(performance.now() - t) },
+      `eval after   loss ${after.loss.toFixed(4)}  perplexity ${after.perplexity.toFixed(2)}${exactMatchText(exactAfter)}  (${delta <= 0 ? '' : '+'}${delta.toFixed(4)} vs before)`,
     )
 
     const samples: GenerationSample[] = []

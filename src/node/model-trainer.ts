@@ -33,9 +33,8 @@ import { readInstructionJsonl } from '../model/data/jsonl.js'
 import { partitionExamples } from '../model/data/partition.js'
 import type { InstructionExample } from '../model/data/types.js'
 import { type WordNetTask, wordnetTask } from '../model/data/wordnet.js'
-import { scoreAnswers, type SkillExample, type SkillsSuite, skillsSuite } from '../model/data/skills.js'
-import { formatPrompt } from '../model/data/template.js'
-import { generate } from '../model/generate.js'
+import { type SkillsSuite, skillsSuite } from '../model/data/skills.js'
+import { exactMatchAccuracy, isSkillQuestions } from '../model/exact-match.js'
 import { expectedWeightShapes, LINEAR_MODULES, type LinearModuleKind, LlamaModel } from '../model/llama.js'
 import { type OpenedModel, openModelForTraining } from '../model/open-model.js'
 import { evaluate, type StepInfo, trainLora } from '../model/trainer.js'
@@ -471,23 +470,11 @@ export async function setupModelPeer(o: SetupOptions): Promise<PeerSetup> {
         count += r.tokens
         await yieldNow()
       }
-      const exactMatch = skillQuestions !== undefined ? await exactMatchOf(skillQuestions, signal) : undefined
+      // Questions with accepted answers (the skills suite): also the exact match of greedy answers.
+      const exactMatch = isSkillQuestions(data.eval) ? (await exactMatchAccuracy(rt.model, rt.opened.tokenizer, data.eval, signal !== undefined ? { signal } : {})).all : undefined
       return count > 0 ? { loss: sum / count, accuracy: correct / count, ...(exactMatch !== undefined ? { exactMatch } : {}) } : { loss: Number.NaN }
     })
 
-  // Questions with accepted answers (the skills suite): also scored by the exact match of greedy answers.
-  const skillQuestions = data.eval.every((e) => Array.isArray((e as Partial<SkillExample>).accept)) ? (data.eval as SkillExample[]) : undefined
-  const tok = rt.opened.tokenizer
-  const answerBudget = skillQuestions === undefined ? 0 : Math.max(...skillQuestions.map((e) => tok.encode(e.output).length)) + 4
-  const exactMatchOf = async (questions: readonly SkillExample[], signal?: AbortSignal): Promise<number> => {
-    const answers: string[] = []
-    for (const q of questions) {
-      signal?.throwIfAborted()
-      const prompt = [...(tok.bosId !== undefined ? [tok.bosId] : []), ...tok.encode(formatPrompt(q))]
-      answers.push(tok.decode(await generate(rt.model, prompt, { maxNewTokens: answerBudget, stopIds: [tok.eosId], ...(signal !== undefined ? { signal } : {}) })))
-    }
-    return scoreAnswers(questions, answers).all
-  }
 
   return {
     config,

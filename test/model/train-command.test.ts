@@ -107,6 +107,18 @@ describe('flora train (runTrain) and flora generate', () => {
     await expect(runTrain({ ...base(), data, initAdapter: path.join(dir, 'nope'), stdout: sink(), stderr: sink() })).rejects.toThrow(/--init-adapter .*nope/)
   })
 
+  it('--data skills: held-out questions about held-out words, scored by exact match before and after', async () => {
+    const out = sink()
+    const r = await runTrain({ ...base(), data: 'skills', maxTrain: 40, maxEval: 6, steps: 1, samples: 0, json: true, stdout: out, stderr: sink() })
+    expect(r.data).toMatchObject({ train: 40, eval: 6 })
+    const evals = out.text().trim().split('\n').map((l) => JSON.parse(l) as { event: string; exactMatch?: number }).filter((e) => e.event === 'eval')
+    expect(evals).toHaveLength(2)
+    for (const e of evals) {
+      expect(e.exactMatch).toBeGreaterThanOrEqual(0)
+      expect(e.exactMatch).toBeLessThanOrEqual(1)
+    }
+  })
+
   it('holds out a seeded 5% of --data, and writes JSON lines with --json', async () => {
     const out = sink()
     const r = await runTrain({ ...base(), data, steps: 2, samples: 0, json: true, stdout: out, stderr: sink() })
