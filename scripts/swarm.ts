@@ -359,6 +359,7 @@ async function cli(): Promise<void> {
     .option('--grace <ms>', 'grace per fallback proposer', positive('--grace'))
     .option('--timeout <s>', 'stop everything after this many seconds', positive('--timeout'), 900)
     .option('--no-progress', 'no progress bar')
+    .option('--no-samples', 'model trainer: skip the held-out questions answered by the base and the federated model at the end')
     .addOption(jsonOption())
     .allowExcessArguments(false)
   withEnvAndConfig(program, 'FLORA_SWARM_')
@@ -380,6 +381,7 @@ async function cli(): Promise<void> {
     grace?: number
     timeout: number
     progress: boolean
+    samples: boolean
     json?: boolean
   }>()
   // The summary below is text on a terminal; piped, stdout carries the report as one JSON line.
@@ -429,8 +431,18 @@ async function cli(): Promise<void> {
     )
   }
   text.write(`report: ${join(resolve(out), 'report.json')} (${(report.durationMs / 1000).toFixed(1)} s)\n`)
+  const federatedModel = join(resolve(out), 'federated', 'model')
   if (existsSync(join(resolve(out), 'federated', 'flora.json'))) {
     text.write(`federated model: ${join(resolve(out), 'federated')} (model/: the agreed weights; adapter/: the cumulative update as a PEFT adapter)\n`)
+    // tfjs is loaded only here, for the samples.
+    const samples = o.trainer === 'model' && o.samples && report.agreement && existsSync(federatedModel) ? await import('./swarm-samples.js') : undefined
+    if (samples !== undefined && samples.hasSampleQuestions(o.data)) {
+      const { sampleAnswers } = samples
+      text.write('held-out questions, greedy answers of the base and the federated model:\n')
+      for (const s of await sampleAnswers(o.model, federatedModel, o.data)) {
+        text.write(`  > ${s.question}\n    reference: ${s.reference}\n    base:      ${s.base || '(nothing)'}\n    federated: ${s.federated || '(nothing)'}\n`)
+      }
+    }
   }
   if (json) process.stdout.write(`${JSON.stringify({ event: 'swarm:report', report: join(resolve(out), 'report.json'), ...report })}\n`)
   const failed = report.peers.filter((p) => p.exitCode !== 0)
