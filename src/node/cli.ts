@@ -107,7 +107,7 @@ export function buildProgram(): Command {
     .addOption(
       new Option(
         '-d, --data <spec>',
-        "training data (model trainer): 'wordnet' (bundled task, default), a JSONL file of Alpaca/Dolly records, " +
+        "training data (model trainer): 'wordnet' (bundled task, default), 'skills' (the skills suite, scored by held-out exact match), a JSONL file of Alpaca/Dolly records, " +
           "either with ':i/n' to keep shard i of n of a non-IID split by category (seeded by the swarm seed), or just 'i/n' for a WordNet shard; " +
           'synthetic trainer: synthetic[:k]',
       ).env('FLORA_DATA'),
@@ -120,7 +120,7 @@ export function buildProgram(): Command {
     .addOption(new Option('--seq-len <n>', `model trainer: examples are cut to this many tokens (default ${MODEL_TRAINER_DEFAULTS.seqLen})`).argParser(intAtLeast('--seq-len', 4)).env('FLORA_SEQ_LEN'))
     .addOption(new Option('--lora-dropout <x>', `model trainer: LoRA dropout (default ${MODEL_TRAINER_DEFAULTS.loraDropout})`).argParser(fraction('--lora-dropout')).env('FLORA_LORA_DROPOUT'))
     .addOption(new Option('--eval-examples <n>', `model trainer: held-out examples evaluated before round 1 and after every round (default ${MODEL_TRAINER_DEFAULTS.evalExamples})`).argParser(intAtLeast('--eval-examples', 1)).env('FLORA_EVAL_EXAMPLES'))
-    .addOption(new Option('--eval-data <spec>', "model trainer: held-out set, 'wordnet' (held-out synsets, default) or a JSONL file; use the same on every peer").env('FLORA_EVAL_DATA'))
+    .addOption(new Option('--eval-data <spec>', "model trainer: held-out set, 'wordnet' (held-out synsets, default), 'skills' (the suite's held-out questions; the default with --data skills) or a JSONL file; use the same on every peer").env('FLORA_EVAL_DATA'))
     .addOption(new Option('--train-examples <n>', `model trainer: cap on the training pool before it is split into shards (WordNet default ${MODEL_TRAINER_DEFAULTS.wordnetTrainExamples})`).argParser(intAtLeast('--train-examples', 1)).env('FLORA_TRAIN_EXAMPLES'))
     .addOption(new Option('--targets <modules>', `model trainer: linear layers to adapt, comma-separated (swarm-wide; default ${MODEL_TRAINER_DEFAULTS.targets.join(',')})`).argParser(list).env('FLORA_TARGETS'))
     .addOption(new Option('--backend <name>', 'model trainer: tfjs backend').choices(BACKEND_CHOICES).default('auto').env('FLORA_BACKEND'))
