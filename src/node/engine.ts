@@ -549,7 +549,10 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
         void (msg.kind === 'announce' ? verifyAnnouncement(msg) : verifyVote(msg)).then((ok) => {
           if (!ok) return
           if (msg.kind === 'announce') this.#noteParticipant(r, who)
-          else this.#noteHeard(r, who)
+          else {
+            this.#noteHeard(r, who)
+            this.#followsAlong(r, who)
+          }
         })
       }
     }
@@ -1654,6 +1657,21 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
   }
 
   /** A peer voted (or announced) in `round`: it is alive, and its proposer turns are not skipped. */
+  /**
+   * A member's late vote for the round just committed: it replayed and checked that round's
+   * proposal, so it follows the chain at our head whatever its handshake said (forget a stale
+   * reported head) and is about to train the running round: wait for its adapter in it, as
+   * for a peer that says it caught up (once per MEMBER_TTL_ROUNDS). Without this, a restarted
+   * member whose handshake head went stale, and whose training ends after the others have
+   * proposed, never gets an adapter in again: it is not waited for because it did not take
+   * part in the previous round, and it did not because it was not waited for.
+   */
+  #followsAlong(round: number, peer: string): void {
+    if (peer === this.#i.self || round !== this.round - 1 || !this.#i.network.members().has(peer)) return
+    if (this.#reportsBehind(peer)) this.#i.network.forgetReportedHead?.(peer)
+    this.caughtUp(peer)
+  }
+
   #noteHeard(round: number, peer: string): void {
     if (round < this.round - 1) return
     let set = this.#heard.get(round)
