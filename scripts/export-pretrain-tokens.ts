@@ -1,7 +1,8 @@
 /**
  * Writes the token stream scripts/pretrain.py trains the bundled base model on.
  *
- *   npx tsx scripts/export-pretrain-tokens.ts [--out .flora/pretrain] [--instruct-share 0.12] [--val-docs 2000] [--suite skills [--suite-words 3000]]
+ *   npx tsx scripts/export-pretrain-tokens.ts [--out .flora/pretrain] [--instruct-share 0.12] [--val-docs 2000]
+ *       [--suite skills [--suite-words 3000] [--suite-docs 6] [--suite-repeat 2]]
  *
  * Documents:
  *  - every pretraining entry (WordNet TRAIN synsets only: "words (pos): definition" plus
@@ -9,11 +10,13 @@
  *  - a minority of instruction-formatted WordNet TRAIN examples (prompt template + answer,
  *    `<s> prompt answer </s>`), so the base model has seen the format; sized to roughly
  *    `--instruct-share` of the training tokens. Never an eval-split synset.
- * With `--suite skills` the pretraining entries are instead the skills suite's documents
+ * With `--suite skills` the skills suite's documents are added to the training stream
  * (src/model/data/skills.ts: every word's spelling, synonyms, kind and definition, and every
- * sum, in several phrasings; held-out entities included, their questions never).
- * The last `--val-docs` pretraining entries (train-split synsets too, but kept out of the
- * training stream) form the validation stream. Documents are shuffled with a fixed seed
+ * sum, in `--suite-docs` phrasings and orders per entity; held-out entities included, their
+ * questions never), each document `--suite-repeat` times. All of them train: a suite fact
+ * left out of pretraining could not be asked about.
+ * The last `--val-docs` WordNet pretraining entries (train-split synsets too, but kept out of
+ * the training stream) form the validation stream. Documents are shuffled with a fixed seed
  * and concatenated; the output is deterministic.
  *
  * Output (little-endian uint16 token ids): <out>/train.u16, <out>/val.u16, <out>/meta.json
@@ -37,6 +40,8 @@ const { values } = parseArgs({
     'val-docs': { type: 'string', default: '2000' },
     suite: { type: 'string' },
     'suite-words': { type: 'string', default: '3000' },
+    'suite-docs': { type: 'string', default: '6' },
+    'suite-repeat': { type: 'string', default: '2' },
   },
 })
 if (values.suite !== undefined && values.suite !== 'skills') throw new Error(`--suite: unknown suite '${values.suite}' (skills)`)
@@ -51,12 +56,23 @@ if (tok.bosId !== 1 || tok.eosId !== 2) throw new Error(`unexpected special ids 
 const split = splitWordNet(loadWordNet())
 const evalIds = new Set(split.eval.map((s) => s.id))
 
-const entries = values.suite === 'skills' ? skillsSuite({ words: Number(values['suite-words']) }).pretrainDocs : pretrainEntries()
+const entries = pretrainEntries()
 const valEntries = entries.slice(entries.length - valDocs)
 const trainEntries = entries.slice(0, entries.length - valDocs)
 const encodeDoc = (text: string): number[] => [tok.bosId ?? 1, ...tok.encode(text), tok.eosId]
 
 const docs: number[][] = trainEntries.map(encodeDoc)
+let suiteDocs = 0
+let suiteTokens = 0
+if (values.suite === 'skills') {
+  const repeat = Number(values['suite-repeat'])
+  if (!Number.isInteger(repeat) || repeat < 1) throw new Error(`--suite-repeat must be an integer >= 1, got ${values['suite-repeat']}`)
+  const suite = skillsSuite({ words: Number(values['suite-words']), docsPerEntity: Number(values['suite-docs']) })
+  const encoded = suite.pretrainDocs.map(encodeDoc)
+  for (let r = 0; r < repeat; r++) docs.push(...encoded)
+  suiteDocs = encoded.length * repeat
+  suiteTokens = encoded.reduce((n, d) => n + d.length, 0) * repeat
+}
 const pretrainTokens = docs.reduce((n, d) => n + d.length, 0)
 
 // Instruction examples from the TRAIN split, in the task's fixed hash order, up to the share.
@@ -109,8 +125,10 @@ const meta = {
   trainTokens: train.length,
   valTokens: val.length,
   suite: values.suite ?? null,
-  pretrainDocs: trainEntries.length,
+  pretrainDocs: trainEntries.length + suiteDocs,
   pretrainTokens,
+  suiteDocs,
+  suiteTokens,
   instructDocs,
   instructTokens,
   valDocs: valEntries.length,

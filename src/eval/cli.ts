@@ -8,6 +8,7 @@ import { existsSync } from 'node:fs'
 import { Command, CommanderError, Option } from 'commander'
 import { z } from 'zod'
 import { listStrategies } from '../aggregation/strategy.js'
+import { LINEAR_MODULES } from '../model/config.js'
 import { writePlots } from './plots.js'
 import { renderMarkdown } from './report.js'
 import { DEFAULT_CONFIG, QUICK_OVERRIDES, SETTINGS } from './settings.js'
@@ -60,6 +61,17 @@ const ArgsSchema = z
     lr: z.coerce.number().positive().finite().optional(),
     'seq-len': posInt.optional(),
     'central-rank': posInt.optional(),
+    'central-lr': z
+      .string()
+      .transform((s) => list(s).map(Number))
+      .pipe(z.array(z.number().positive().finite()).min(1))
+      .optional(),
+    data: z.enum(['wordnet', 'skills']).optional(),
+    targets: z
+      .string()
+      .transform(list)
+      .pipe(z.array(z.enum(LINEAR_MODULES)).min(1))
+      .optional(),
     'partition-seed': z.coerce.number().int().nonnegative().optional(),
     'shards-per-client': posInt.optional(),
     backend: z.enum(['model', 'toy']).optional(),
@@ -95,6 +107,9 @@ export function buildEvalProgram(): Command {
     .option('--seq-len <n>', 'tokens per example (default 64)')
     .addOption(new Option('--max-len <n>', 'old name of --seq-len').hideHelp())
     .option('--central-rank <n>', 'rank of the centralized reference (default 16)')
+    .option('--central-lr <list>', 'learning rate(s) of the centralized reference, e.g. 1e-3,3e-3,1e-2: a sweep, each its own row (default: --lr)')
+    .option('--data <task>', 'skills (the skills suite, scored by exact match; default) or wordnet (definitions)')
+    .option('--targets <list>', `LoRA target modules, comma list of ${LINEAR_MODULES.join(', ')} (default all of them)`)
     .option('--partition-seed <n>', 'seed of the non-IID split (default 0)')
     .option('--shards-per-client <n>', 'category shards per client (default 2)')
     .addOption(new Option('--backend <name>', 'the bundled Llama (model, default) or the plain-JS toy task').choices(['model', 'toy']))
@@ -164,6 +179,9 @@ export function parseEvalArgs(argv: readonly string[]): EvalConfig {
     shardsPerClient: pick(a['shards-per-client'], base.shardsPerClient),
     backend: pick(a.backend, base.backend),
     ...(a['central-rank'] !== undefined ? { centralRank: a['central-rank'] } : {}),
+    ...(a['central-lr'] !== undefined ? { centralLrs: a['central-lr'] } : {}),
+    ...(a.data !== undefined ? { data: a.data } : {}),
+    ...(a.targets !== undefined ? { targets: a.targets } : {}),
     ...(a.model !== undefined ? { modelDir: a.model } : {}),
     quick: a.quick === true,
     out: a.out,
@@ -171,8 +189,16 @@ export function parseEvalArgs(argv: readonly string[]): EvalConfig {
   if (config.modelDir !== undefined && config.backend === 'model' && !existsSync(join(config.modelDir, 'config.json'))) {
     throw new UsageError(`--model ${config.modelDir}: not a model directory (no config.json there)`)
   }
+  if (config.backend === 'toy' && (a.data !== undefined || a.targets !== undefined)) {
+    throw new UsageError('--data and --targets apply to the model backend, not --backend toy')
+  }
   if (config.trainExamples < config.clients * config.shardsPerClient) {
     throw new UsageError(`--train-examples must be at least clients × shards-per-client = ${config.clients * config.shardsPerClient}`)
+  }
+  if (config.backend === 'toy') {
+    // The toy has its own task and modules: the model backend's fields would only mislead in results.json.
+    const { data: _data, targets: _targets, ...toy } = config
+    return toy
   }
   return config
 }

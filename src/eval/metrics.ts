@@ -122,11 +122,14 @@ export function roundBytes(strategy: Strategy, shapes: readonly ModuleShape[], r
   return { up: mean(up), downP2P: mean(up.map((u) => totalUp - u)), downServer: mean(server) }
 }
 
-/** Token-weighted loss and accuracy, pooled and per client, from per-example scores. */
+/**
+ * Token-weighted loss and accuracy, pooled and per client, from per-example scores; with
+ * per-question exact match (`scores.exact`), also its share of questions.
+ */
 export function summarizeScores(
   scores: ExampleScores,
   perClient: readonly (readonly number[])[],
-): { evalLoss: ScoreSummary; tokenAccuracy: ScoreSummary } {
+): { evalLoss: ScoreSummary; tokenAccuracy: ScoreSummary; exactMatch?: ScoreSummary } {
   const agg = (idx: Iterable<number>): [number, number] => {
     let loss = 0
     let tok = 0
@@ -140,18 +143,27 @@ export function summarizeScores(
   }
   const all = agg(perClient.flat())
   const per = perClient.map((idx) => agg(idx))
+  const exact = scores.exact
+  const share = (idx: readonly number[]): number => {
+    if (exact === undefined || idx.length === 0) return NaN
+    let n = 0
+    for (const i of idx) n += exact[i]
+    return n / idx.length
+  }
   return {
     evalLoss: { pooled: all[0], perClient: per.map((x) => x[0]) },
     tokenAccuracy: { pooled: all[1], perClient: per.map((x) => x[1]) },
+    ...(exact !== undefined ? { exactMatch: { pooled: share(perClient.flat()), perClient: perClient.map(share) } } : {}),
   }
 }
 
 /** Scores of a subset, re-indexed: out[j] = scores[idx[j]] laid out at position map[j]. */
-export function scatterScores(into: { lossSum: Float64Array; tokens: Float64Array; correct: Float64Array }, idx: readonly number[], part: ExampleScores): void {
+export function scatterScores(into: ExampleScores, idx: readonly number[], part: ExampleScores): void {
   idx.forEach((i, j) => {
     into.lossSum[i] = part.lossSum[j]
     into.tokens[i] = part.tokens[j]
     into.correct[i] = part.correct[j]
+    if (into.exact !== undefined && part.exact !== undefined) into.exact[i] = part.exact[j]
   })
 }
 

@@ -1,8 +1,16 @@
 /**
- * The bundled Llama and the WordNet definition task as a SimBackend.
+ * The bundled Llama and a task (WordNet definitions, or the skills suite) as a SimBackend.
  *
- * Data: `wordnetTask` (src/model/data/wordnet.ts): "Define the word X (noun)." -> gloss,
- * category = lexicographer file, a fixed held-out split by synset hash. Examples are
+ * Data (`config.data`):
+ *  - wordnet (default): `wordnetTask` (src/model/data/wordnet.ts): "Define the word X
+ *    (noun)." -> gloss, category = lexicographer file, a fixed held-out split by synset hash.
+ *  - skills: `skillsSuite` (src/model/data/skills.ts): questions about words and sums,
+ *    category = task type (so the non-IID split gives each client a few task types), held
+ *    out = the questions about held-out words and sums. Each held-out question is also
+ *    scored by exact match, strictly, by teacher forcing (strictExactByTeacherForcing in
+ *    src/model/exact-match.ts: one forward pass per accepted answer, no decoding loop;
+ *    tests check it against greedy decoding).
+ * Examples are
  * tokenized once with the Alpaca-style template, loss on the response tokens only.
  * Training: `trainLora` (src/model/trainer.ts): AdamW, fresh optimizer per call, LoRA
  * dropout 0.05 as in the paper. Scoring: per-example summed next-token loss and argmax
@@ -21,14 +29,17 @@ import { fileURLToPath } from 'node:url'
 import * as tf from '@tensorflow/tfjs'
 import { type BackendSelection, describeBackend, selectBackend } from '../model/backend.js'
 import { llamaConfig, parameterCount } from '../model/config.js'
+import { majorityAnswers, scoreAnswers, skillsSuite, type SkillExample } from '../model/data/skills.js'
+import { isSkillQuestions, strictExactByTeacherForcing } from '../model/exact-match.js'
 import { tokenizeExample } from '../model/data/template.js'
+import type { InstructionExample } from '../model/data/types.js'
 import { wordnetTask } from '../model/data/wordnet.js'
-import { LlamaModel } from '../model/llama.js'
+import { LINEAR_MODULES, type LinearModuleKind, LlamaModel } from '../model/llama.js'
 import { openModelForTraining } from '../model/open-model.js'
 import { TRAINING_RECIPE } from '../model/recipe.js'
 import { LlamaTokenizer } from '../model/tokenizer.js'
 import { makeBatch, trainLora, type TrainingExample } from '../model/trainer.js'
-import type { EvalConfig, ExampleScores, SimBackend, TrainJob, TrainOutcome } from './types.js'
+import type { EvalConfig, ExampleScores, SimBackend, TaskExample, TrainJob, TrainOutcome } from './types.js'
 
 /** models/flora-tiny in this repository. */
 export const DEFAULT_MODEL_DIR = fileURLToPath(new URL('../../models/flora-tiny/', import.meta.url))
@@ -71,17 +82,49 @@ async function randomModel(dir: string, maxLen: number): Promise<{ model: LlamaM
   return { model: LlamaModel.random(c, 'flora-eval/random-base'), tokenizer, backend }
 }
 
+interface EvalTask {
+  readonly train: readonly (InstructionExample & TaskExample)[]
+  readonly eval: readonly (InstructionExample & TaskExample)[]
+  readonly description: string
+  /** Skills suite: the answer that ignores the question, scored on `eval`. */
+  readonly ignoreQuestionBaseline?: number
+}
+
+function evalTask(config: EvalConfig): EvalTask {
+  if ((config.data ?? 'wordnet') === 'wordnet') {
+    const task = wordnetTask({ maxTrain: config.trainExamples, maxEval: config.evalExamples })
+    return { train: task.train, eval: task.eval, description: `WordNet definitions (${task.categories.length} categories)` }
+  }
+  const suite = skillsSuite()
+  if (config.trainExamples > suite.train.length) throw new RangeError(`--train-examples ${config.trainExamples}: the skills suite has ${suite.train.length} training questions`)
+  if (config.evalExamples > suite.eval.length) throw new RangeError(`--eval-examples ${config.evalExamples}: the skills suite has ${suite.eval.length} held-out questions`)
+  const train = suite.train.slice(0, config.trainExamples)
+  const held = suite.eval.slice(0, config.evalExamples)
+  const majority = majorityAnswers(suite.train)
+  const ignore = scoreAnswers(held, held.map((q) => majority.get(q.category) ?? ''))
+  return { train, eval: held, description: 'skills suite (exact match; category = task type)', ignoreQuestionBaseline: ignore.all }
+}
+
+function targetModules(config: EvalConfig): readonly LinearModuleKind[] | undefined {
+  if (config.targets === undefined) return undefined
+  for (const t of config.targets) {
+    if (!(LINEAR_MODULES as readonly string[]).includes(t)) throw new RangeError(`--targets: unknown module '${t}' (choose from ${LINEAR_MODULES.join(', ')})`)
+  }
+  return config.targets as readonly LinearModuleKind[]
+}
+
 export async function createModelBackend(config: EvalConfig): Promise<SimBackend> {
   const dir = config.modelDir ?? DEFAULT_MODEL_DIR
   const pretrained = (await exists(path.join(dir, 'config.json'))) && (await exists(path.join(dir, 'model.safetensors')))
+  const targets = targetModules(config)
+  const task = evalTask(config)
   const { model, tokenizer, backend: selection } = pretrained
-    ? await openModelForTraining(dir)
+    ? await openModelForTraining(dir, targets !== undefined ? { targets } : {})
     : await randomModel(dir, config.maxLen)
   const weightsSha256 = pretrained
     ? createHash('sha256').update(await readFile(path.join(dir, 'model.safetensors'))).digest('hex').slice(0, 16)
     : 'none'
-  const task = wordnetTask({ maxTrain: config.trainExamples, maxEval: config.evalExamples })
-  const tokenize = (ex: (typeof task.train)[number]): TrainingExample => {
+  const tokenize = (ex: InstructionExample): TrainingExample => {
     const t = tokenizeExample(ex, tokenizer, config.maxLen)
     return { inputIds: t.inputIds, promptLength: t.promptLength }
   }
@@ -90,7 +133,8 @@ export async function createModelBackend(config: EvalConfig): Promise<SimBackend
   const padId = tokenizer.padId
   const c = model.config
 
-  const scoreBatch = (examples: readonly TrainingExample[], out: ExampleScores, offset: number): void => {
+  /** Adds the batch's summed loss, token count and argmax hits into out at offset + row. */
+  const scoreBatch = (examples: readonly TrainingExample[], out: Pick<ExampleScores, 'lossSum' | 'tokens' | 'correct'>, offset: number): void => {
     const batch = makeBatch(examples, config.maxLen, padId, c.vocabSize)
     if (batch.rows.length === 0) return
     const [nll, hit] = tf.tidy(() => {
@@ -123,14 +167,15 @@ export async function createModelBackend(config: EvalConfig): Promise<SimBackend
       layers: c.numLayers,
       hidden: c.hiddenSize,
       vocab: c.vocabSize,
-      targets: 'q_proj, v_proj',
+      targets: (targets ?? TRAINING_RECIPE.targets).join(', '),
       loraDropout: LORA_DROPOUT,
       tfjs: describeBackend(selection),
-      task: `WordNet definitions (${task.categories.length} categories)`,
+      task: task.description,
     },
     shapes: model.targetModuleShapes(),
     trainExamples: task.train,
     evalExamples: task.eval,
+    ...(task.ignoreQuestionBaseline !== undefined ? { ignoreQuestionBaseline: task.ignoreQuestionBaseline } : {}),
     getBaseWeight: (module) => model.getBaseWeight(module),
     setBaseWeight: (module, weight) => model.setBaseWeight(module, weight),
     async train(job: TrainJob): Promise<TrainOutcome> {
@@ -143,7 +188,7 @@ export async function createModelBackend(config: EvalConfig): Promise<SimBackend
             steps: job.steps,
             batchSize: config.batchSize,
             seqLen: config.maxLen,
-            lr: config.lr,
+            lr: job.lr ?? config.lr,
             seed: job.seed,
             padId,
             loraDropout: LORA_DROPOUT,
@@ -157,7 +202,7 @@ export async function createModelBackend(config: EvalConfig): Promise<SimBackend
     },
     async evaluate(idx: readonly number[]): Promise<ExampleScores> {
       model.clearAdapter()
-      const out: ExampleScores = {
+      const out = {
         lossSum: new Float64Array(idx.length),
         tokens: new Float64Array(idx.length),
         correct: new Float64Array(idx.length),
@@ -166,7 +211,10 @@ export async function createModelBackend(config: EvalConfig): Promise<SimBackend
         scoreBatch(idx.slice(i, i + EVAL_BATCH).map((j) => held[j]), out, i)
         await new Promise<void>((resolve) => setImmediate(resolve))
       }
-      return out
+      if (!isSkillQuestions(task.eval)) return out
+      const questions = task.eval
+      const exact = await strictExactByTeacherForcing(model, tokenizer, idx.map((j) => questions[j] as SkillExample), { maxLen: config.maxLen, batchSize: EVAL_BATCH })
+      return { ...out, exact }
     },
     dispose() {
       model.dispose()

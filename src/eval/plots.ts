@@ -187,6 +187,17 @@ export async function writePlots(results: EvalResults, dir: string): Promise<str
       'token accuracy (pooled)',
     ),
   )
+  if (results.base.exactMatch !== undefined) {
+    await put(
+      'exact-match.png',
+      curveSpec(
+        results,
+        perRound(results, (r, i) => r.rounds[i].exactMatch?.pooled ?? NaN),
+        `Held-out exact match per round (round 0 = base model${dashed}${band}${scaleNote})`,
+        'exact match (share of questions)',
+      ),
+    )
+  }
   const aggRows = results.summary
     .filter((r) => r.kind === 'strategy' && r.globalScale === x)
     .map((r) => ({

@@ -43,8 +43,35 @@ function methodOrder(results: EvalResults): string[] {
     const k = rowKey(r)
     if (!seen.includes(k)) seen.push(k)
   }
-  const refs: string[] = seen.filter((k) => k === 'centralized' || k === 'local-only')
+  const refs: string[] = seen.filter((k) => k.startsWith('centralized') || k === 'local-only')
   return [...seen.filter((k) => !refs.includes(k)), ...refs]
+}
+
+/** Two-sided 95% quantiles of Student's t for 1..30 degrees of freedom (then the normal's). */
+const T975 = [
+  12.706, 4.303, 3.182, 2.776, 2.571, 2.447, 2.365, 2.306, 2.262, 2.228, 2.201, 2.179, 2.16, 2.145, 2.131, 2.12, 2.11, 2.101, 2.093, 2.086, 2.08, 2.074,
+  2.069, 2.064, 2.06, 2.056, 2.052, 2.048, 2.045, 2.042,
+]
+
+/** Half-width of the 95% confidence interval of a mean (t distribution); NaN below 2 values. */
+export function ci95HalfWidth(s: Stat): number {
+  if (s.n < 2) return NaN
+  return (T975[s.n - 2] ?? 1.96) * (s.std / Math.sqrt(s.n))
+}
+
+/** Whether the run set has exact match (a task with accepted answers). */
+function hasExact(results: EvalResults): boolean {
+  return results.base.exactMatch !== undefined
+}
+
+/**
+ * The tuned centralized reference of a setting: among the centralized rows (one per swept
+ * learning rate), the best final exact match (or, without it, the lowest final loss).
+ */
+export function tunedCentralized(results: EvalResults, setting: SettingName): SummaryRow | undefined {
+  const rows = results.summary.filter((r) => r.setting === setting && r.method.startsWith('centralized') && r.applicable)
+  const score = (r: SummaryRow): number => (hasExact(results) ? (r.exactMatch?.mean ?? -Infinity) : -(r.evalLoss?.mean ?? Infinity))
+  return rows.reduce<SummaryRow | undefined>((best, r) => (best === undefined || score(r) > score(best) ? r : best), undefined)
 }
 
 function cell(results: EvalResults, setting: SettingName, key: string, f: (r: SummaryRow) => string): string {
@@ -81,8 +108,9 @@ export function pairedDifferences(
   results: EvalResults,
   setting: SettingName,
   reference: string,
-): Array<{ method: string; diff: Stat; lower: number; seeds: number }> {
-  const finalLoss = (r: RunRecord): number => r.rounds[r.rounds.length - 1].evalLoss.pooled
+  metric: (last: RunRecord['rounds'][number]) => number = (x) => x.evalLoss.pooled,
+): Array<{ method: string; diff: Stat; lower: number; higher: number; seeds: number }> {
+  const finalLoss = (r: RunRecord): number => metric(r.rounds[r.rounds.length - 1])
   const ref = new Map(
     results.runs.filter((r) => r.setting === setting && r.applicable && methodLabel(r.method, r.globalScale) === reference).map((r) => [r.seed, finalLoss(r)]),
   )
@@ -95,7 +123,22 @@ export function pairedDifferences(
     if (base === undefined) continue
     by.set(label, [...(by.get(label) ?? []), finalLoss(r) - base])
   }
-  return [...by].map(([method, xs]) => ({ method, diff: stat(xs), lower: xs.filter((x) => x < 0).length, seeds: xs.length }))
+  return [...by].map(([method, xs]) => ({ method, diff: stat(xs), lower: xs.filter((x) => x < 0).length, higher: xs.filter((x) => x > 0).length, seeds: xs.length }))
+}
+
+/** The method paired differences are taken from: flora when it ran. */
+function reference(methods: readonly string[]): string | undefined {
+  return methods.includes('flora') ? 'flora' : undefined
+}
+
+function pct(v: number): string {
+  return Number.isFinite(v) ? `${(v * 100).toFixed(1)}%` : '—'
+}
+
+/** A share over seeds as "mean ± std" in percent. */
+export function formatPct(s: Stat | undefined): string {
+  if (s === undefined || s.n === 0 || Number.isNaN(s.mean)) return '—'
+  return s.n > 1 ? `${(s.mean * 100).toFixed(1)}% ± ${(s.std * 100).toFixed(1)}` : pct(s.mean)
 }
 
 export function renderMarkdown(results: EvalResults, plots: readonly string[] = []): string {
@@ -124,12 +167,56 @@ export function renderMarkdown(results: EvalResults, plots: readonly string[] = 
       `token accuracy ${results.base.tokenAccuracy.pooled.toFixed(4)}.`,
   )
   out.push('')
+  if (hasExact(results)) {
+    const base = results.base.exactMatch?.pooled ?? NaN
+    out.push(
+      `Exact match of the base model: ${pct(base)}; the answer that ignores the question (each task's commonest training answer): ` +
+        `${results.ignoreQuestionBaseline === undefined ? '—' : pct(results.ignoreQuestionBaseline)}.`,
+    )
+    out.push('')
+    out.push('## Final held-out exact match (share of questions answered exactly, higher is better)')
+    out.push('')
+    out.push(table(['method', ...settings], methods.map((m) => [m, ...settings.map((s) => cell(results, s, m, (r) => formatPct(r.exactMatch)))])))
+    out.push('')
+    for (const s of settings) {
+      const t = tunedCentralized(results, s)
+      if (t !== undefined && methods.filter((m) => m.startsWith('centralized')).length > 1) out.push(`Tuned centralized (${s}): ${t.method}, ${formatPct(t.exactMatch)}.`)
+    }
+    out.push('')
+    if (reference(methods) !== undefined && c.seeds > 1) {
+      const ref = reference(methods) as string
+      out.push(`## Paired differences in exact match from ${ref}, with 95% confidence intervals`)
+      out.push('')
+      out.push(
+        `Per seed (same data order and initial adapters), the method's final exact match minus ${ref}'s, in points; ` +
+          `mean [95% CI, t distribution over seeds]; an interval that excludes 0 is a difference the seeds resolve. ` +
+          `"ahead in" counts the seeds where the method scored higher.`,
+      )
+      out.push('')
+      const rows: string[][] = []
+      for (const m of methods.filter((x) => x !== ref)) {
+        rows.push([
+          m,
+          ...settings.map((s) => {
+            const d = pairedDifferences(results, s, ref, (x) => x.exactMatch?.pooled ?? NaN).find((x) => x.method === m)
+            if (d === undefined || d.diff.n === 0) return cell(results, s, m, () => '—')
+            const h = ci95HalfWidth(d.diff) * 100
+            const mean = d.diff.mean * 100
+            return `${mean > 0 ? '+' : ''}${mean.toFixed(1)} [${(mean - h).toFixed(1)}, ${(mean + h).toFixed(1)}] (ahead in ${d.higher}/${d.seeds})`
+          }),
+        ])
+      }
+      out.push(table(['method', ...settings], rows))
+      out.push('')
+    }
+  }
   out.push('## Final held-out loss (pooled over all clients\' held-out data, lower is better)')
   out.push('')
   out.push(table(['method', ...settings], methods.map((m) => [m, ...settings.map((s) => cell(results, s, m, (r) => formatStat(r.evalLoss)))])))
   out.push('')
-  const reference = methods.includes('flora') ? 'flora' : undefined
-  if (reference !== undefined && c.seeds > 1) {
+  const lossRef = reference(methods)
+  if (lossRef !== undefined && c.seeds > 1) {
+    const reference = lossRef
     out.push(`## Paired differences from ${reference} (same seed: same data order and initial adapters)`)
     out.push('')
     out.push(
@@ -145,14 +232,15 @@ export function renderMarkdown(results: EvalResults, plots: readonly string[] = 
           const d = pairedDifferences(results, s, reference).find((x) => x.method === m)
           if (d === undefined) return cell(results, s, m, () => '—')
           const sign = d.diff.mean > 0 ? '+' : ''
-          return `${sign}${d.diff.mean.toFixed(4)} ± ${d.diff.std.toFixed(4)} (lower in ${d.lower}/${d.seeds})`
+          const h = ci95HalfWidth(d.diff)
+          return `${sign}${d.diff.mean.toFixed(4)} [${(d.diff.mean - h).toFixed(4)}, ${(d.diff.mean + h).toFixed(4)}] (lower in ${d.lower}/${d.seeds})`
         }),
       ])
     }
     out.push(table(['method', ...settings], rows))
     out.push('')
   }
-  out.push('## Final token accuracy on held-out definitions (teacher forcing, higher is better)')
+  out.push(`## Final token accuracy on held-out ${hasExact(results) ? 'answers' : 'definitions'} (teacher forcing, higher is better)`)
   out.push('')
   out.push(
     table(['method', ...settings], methods.map((m) => [m, ...settings.map((s) => cell(results, s, m, (r) => formatStat(r.tokenAccuracy)))])),
@@ -174,7 +262,9 @@ export function renderMarkdown(results: EvalResults, plots: readonly string[] = 
   )
   out.push('')
   if (results.runs.some((r) => r.method === 'local-only')) {
-    const cross = settings.map((s) => `${s} ${cell(results, s, 'local-only', (r) => formatStat(r.crossEvalLoss))}`).join(', ')
+    const cross = settings
+      .map((s) => `${s} ${cell(results, s, 'local-only', (r) => formatStat(r.crossEvalLoss) + (r.crossExactMatch !== undefined ? ` (exact match ${formatPct(r.crossExactMatch)})` : ''))}`)
+      .join(', ')
     out.push(
       "Local-only is scored per client on that client's own held-out data; the same models scored on the whole " +
         `held-out set give (mean over clients): ${cross}.`,

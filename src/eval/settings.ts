@@ -5,6 +5,7 @@
  * [64, 32, 16, 16, 8, 8, 4, 4, 4, 4], repeated cyclically when there are more than ten
  * clients and cut when there are fewer. alpha = 2 r everywhere (so s = alpha / r = 2).
  */
+import { LINEAR_MODULES } from '../model/config.js'
 import type { EvalConfig, SettingName } from './types.js'
 
 export const SETTINGS: readonly SettingName[] = ['homo16', 'hetero']
@@ -29,6 +30,8 @@ export function alphaFor(rank: number): number {
  */
 export const DEFAULT_CONFIG: Omit<EvalConfig, 'out'> = {
   backend: 'model',
+  data: 'skills',
+  targets: LINEAR_MODULES,
   clients: 10,
   rounds: 3,
   localSteps: 5,

@@ -116,7 +116,7 @@ class Simulation {
   private readonly samples: number[]
   private cache = new Map<string, TrainOutcome>()
   private cacheHits = 0
-  private base: { evalLoss: ScoreSummary; tokenAccuracy: ScoreSummary } | undefined
+  private base: { evalLoss: ScoreSummary; tokenAccuracy: ScoreSummary; exactMatch?: ScoreSummary } | undefined
 
   constructor(
     private readonly config: EvalConfig,
@@ -147,7 +147,10 @@ class Simulation {
     this.setBase(this.initial)
     const baseScores = await this.backend.evaluate(this.evalAll)
     this.base = summarizeScores(baseScores, this.split.eval)
-    this.log(`base model: held-out loss ${fmt(this.base.evalLoss.pooled)}, token accuracy ${fmt(this.base.tokenAccuracy.pooled)}`)
+    this.log(`base model: held-out loss ${fmt(this.base.evalLoss.pooled)}, token accuracy ${fmt(this.base.tokenAccuracy.pooled)}${exactNote(this.base)}`)
+    if (this.backend.ignoreQuestionBaseline !== undefined) {
+      this.log(`the answer that ignores the question (each task's commonest training answer): exact match ${fmt(this.backend.ignoreQuestionBaseline)}`)
+    }
     const runs: RunRecord[] = []
     const push = async (r: RunRecord): Promise<void> => {
       runs.push(r)
@@ -163,7 +166,8 @@ class Simulation {
           }
         }
         if (cfg.references) {
-          await push(await this.runCentralized(setting, seed))
+          const lrs = cfg.centralLrs ?? [cfg.lr]
+          for (const lr of lrs) await push(await this.runCentralized(setting, seed, lr, lrs.length > 1))
           await push(await this.runLocalOnly(setting, seed))
         }
       }
@@ -182,6 +186,7 @@ class Simulation {
       machine: machineInfo(),
       clients,
       base: this.base,
+      ...(this.backend.ignoreQuestionBaseline !== undefined ? { ignoreQuestionBaseline: this.backend.ignoreQuestionBaseline } : {}),
       runs,
       summary: summarize(runs),
       seconds: (performance.now() - t0) / 1000,
@@ -195,7 +200,16 @@ class Simulation {
 
   private round0(): RoundRecord {
     const b = this.base as NonNullable<Simulation['base']>
-    return { round: 0, trainLoss: NaN, evalLoss: b.evalLoss, tokenAccuracy: b.tokenAccuracy, aggError: null, startError: null, bytes: null }
+    return {
+      round: 0,
+      trainLoss: NaN,
+      evalLoss: b.evalLoss,
+      tokenAccuracy: b.tokenAccuracy,
+      ...(b.exactMatch !== undefined ? { exactMatch: b.exactMatch } : {}),
+      aggError: null,
+      startError: null,
+      bytes: null,
+    }
   }
 
   /** Trains one job, or returns the identical job's earlier result. `stateKey` digests the base weights it runs on. */
@@ -203,7 +217,7 @@ class Simulation {
     const h = createHash('sha256').update(stateKey)
     const bytes = encodeAdapter(job.start)
     h.update(bytes).update(new Uint8Array(Int32Array.from(job.examples).buffer))
-    h.update(`${job.steps}/${job.seed}/${job.freezeA}`)
+    h.update(`${job.steps}/${job.seed}/${job.freezeA}/${job.lr ?? ''}`)
     const key = h.digest('hex')
     const hit = this.cache.get(key)
     if (hit !== undefined) {
@@ -304,19 +318,23 @@ class Simulation {
       })
       this.log(
         `${label} round ${round}/${cfg.rounds}: train ${fmt(lossSum / cfg.clients)}, held-out ${fmt(scores.evalLoss.pooled)}, ` +
-          `acc ${fmt(scores.tokenAccuracy.pooled)}, agg err ${check.aggError.toExponential(2)} (${secs(tr)})`,
+          `acc ${fmt(scores.tokenAccuracy.pooled)}${exactNote(scores)}, agg err ${check.aggError.toExponential(2)} (${secs(tr)})`,
       )
     }
     return record(rounds)
   }
 
-  /** One adapter trained on the pooled data, K * S steps per round, warm-started across rounds. */
-  private async runCentralized(setting: SettingName, seed: number): Promise<RunRecord> {
+  /**
+   * One adapter trained on the pooled data, K * S steps per round, warm-started across
+   * rounds, at learning rate `lr` (named `centralized lr=X` when the lr is swept).
+   */
+  private async runCentralized(setting: SettingName, seed: number, lr: number, swept: boolean): Promise<RunRecord> {
     const t0 = performance.now()
     const cfg = this.config
     const ranks = ranksFor(setting, cfg.clients)
     const rank = cfg.centralRank ?? Math.max(...ranks)
-    const label = `[${setting} seed ${seed} centralized r=${rank}]`
+    const method = swept ? `centralized lr=${lr}` : 'centralized'
+    const label = `[${setting} seed ${seed} ${method} r=${rank}]`
     this.setBase(this.initial)
     const stateKey = weightsDigest(this.shapes, this.initial)
     let adapter = freshAdapter(this.shapes, rank, seed, 1)
@@ -325,23 +343,24 @@ class Simulation {
       const tr = performance.now()
       this.setBase(this.initial)
       const out = await this.train(
-        { start: adapter, examples: this.trainAll, steps: cfg.localSteps * cfg.clients, seed: `flora-eval/${seed}/central/round-${round}`, freezeA: false },
+        { start: adapter, examples: this.trainAll, steps: cfg.localSteps * cfg.clients, seed: `flora-eval/${seed}/central/round-${round}`, freezeA: false, lr },
         stateKey,
       )
       adapter = out.adapter
       const terms = new Map(this.shapes.map((s) => [s.name, adapterTerms(adapter, s.name)]))
       const scores = summarizeScores(await this.score(this.initial, terms), this.split.eval)
       rounds.push({ round, trainLoss: out.meanLoss, ...scores, aggError: null, startError: null, bytes: null })
-      this.log(`${label} round ${round}/${cfg.rounds}: train ${fmt(out.meanLoss)}, held-out ${fmt(scores.evalLoss.pooled)} (${secs(tr)})`)
+      this.log(`${label} round ${round}/${cfg.rounds}: train ${fmt(out.meanLoss)}, held-out ${fmt(scores.evalLoss.pooled)}${exactNote(scores)} (${secs(tr)})`)
     }
     return {
       setting,
-      method: 'centralized',
+      method,
       kind: 'reference',
       globalScale: 1,
       seed,
       ranks: [rank],
       applicable: true,
+      lr,
       rounds,
       seconds: (performance.now() - t0) / 1000,
     }
@@ -362,7 +381,7 @@ class Simulation {
     const own: (AdapterSet | undefined)[] = ranks.map(() => undefined)
     const rounds: RoundRecord[] = [this.round0()]
     const n = this.evalAll.length
-    let cross: { loss: number; acc: number } | undefined
+    let cross: { loss: number; acc: number; exact: number } | undefined
     for (let round = 1; round <= cfg.rounds; round++) {
       const tr = performance.now()
       let lossSum = 0
@@ -376,9 +395,15 @@ class Simulation {
         own[k] = out.adapter
         lossSum += out.meanLoss
       }
-      const all = { lossSum: new Float64Array(n), tokens: new Float64Array(n), correct: new Float64Array(n) }
+      const all: ExampleScores = {
+        lossSum: new Float64Array(n),
+        tokens: new Float64Array(n),
+        correct: new Float64Array(n),
+        ...(this.base?.exactMatch !== undefined ? { exact: new Float64Array(n) } : {}),
+      }
       const crossLoss: number[] = []
       const crossAcc: number[] = []
+      const crossExact: number[] = []
       for (let k = 0; k < cfg.clients; k++) {
         const terms = new Map(this.shapes.map((s) => [s.name, adapterTerms(own[k], s.name)]))
         if (round === cfg.rounds) {
@@ -386,15 +411,16 @@ class Simulation {
           const full = summarizeScores(fullScores, [this.evalAll])
           crossLoss.push(full.evalLoss.pooled)
           crossAcc.push(full.tokenAccuracy.pooled)
+          crossExact.push(full.exactMatch?.pooled ?? NaN)
           scatterScores(all, this.split.eval[k], pick(fullScores, this.split.eval[k]))
         } else if (this.split.eval[k].length > 0) {
           scatterScores(all, this.split.eval[k], await this.score(this.initial, terms, this.split.eval[k]))
         }
       }
-      if (round === cfg.rounds) cross = { loss: mean(crossLoss), acc: mean(crossAcc) }
+      if (round === cfg.rounds) cross = { loss: mean(crossLoss), acc: mean(crossAcc), exact: mean(crossExact) }
       const scores = summarizeScores(all, this.split.eval)
       rounds.push({ round, trainLoss: lossSum / cfg.clients, ...scores, aggError: null, startError: null, bytes: null })
-      this.log(`${label} round ${round}/${cfg.rounds}: train ${fmt(lossSum / cfg.clients)}, own held-out ${fmt(scores.evalLoss.pooled)} (${secs(tr)})`)
+      this.log(`${label} round ${round}/${cfg.rounds}: train ${fmt(lossSum / cfg.clients)}, own held-out ${fmt(scores.evalLoss.pooled)}${exactNote(scores)} (${secs(tr)})`)
     }
     return {
       setting,
@@ -405,7 +431,7 @@ class Simulation {
       ranks,
       applicable: true,
       rounds,
-      ...(cross !== undefined ? { crossEvalLoss: cross.loss, crossTokenAccuracy: cross.acc } : {}),
+      ...(cross !== undefined ? { crossEvalLoss: cross.loss, crossTokenAccuracy: cross.acc, ...(Number.isNaN(cross.exact) ? {} : { crossExactMatch: cross.exact }) } : {}),
       seconds: (performance.now() - t0) / 1000,
     }
   }
@@ -413,11 +439,18 @@ class Simulation {
 
 /** Scores of `idx` out of full-set scores, in idx order. */
 function pick(s: ExampleScores, idx: readonly number[]): ExampleScores {
+  const exact = s.exact
   return {
     lossSum: Float64Array.from(idx, (i) => s.lossSum[i]),
     tokens: Float64Array.from(idx, (i) => s.tokens[i]),
     correct: Float64Array.from(idx, (i) => s.correct[i]),
+    ...(exact !== undefined ? { exact: Float64Array.from(idx, (i) => exact[i]) } : {}),
   }
+}
+
+/** ", exact match X" when the scores have it. */
+function exactNote(s: { exactMatch?: ScoreSummary }): string {
+  return s.exactMatch === undefined ? '' : `, exact match ${fmt(s.exactMatch.pooled)}`
 }
 
 function mean(xs: readonly number[]): number {
@@ -461,6 +494,7 @@ export function summarize(runs: readonly RunRecord[]): SummaryRow[] {
       applicable: true,
       evalLoss: stat(g.map((r) => last(r).evalLoss.pooled)),
       tokenAccuracy: stat(g.map((r) => last(r).tokenAccuracy.pooled)),
+      ...(last(first).exactMatch !== undefined ? { exactMatch: stat(g.map((r) => last(r).exactMatch?.pooled ?? NaN)) } : {}),
       bestEvalLoss: stat(g.map((r) => Math.min(...trained(r).map((x) => x.evalLoss.pooled)))),
       worstClientLoss: stat(g.map((r) => Math.max(...last(r).evalLoss.perClient.filter((v) => !Number.isNaN(v))))),
       ...(first.kind === 'strategy'
@@ -471,6 +505,7 @@ export function summarize(runs: readonly RunRecord[]): SummaryRow[] {
         : {}),
       ...(firstBytes !== null ? { bytes: firstBytes } : {}),
       ...(first.crossEvalLoss !== undefined ? { crossEvalLoss: stat(g.map((r) => r.crossEvalLoss ?? NaN)) } : {}),
+      ...(first.crossExactMatch !== undefined ? { crossExactMatch: stat(g.map((r) => r.crossExactMatch ?? NaN)) } : {}),
     })
   }
   return rows

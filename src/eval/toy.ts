@@ -24,6 +24,8 @@ export interface ToyOptions {
   readonly width?: number
   readonly classes?: number
   readonly categories?: number
+  /** Also report per-example exact match (the argmax class is right), like a task with accepted answers. */
+  readonly exactMatch?: boolean
 }
 
 interface ToyExample extends TaskExample {
@@ -160,7 +162,8 @@ export function createToyBackend(options: ToyOptions): SimBackend {
         out.lossSum[j] = f.loss
         out.correct[j] = f.correct
       })
-      return out
+      // One prediction per example: its exact match is its accuracy.
+      return options.exactMatch === true ? { ...out, exact: out.correct.slice() } : out
     },
     async train(job: TrainJob): Promise<TrainOutcome> {
       const mods = shapes.map((shape) => {
@@ -180,6 +183,8 @@ export function createToyBackend(options: ToyOptions): SimBackend {
         }
       })
       const prng = createPrng(job.seed).fork('toy-batches')
+      // A job's own lr is in the run's units; the toy's useful step is twice that (see cli.ts).
+      const lr = job.lr === undefined ? options.lr : job.lr * 2
       const beta1 = 0.9
       const beta2 = 0.999
       const eps = 1e-8
@@ -212,7 +217,7 @@ export function createToyBackend(options: ToyOptions): SimBackend {
           for (let i = 0; i < p.length; i++) {
             m[i] = beta1 * m[i] + (1 - beta1) * g[i]
             v[i] = beta2 * v[i] + (1 - beta2) * g[i] * g[i]
-            p[i] -= (options.lr * (m[i] / bc1)) / (Math.sqrt(v[i] / bc2) + eps)
+            p[i] -= (lr * (m[i] / bc1)) / (Math.sqrt(v[i] / bc2) + eps)
           }
         }
         mods.forEach((m, idx) => {

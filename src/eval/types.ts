@@ -25,6 +25,12 @@ export interface ExampleScores {
   readonly lossSum: Float64Array
   readonly tokens: Float64Array
   readonly correct: Float64Array
+  /**
+   * Tasks with accepted answers (the skills suite): 1 where the greedy answer is exactly an
+   * accepted answer, token for token (every response token and the end token is the argmax
+   * under teacher forcing, for some accepted answer), else 0. Absent for free-text tasks.
+   */
+  readonly exact?: Float64Array
 }
 
 export interface TrainJob {
@@ -37,6 +43,8 @@ export interface TrainJob {
   readonly seed: string
   /** Train B only (FFA-LoRA). */
   readonly freezeA: boolean
+  /** Learning rate of this job (unset: the run's lr). */
+  readonly lr?: number
 }
 
 export interface TrainOutcome {
@@ -53,6 +61,8 @@ export interface SimBackend {
   readonly shapes: readonly ModuleShape[]
   readonly trainExamples: readonly TaskExample[]
   readonly evalExamples: readonly TaskExample[]
+  /** Exact match on the whole held-out set of the answer that ignores the question (tasks with accepted answers). */
+  readonly ignoreQuestionBaseline?: number
   /** A copy of an adapted module's base weight, [out, in] row-major. */
   getBaseWeight(module: string): Float32Array
   /** Replaces an adapted module's base weight (values copied). */
@@ -70,8 +80,15 @@ export type SettingName = 'homo16' | 'hetero'
 /** Methods besides the aggregation strategies. */
 export type ReferenceName = 'centralized' | 'local-only'
 
+/** The task the model backend trains and scores: WordNet definitions, or the skills suite (exact match). */
+export type EvalData = 'wordnet' | 'skills'
+
 export interface EvalConfig {
   readonly backend: 'model' | 'toy'
+  /** Task of the model backend (default wordnet). */
+  readonly data?: EvalData
+  /** Linear modules LoRA adapts (model backend; default: the recipe's q_proj, v_proj). */
+  readonly targets?: readonly string[]
   readonly clients: number
   readonly rounds: number
   readonly localSteps: number
@@ -95,6 +112,11 @@ export interface EvalConfig {
   readonly maxLen: number
   /** Rank of the centralized reference (unset: the largest client rank of the setting). */
   readonly centralRank?: number
+  /**
+   * Learning rates of the centralized reference (a sweep; unset: just `lr`). Each is its own
+   * row, `centralized lr=X`; the report names the best one the tuned reference.
+   */
+  readonly centralLrs?: readonly number[]
   /** Model directory (model backend). */
   readonly modelDir?: string
   readonly quick: boolean
@@ -130,6 +152,8 @@ export interface RoundRecord {
   readonly trainLoss: number
   readonly evalLoss: ScoreSummary
   readonly tokenAccuracy: ScoreSummary
+  /** Share of held-out questions answered exactly (per question, not per token); tasks with accepted answers only. */
+  readonly exactMatch?: ScoreSummary
   /**
    * ||dW_agg - x sum_k p_k s_k B_k A_k||_F / ||x sum_k p_k s_k B_k A_k||_F over all adapted
    * modules (x the global scale); null for references and round 0.
@@ -159,6 +183,9 @@ export interface RunRecord {
   /** Local-only: mean over clients of each client's model scored on the whole pooled held-out set (final round). */
   readonly crossEvalLoss?: number
   readonly crossTokenAccuracy?: number
+  readonly crossExactMatch?: number
+  /** Learning rate of the run (set on centralized runs, which may sweep it). */
+  readonly lr?: number
   /** Wall-clock seconds (not part of the reproducibility contract). */
   readonly seconds: number
 }
@@ -173,6 +200,8 @@ export interface SummaryRow {
   /** Final-round pooled held-out loss and token accuracy, over seeds. */
   readonly evalLoss?: Stat
   readonly tokenAccuracy?: Stat
+  /** Final-round pooled exact match, over seeds (tasks with accepted answers). */
+  readonly exactMatch?: Stat
   /** Best round's pooled loss (the minimum over rounds), over seeds. */
   readonly bestEvalLoss?: Stat
   /** Worst client's final loss, over seeds. */
@@ -182,6 +211,7 @@ export interface SummaryRow {
   readonly startError?: Stat
   readonly bytes?: BytesPerClient
   readonly crossEvalLoss?: Stat
+  readonly crossExactMatch?: Stat
 }
 
 export interface ClientInfo {
@@ -199,7 +229,12 @@ export interface EvalResults {
   readonly machine: Readonly<Record<string, string | number>>
   readonly clients: readonly ClientInfo[]
   /** The base model before any training (round 0 of every run). */
-  readonly base: { readonly evalLoss: ScoreSummary; readonly tokenAccuracy: ScoreSummary }
+  readonly base: { readonly evalLoss: ScoreSummary; readonly tokenAccuracy: ScoreSummary; readonly exactMatch?: ScoreSummary }
+  /**
+   * Exact match of the answer that ignores the question (each task's most common training
+   * answer) on the held-out set; tasks with accepted answers only.
+   */
+  readonly ignoreQuestionBaseline?: number
   readonly runs: readonly RunRecord[]
   readonly summary: readonly SummaryRow[]
   readonly seconds: number

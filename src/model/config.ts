@@ -12,6 +12,10 @@
  */
 import { z } from 'zod'
 
+/** The linear layers of a Llama block, the modules LoRA can adapt (canonical order). */
+export const LINEAR_MODULES = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const
+export type LinearModuleKind = (typeof LINEAR_MODULES)[number]
+
 export interface LlamaConfig {
   readonly vocabSize: number
   readonly hiddenSize: number

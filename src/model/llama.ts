@@ -27,8 +27,9 @@ import { attentionSublayer, mlpSublayer, type SublayerContext } from './layer-gr
 import { FrozenEmbedding } from './embedding.js'
 import { TRAINING_RECIPE } from './recipe.js'
 
-export const LINEAR_MODULES = ['q_proj', 'k_proj', 'v_proj', 'o_proj', 'gate_proj', 'up_proj', 'down_proj'] as const
-export type LinearModuleKind = (typeof LINEAR_MODULES)[number]
+import { LINEAR_MODULES, type LinearModuleKind } from './config.js'
+
+export { LINEAR_MODULES, type LinearModuleKind }
 /** The paper's (and PEFT's usual) default targets. */
 export const DEFAULT_TARGET_MODULES: readonly LinearModuleKind[] = TRAINING_RECIPE.targets
 

@@ -33,6 +33,17 @@ describe('eval arguments', () => {
     expect(() => parseEvalArgs(['--bogus', '--out', 'x'])).toThrow(UsageError)
   })
 
+  it('takes the task, the LoRA targets and a centralized lr sweep', () => {
+    const c = parseEvalArgs(['--data', 'wordnet', '--targets', 'q_proj,down_proj', '--central-lr', '1e-3,3e-3', '--out', 'x'])
+    expect(c.data).toBe('wordnet')
+    expect(c.targets).toEqual(['q_proj', 'down_proj'])
+    expect(c.centralLrs).toEqual([1e-3, 3e-3])
+    expect(() => parseEvalArgs(['--data', 'dolly', '--out', 'x'])).toThrow(UsageError)
+    expect(() => parseEvalArgs(['--targets', 'q_proj,lm_head', '--out', 'x'])).toThrow(UsageError)
+    expect(() => parseEvalArgs(['--central-lr', '0', '--out', 'x'])).toThrow(UsageError)
+    expect(() => parseEvalArgs(['--backend', 'toy', '--data', 'skills', '--out', 'x'])).toThrow(/model backend/)
+  })
+
   it('uses the flag names of the other CLIs (--model, --seq-len), the old ones still work', () => {
     expect(parseEvalArgs(['--seq-len', '32', '--out', 'x']).maxLen).toBe(32)
     expect(parseEvalArgs(['--max-len', '40', '--out', 'x']).maxLen).toBe(40)

@@ -43,7 +43,14 @@ describe('npm run eval -- --quick', () => {
     const md = await readFile(path.join(dir, 'results.md'), 'utf8')
     expect(md).toContain('not applicable')
     expect(md).toContain('![eval-loss.png](eval-loss.png)')
-    for (const png of ['eval-loss.png', 'token-accuracy.png', 'agg-error.png']) {
+    // The default task is the skills suite: exact match per round, beside the answer that ignores the question.
+    expect(results.config.data).toBe('skills')
+    expect(results.base.exactMatch?.pooled).toBeGreaterThanOrEqual(0)
+    expect(results.ignoreQuestionBaseline).toBeGreaterThan(0)
+    for (const r of flora?.rounds ?? []) expect(r.exactMatch?.perClient).toHaveLength(3)
+    expect(md).toContain('## Final held-out exact match')
+    expect(md).toContain('![exact-match.png](exact-match.png)')
+    for (const png of ['eval-loss.png', 'token-accuracy.png', 'exact-match.png', 'agg-error.png']) {
       const bytes = await readFile(path.join(dir, png))
       expect([...bytes.subarray(0, 8)]).toEqual([0x89, 0x50, 0x4e, 0x47, 0x0d, 0x0a, 0x1a, 0x0a])
       expect(bytes.length).toBeGreaterThan(10_000)

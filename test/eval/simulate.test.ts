@@ -4,7 +4,7 @@
  */
 import { describe, expect, it } from 'vitest'
 import { parseEvalArgs } from '../../src/eval/cli.js'
-import { renderMarkdown } from '../../src/eval/report.js'
+import { ci95HalfWidth, pairedDifferences, renderMarkdown, tunedCentralized } from '../../src/eval/report.js'
 import { runEvaluation } from '../../src/eval/simulate.js'
 import { createToyBackend } from '../../src/eval/toy.js'
 import type { EvalConfig, EvalResults, RunRecord } from '../../src/eval/types.js'
@@ -107,5 +107,37 @@ describe('runEvaluation (toy backend)', () => {
     // same round-1 training, half the step: the first merged model differs
     expect(half.rounds[1].evalLoss.pooled).not.toBe(one.rounds[1].evalLoss.pooled)
     expect(sweep.summary.map((s) => s.globalScale)).toEqual([0.5, 1])
+  })
+
+  it('sweeps the centralized learning rate (a row per lr, the best named tuned) and reports exact match with paired 95% CIs', async () => {
+    const sweep = await runEvaluation(
+      { ...config, seeds: 3, settings: ['homo16'], strategies: ['flora', 'fedit'], centralLrs: [0.0003, 0.003, 0.03] },
+      createToyBackend({ trainExamples: config.trainExamples, evalExamples: config.evalExamples, batchSize: config.batchSize, lr: config.lr, exactMatch: true }),
+    )
+    const central = sweep.summary.filter((r) => r.method.startsWith('centralized'))
+    expect(central.map((r) => r.method)).toEqual(['centralized lr=0.0003', 'centralized lr=0.003', 'centralized lr=0.03'])
+    expect(sweep.runs.filter((r) => r.method.startsWith('centralized')).map((r) => r.lr)).toEqual([0.0003, 0.003, 0.03, 0.0003, 0.003, 0.03, 0.0003, 0.003, 0.03])
+    const finals = central.map((r) => r.exactMatch?.mean ?? NaN)
+    expect(new Set(finals).size).toBeGreaterThan(1) // the lr changes the outcome
+    expect(tunedCentralized(sweep, 'homo16')?.exactMatch?.mean).toBe(Math.max(...finals))
+    // Exact match is per example: on the toy (one prediction each) it equals token accuracy.
+    for (const r of sweep.runs) for (const x of r.rounds) expect(x.exactMatch?.pooled).toBe(x.tokenAccuracy.pooled)
+    const d = pairedDifferences(sweep, 'homo16', 'flora', (x) => x.exactMatch?.pooled ?? NaN).find((x) => x.method === 'fedit')
+    const f = sweep.runs.filter((r) => r.method === 'flora').map((r) => r.rounds[2].exactMatch?.pooled ?? NaN)
+    const e = sweep.runs.filter((r) => r.method === 'fedit').map((r) => r.rounds[2].exactMatch?.pooled ?? NaN)
+    expect(d?.diff.mean).toBeCloseTo((e[0] - f[0] + e[1] - f[1] + e[2] - f[2]) / 3, 12)
+    const md = renderMarkdown(sweep)
+    expect(md).toContain('## Final held-out exact match')
+    expect(md).toContain('Paired differences in exact match from flora, with 95% confidence intervals')
+    expect(md).toMatch(/Tuned centralized \(homo16\): centralized lr=/)
+  })
+})
+
+describe('ci95HalfWidth', () => {
+  it('is t(0.975, n-1) s / sqrt(n)', () => {
+    expect(ci95HalfWidth({ mean: 0, std: 1, n: 5 })).toBeCloseTo(2.776 / Math.sqrt(5), 12)
+    expect(ci95HalfWidth({ mean: 0, std: 2, n: 2 })).toBeCloseTo((12.706 * 2) / Math.sqrt(2), 12)
+    expect(ci95HalfWidth({ mean: 0, std: 1, n: 100 })).toBeCloseTo(1.96 / 10, 12)
+    expect(ci95HalfWidth({ mean: 0, std: 0, n: 1 })).toBeNaN()
   })
 })
