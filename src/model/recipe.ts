@@ -8,6 +8,7 @@
  * checkpoint of a billion parameters, a learning rate of 1e-4 to 3e-4 is the usual choice.
  */
 import type { BackendPreference } from './backend-names.js'
+import { LINEAR_MODULES } from './config.js'
 export const TRAINING_RECIPE = {
   /** LoRA rank (each peer may choose its own). Alpha defaults to 2 x rank, as in the FLoRA paper. */
   rank: 8,
@@ -25,4 +26,16 @@ export const TRAINING_RECIPE = {
   evalBatchSize: 16,
   /** tfjs backend: the best available (backend.ts). */
   backend: 'auto' as BackendPreference,
+} as const
+
+/**
+ * What `--data skills` (the skills suite, src/model/data/skills.ts) trains with where no flag
+ * says otherwise: LoRA on every linear module (q_proj and v_proj alone learned a third as
+ * much on the suite, docs/DATA.md), a larger step for the short answers, and 64 tokens,
+ * which hold every question with its longest answer.
+ */
+export const SKILLS_RECIPE = {
+  targets: LINEAR_MODULES,
+  lr: 3e-3,
+  seqLen: 64,
 } as const

@@ -46,7 +46,7 @@ import {
 } from './trainer.js'
 import { defaultModelDir } from './bundled.js'
 import { checkModelDir, ModelOpenError, openModelForTraining } from './open-model.js'
-import { TRAINING_RECIPE } from './recipe.js'
+import { SKILLS_RECIPE, TRAINING_RECIPE } from './recipe.js'
 
 export { defaultModelDir }
 
@@ -431,10 +431,16 @@ export async function runTrain(options: TrainCommandOptions = {}): Promise<Train
   const init = options.initAdapter !== undefined ? await loadInitAdapter(options.initAdapter) : undefined
   const rank = init?.modules[0].rank ?? options.rank ?? TRAIN_DEFAULTS.rank
   const alpha = init?.modules[0].alpha ?? options.alpha ?? 2 * rank
-  const targets = (init !== undefined ? [...new Set(init.modules.map((m) => m.name.split('.').pop() as string))].sort() : [...new Set(options.targets ?? TRAIN_DEFAULTS.targets)]) as LinearModuleKind[]
+  // The skills suite has its own recipe (recipe.ts SKILLS_RECIPE); flags still win.
+  const skills = data === 'skills'
+  const targets = (
+    init !== undefined
+      ? [...new Set(init.modules.map((m) => m.name.split('.').pop() as string))].sort()
+      : [...new Set(options.targets ?? (skills ? SKILLS_RECIPE.targets : TRAIN_DEFAULTS.targets))]
+  ) as LinearModuleKind[]
   const steps = options.steps ?? TRAIN_DEFAULTS.steps
   const batchSize = options.batchSize ?? TRAIN_DEFAULTS.batchSize
-  const lr = options.lr ?? TRAIN_DEFAULTS.lr
+  const lr = options.lr ?? (skills ? SKILLS_RECIPE.lr : TRAIN_DEFAULTS.lr)
   const loraDropout = options.loraDropout ?? TRAIN_DEFAULTS.loraDropout
   const seed = options.seed ?? TRAIN_DEFAULTS.seed
   const nSamples = options.samples ?? TRAIN_DEFAULTS.samples
@@ -465,7 +471,7 @@ export async function runTrain(options: TrainCommandOptions = {}): Promise<Train
   )
   const { model, tokenizer: tok, backend } = opened
   try {
-    const seqLen = await usage(() => opened.seqLen(options.seqLen))
+    const seqLen = await usage(() => opened.seqLen(options.seqLen ?? (skills ? SKILLS_RECIPE.seqLen : undefined)))
     const c = model.config
     const modelInfo = { dir: modelDir, parameters: parameterCount(c), layers: c.numLayers, hidden: c.hiddenSize, vocab: c.vocabSize }
     emit('model', modelInfo, `model     ${modelDir}: ${c.numLayers} layers, hidden ${c.hiddenSize}, vocab ${c.vocabSize}, ${fmtParams(modelInfo.parameters)} parameters`)

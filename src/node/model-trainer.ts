@@ -43,6 +43,7 @@ import type { EvalScore, PeerSetup, SetupOptions } from './setup-types.js'
 import { genesisState } from './state.js'
 import type { Trainer } from './trainer.js'
 import { MODEL_TRAINER_DEFAULTS } from './model-defaults.js'
+import { SKILLS_RECIPE } from '../model/recipe.js'
 export { defaultModelDir } from '../model/bundled.js'
 import { defaultModelDir } from '../model/bundled.js'
 
@@ -378,7 +379,7 @@ async function resolveConfig(rt: Runtime, o: SetupOptions, genesis: ReadonlyMap<
   }
   const names = (ts: readonly ModuleShape[]): string => ts.map((t) => `${t.name}:${t.outFeatures}x${t.inFeatures}`).sort().join(',')
   if (names(config.targets) !== names(built.targets)) {
-    throw new SwarmConfigError(`${o.configFile}: its LoRA targets differ from --targets ${(o.targets ?? MODEL_TRAINER_DEFAULTS.targets).join(',')} on this model`)
+    throw new SwarmConfigError(`${o.configFile}: its LoRA targets differ from --targets ${[...new Set(built.targets.map((t) => t.name.split('.').pop()))].join(',')} on this model`)
   }
   return config
 }
@@ -390,20 +391,22 @@ export async function setupModelPeer(o: SetupOptions): Promise<PeerSetup> {
   const steps = positive('--local-steps', o.localSteps ?? d.localSteps)
   const batchSize = positive('--batch-size', o.batchSize ?? d.batchSize)
   if (o.seqLen !== undefined) positive('--seq-len', o.seqLen)
-  const lr = positive('--lr', o.lr ?? d.lr, false)
+  // The skills suite has its own recipe (SKILLS_RECIPE); flags still win.
+  const skills = spec.source === 'skills'
+  const lr = positive('--lr', o.lr ?? (skills ? SKILLS_RECIPE.lr : d.lr), false)
   const evalExamples = positive('--eval-examples', o.evalExamples ?? d.evalExamples)
   // The skills suite is scored on its own held-out questions unless told otherwise.
   const evalData = o.evalData ?? (spec.source === 'skills' ? 'skills' : d.evalData)
   const loraDropout = o.loraDropout ?? d.loraDropout
   if (!(loraDropout >= 0 && loraDropout < 1)) throw new SwarmConfigError(`--lora-dropout must be in [0, 1), got ${loraDropout}`)
   if (o.trainExamples !== undefined) positive('--train-examples', o.trainExamples)
-  const targets = parseTargets(o.targets ?? d.targets)
+  const targets = parseTargets(o.targets ?? (skills ? SKILLS_RECIPE.targets : d.targets))
   const dir = o.model ?? defaultModelDir()
 
   const rt = await loadRuntime(dir, targets, o.backend ?? d.backend)
   let seqLen: number
   try {
-    seqLen = rt.opened.seqLen(o.seqLen)
+    seqLen = rt.opened.seqLen(o.seqLen ?? (skills ? SKILLS_RECIPE.seqLen : undefined))
   } catch (err) {
     throw new SwarmConfigError((err as Error).message)
   }

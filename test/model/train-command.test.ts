@@ -111,6 +111,8 @@ describe('flora train (runTrain) and flora generate', () => {
     const out = sink()
     const r = await runTrain({ ...base(), data: 'skills', maxTrain: 40, maxEval: 6, steps: 1, samples: 0, json: true, stdout: out, stderr: sink() })
     expect(r.data).toMatchObject({ train: 40, eval: 6 })
+    // The suite's recipe (SKILLS_RECIPE): every linear module, lr 3e-3, unless flags say otherwise.
+    expect(r.adapter.targets).toHaveLength(7)
     const evals = out.text().trim().split('\n').map((l) => JSON.parse(l) as { event: string; exactMatch?: number }).filter((e) => e.event === 'eval')
     expect(evals).toHaveLength(2)
     for (const e of evals) {

@@ -85,6 +85,8 @@ describe('model trainer: options and identity', () => {
     try {
       expect(setup.description).toMatch(/shard 0\/3 \(by category, .*\) of the skills suite/)
       expect(setup.description).toMatch(/eval: 8 examples, skills suite, questions about held-out words and sums/)
+      // The suite's recipe: LoRA on every linear module unless --targets says otherwise.
+      expect(new Set(setup.config.targets.map((t) => t.name.split('.').pop())).size).toBe(7)
       const tasks = [...setup.description.matchAll(/(spell|first-letter|last-letter|length|synonym|kind|add) \d+%/g)].map((m) => m[1])
       expect(tasks.length).toBeGreaterThan(0)
       const score = await setup.evaluate(setup.weights)
