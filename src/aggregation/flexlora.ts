@@ -83,7 +83,7 @@ export function stackedSvd(mod: { inFeatures: number; outFeatures: number }, ter
  * order: a client whose rank exceeds rank(dW) still gets orthonormal A rows (with zero B
  * columns, like a fresh LoRA), never dead all-zero components. Deterministic.
  */
-function completeBasis(rows: Float64Array[], r: number, n: number): Float64Array[] {
+export function completeBasis(rows: Float64Array[], r: number, n: number): Float64Array[] {
   const out = [...rows]
   for (let j = 0; j < n && out.length < r; j++) {
     const x = new Float64Array(n)

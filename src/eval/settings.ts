@@ -10,7 +10,7 @@ import type { EvalConfig, SettingName } from './types.js'
 
 export const SETTINGS: readonly SettingName[] = ['homo16', 'hetero']
 export const PAPER_HETERO_RANKS: readonly number[] = [64, 32, 16, 16, 8, 8, 4, 4, 4, 4]
-export const DEFAULT_STRATEGIES: readonly string[] = ['flora', 'fedit', 'zero-padding', 'flexlora', 'ffa']
+export const DEFAULT_STRATEGIES: readonly string[] = ['flora', 'flora-pd', 'fedit', 'zero-padding', 'flexlora', 'ffa']
 
 export function ranksFor(setting: SettingName, clients: number): number[] {
   if (setting === 'homo16') return new Array<number>(clients).fill(16)

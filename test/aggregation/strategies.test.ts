@@ -97,8 +97,8 @@ function sameTerms(a: ModuleTerms, b: ModuleTerms): boolean {
 }
 
 describe('registry', () => {
-  it('importing the index registers the five strategies', () => {
-    expect(listStrategies()).toEqual(['fedit', 'ffa', 'flexlora', 'flora', 'zero-padding'])
+  it('importing the index registers the six strategies', () => {
+    expect(listStrategies()).toEqual(['fedit', 'ffa', 'flexlora', 'flora', 'flora-pd', 'zero-padding'])
     for (const s of BUILTIN_STRATEGIES) expect(getStrategy(s.name)).toBe(s)
   })
   it('refuses unknown names and duplicate registrations with named errors', () => {

@@ -9,7 +9,7 @@ describe('eval arguments', () => {
     const c = parseEvalArgs(['--out', 'x'])
     expect(c.clients).toBe(10)
     expect(c.settings).toEqual(['homo16', 'hetero'])
-    expect(c.strategies).toEqual(['flora', 'fedit', 'zero-padding', 'flexlora', 'ffa'])
+    expect(c.strategies).toEqual(['flora', 'flora-pd', 'fedit', 'zero-padding', 'flexlora', 'ffa'])
     expect(c.globalScales).toEqual([1])
     expect(c.references).toBe(true)
   })

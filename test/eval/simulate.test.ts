@@ -39,9 +39,9 @@ describe('runEvaluation (toy backend)', () => {
 
   it('runs every strategy and both references in both settings', async () => {
     results = await runEvaluation(config, toy())
-    // 2 seeds x 2 settings x (5 strategies + 2 references)
-    expect(results.runs).toHaveLength(28)
-    expect(results.summary).toHaveLength(14)
+    // 2 seeds x 2 settings x (6 strategies + 2 references)
+    expect(results.runs).toHaveLength(32)
+    expect(results.summary).toHaveLength(16)
     expect(results.cacheHits).toBeGreaterThan(0) // round 1 is shared by the methods
     for (const r of results.runs.filter((x) => x.applicable)) {
       expect(r.rounds.map((x) => x.round)).toEqual([0, 1, 2])
@@ -139,5 +139,20 @@ describe('ci95HalfWidth', () => {
     expect(ci95HalfWidth({ mean: 0, std: 2, n: 2 })).toBeCloseTo((12.706 * 2) / Math.sqrt(2), 12)
     expect(ci95HalfWidth({ mean: 0, std: 1, n: 100 })).toBeCloseTo(1.96 / 10, 12)
     expect(ci95HalfWidth({ mean: 0, std: 0, n: 1 })).toBeNaN()
+  })
+})
+
+describe('flora-pd in the harness', () => {
+  it('is exact like FLoRA, restarts from B = 0 (start error 0) and goes its own way from round 2', async () => {
+    const r = await runEvaluation({ ...config, seeds: 1, settings: ['hetero'], strategies: ['flora', 'flora-pd'], references: false }, toy())
+    const flora = run(r, 'hetero', 'flora')
+    const pd = run(r, 'hetero', 'flora-pd')
+    for (const x of pd.rounds.slice(1)) {
+      expect(x.aggError).toBeLessThan(1e-6)
+      expect(x.startError).toBe(0)
+    }
+    // Round 1 is the same training for both (fresh LoRAs); round 2 starts from other A's.
+    expect(pd.rounds[1].evalLoss.pooled).toBe(flora.rounds[1].evalLoss.pooled)
+    expect(pd.rounds[2].evalLoss.pooled).not.toBe(flora.rounds[2].evalLoss.pooled)
   })
 })
