@@ -6,7 +6,8 @@
  * disagree.
  *
  *   npm run swarm                  # default: 3 peers (ranks 16,8,4) fine-tune the bundled
- *                                  # model on a non-IID WordNet split, 3 rounds -> runs/swarm
+ *                                  # model on the skills suite, non-IID by task type, 5 rounds
+ *                                  # of 100 local steps -> runs/swarm
  *   npm run swarm -- --peers 4 --rounds 5 --ranks 16,8,4 --strategy flora --out runs/x
  *   npm run swarm -- --trainer synthetic --peers 8   # the synthetic task (no tfjs)
  */
@@ -29,8 +30,11 @@ import { jsonOption, jsonOutput, withEnvAndConfig } from '../src/cli-options.js'
 /** The FLoRA paper's heterogeneous ranks, cycled for larger swarms. */
 export const PAPER_RANKS = [64, 32, 16, 16, 8, 8, 4, 4, 4, 4]
 
-/** `npm run swarm` with no arguments: the bundled model, small enough for a few minutes on 2 cores. */
-export const MODEL_SWARM_DEFAULTS = { peers: 3, rounds: 3, ranks: [16, 8, 4] } as const
+/**
+ * `npm run swarm` with no arguments: the bundled model learns the skills suite's question
+ * formats (each peer a few task types), scored by held-out exact match; a few minutes on 2 cores.
+ */
+export const MODEL_SWARM_DEFAULTS = { peers: 3, rounds: 5, ranks: [16, 8, 4], data: 'skills', localSteps: 100 } as const
 /** The synthetic task's defaults (`--trainer synthetic`). */
 export const SYNTHETIC_SWARM_DEFAULTS = { peers: 3, rounds: 5, ranks: PAPER_RANKS } as const
 export const DEFAULT_OUT = join('runs', 'swarm')
@@ -350,8 +354,8 @@ async function cli(): Promise<void> {
     )
     .option('-s, --strategy <name>', 'aggregation strategy', 'flora')
     .option('-m, --model <dir>', 'model trainer: base model directory (default: models/flora-tiny)')
-    .option('-d, --data <spec>', "model trainer: 'wordnet', 'skills' (the skills suite, scored by held-out exact match) or a JSONL file; peer i trains on shard i of n (non-IID by category)", 'wordnet')
-    .option('--local-steps <n>', `model trainer: local steps per round (default ${MODEL_TRAINER_DEFAULTS.localSteps})`, positive('--local-steps'))
+    .option('-d, --data <spec>', "model trainer: 'skills' (the skills suite, scored by held-out exact match), 'wordnet' or a JSONL file; peer i trains on shard i of n (non-IID by category)", MODEL_SWARM_DEFAULTS.data)
+    .option('--local-steps <n>', `model trainer: local steps per round (default ${MODEL_SWARM_DEFAULTS.localSteps})`, positive('--local-steps'))
     .option('--eval-examples <n>', `model trainer: held-out examples (default ${MODEL_TRAINER_DEFAULTS.evalExamples})`, positive('--eval-examples'))
     .option('--peer-args <flags>', "extra flags for every flora-peer, e.g. '--lr 3e-3 --batch-size 4' (repeatable)", splitArgs)
     .option('-o, --out <dir>', 'output directory', DEFAULT_OUT)
@@ -388,7 +392,7 @@ async function cli(): Promise<void> {
   const json = jsonOutput(o.json)
   const text = json ? process.stderr : process.stdout
   const defaults = o.trainer === 'synthetic' ? SYNTHETIC_SWARM_DEFAULTS : MODEL_SWARM_DEFAULTS
-  if (o.trainer === 'synthetic' && (o.model != null || o.localSteps != null || o.evalExamples != null || o.data !== 'wordnet')) {
+  if (o.trainer === 'synthetic' && (o.model != null || o.localSteps != null || o.evalExamples != null || o.data !== MODEL_SWARM_DEFAULTS.data)) {
     throw new Error('--model, --data, --local-steps and --eval-examples are for the model trainer')
   }
   const out = o.out
@@ -400,7 +404,7 @@ async function cli(): Promise<void> {
     trainer: o.trainer,
     model: o.model,
     data: o.trainer === 'synthetic' ? undefined : o.data,
-    localSteps: o.localSteps,
+    localSteps: o.localSteps ?? (o.trainer === 'synthetic' ? undefined : MODEL_SWARM_DEFAULTS.localSteps),
     evalExamples: o.evalExamples,
     peerArgs: o.peerArgs,
     out,
