@@ -8,7 +8,7 @@ import { join } from 'node:path'
 import { Resvg } from '@resvg/resvg-js'
 import * as vega from 'vega'
 import * as vl from 'vega-lite'
-import { methodLabel } from './report.js'
+import { ci95HalfWidth, methodLabel, pairedDifferences } from './report.js'
 import type { EvalResults, RunRecord } from './types.js'
 
 /** Values below this are drawn at it on log axes (FLoRA's error can be exactly 0). */
@@ -197,6 +197,49 @@ export async function writePlots(results: EvalResults, dir: string): Promise<str
         'exact match (share of questions)',
       ),
     )
+  }
+  if (seeds > 1 && results.runs.some((r) => r.method === 'flora' && r.applicable)) {
+    const exact = results.base.exactMatch !== undefined
+    const rows = results.config.settings.flatMap((setting) =>
+      pairedDifferences(results, setting, 'flora', (x) => (exact ? (x.exactMatch?.pooled ?? NaN) * 100 : x.evalLoss.pooled))
+        .filter((d) => d.diff.n > 1 && d.method !== 'local-only')
+        .map((d) => ({ setting, method: d.method, mean: d.diff.mean, lo: d.diff.mean - ci95HalfWidth(d.diff), hi: d.diff.mean + ci95HalfWidth(d.diff) })),
+    )
+    const what = exact ? 'exact match (points)' : 'held-out loss'
+    await put('paired-differences.png', {
+      $schema: 'https://vega.github.io/schema/vega-lite/v6.json',
+      title: {
+        text: `Final ${what}: method − FLoRA, same seed`,
+        subtitle: `mean and 95% confidence interval over ${seeds} seeds (t distribution); an interval clear of 0 is a difference the seeds resolve`,
+      },
+      data: { values: rows },
+      facet: { column: settingFacet(results) },
+      spec: {
+        width: 300,
+        height: { step: 22 },
+        layer: [
+          { mark: { type: 'rule', color: '#888', strokeDash: [4, 3] }, encoding: { x: { datum: 0 } } },
+          {
+            mark: { type: 'rule', strokeWidth: 2 },
+            encoding: {
+              y: { field: 'method', type: 'nominal', title: null, sort: null },
+              x: { field: 'lo', type: 'quantitative', title: `${what}, method − flora` },
+              x2: { field: 'hi' },
+              color: { field: 'method', type: 'nominal', legend: null, scale: colorScale(rows.map((r) => r.method)) },
+            },
+          },
+          {
+            mark: { type: 'point', filled: true, size: 60 },
+            encoding: {
+              y: { field: 'method', type: 'nominal', sort: null },
+              x: { field: 'mean', type: 'quantitative' },
+              color: { field: 'method', type: 'nominal', legend: null, scale: colorScale(rows.map((r) => r.method)) },
+            },
+          },
+        ],
+      },
+      config: CONFIG,
+    })
   }
   const aggRows = results.summary
     .filter((r) => r.kind === 'strategy' && r.globalScale === x)

@@ -2,7 +2,11 @@
  * The harness on the plain-JS toy backend: fast enough to check every method, the
  * not-applicable rule, the global scale and reproducibility.
  */
+import { mkdtemp, rm } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
 import { describe, expect, it } from 'vitest'
+import { writePlots } from '../../src/eval/plots.js'
 import { parseEvalArgs } from '../../src/eval/cli.js'
 import { ci95HalfWidth, pairedDifferences, renderMarkdown, tunedCentralized } from '../../src/eval/report.js'
 import { runEvaluation } from '../../src/eval/simulate.js'
@@ -130,6 +134,12 @@ describe('runEvaluation (toy backend)', () => {
     expect(md).toContain('## Final held-out exact match')
     expect(md).toContain('Paired differences in exact match from flora, with 95% confidence intervals')
     expect(md).toMatch(/Tuned centralized \(homo16\): centralized lr=/)
+    const dir = await mkdtemp(join(tmpdir(), 'flora-plots-'))
+    try {
+      expect(await writePlots(sweep, dir)).toEqual(expect.arrayContaining(['exact-match.png', 'paired-differences.png']))
+    } finally {
+      await rm(dir, { recursive: true, force: true })
+    }
   })
 })
 
