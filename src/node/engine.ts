@@ -1658,17 +1658,22 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
 
   /** A peer voted (or announced) in `round`: it is alive, and its proposer turns are not skipped. */
   /**
-   * A member's late vote for the round just committed: it replayed and checked that round's
-   * proposal, so it follows the chain at our head whatever its handshake said (forget a stale
-   * reported head) and is about to train the running round: wait for its adapter in it, as
-   * for a peer that says it caught up (once per MEMBER_TTL_ROUNDS). Without this, a restarted
+   * A late vote for the round just committed, by a member whose handshake head went stale
+   * (so it counts as behind): it replayed and checked that round's proposal, so it follows
+   * the chain at our head whatever its handshake said (forget the stale head) and is about
+   * to train the running round: wait for its adapter in it, as for a peer that says it
+   * caught up (once per MEMBER_TTL_ROUNDS). Without this, a restarted
    * member whose handshake head went stale, and whose training ends after the others have
    * proposed, never gets an adapter in again: it is not waited for because it did not take
    * part in the previous round, and it did not because it was not waited for.
    */
   #followsAlong(round: number, peer: string): void {
     if (peer === this.#i.self || round !== this.round - 1 || !this.#i.network.members().has(peer)) return
-    if (this.#reportsBehind(peer)) this.#i.network.forgetReportedHead?.(peer)
+    // Only a member held back by a stale head. An active member that voted but announced no
+    // adapter sat the round out by itself (its training diverged, or it had nothing to
+    // give): as for any such member, the next round does not wait for it (hostile.test.ts).
+    if (!this.#reportsBehind(peer)) return
+    this.#i.network.forgetReportedHead?.(peer)
     this.caughtUp(peer)
   }
 
