@@ -296,6 +296,8 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
   #resolveDone!: () => void
   /** Round in which a caught-up peer was last waited for (caughtUp). */
   readonly #caughtUpAt = new Map<string, number>()
+  /** Round starts at which this peer, back from a restart or a catch-up, still tells the members its head (#beginRound). */
+  #rejoinGreets = 0
   /** Peers that announced, by round (in time or late): their adapters are waited for next round. */
   readonly #participants = new Map<number, Set<string>>()
   /** Peers heard from (announced or voted), by round: a proposer not heard from last round is skipped. */
@@ -321,6 +323,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
       this.#membership = lastRecord.members
     }
     this.#pending = [...(init.restored?.pending ?? [])]
+    if (init.restored != null || (init.priorHead ?? 0) > 0) this.#rejoinGreets = MEMBER_TTL_ROUNDS
     if (init.trackUpdate === true) this.#update = init.restored != null && init.restored.head.round > 0 ? init.restored.update : new CumulativeUpdate()
     this.#equalRanks = getStrategy(init.config.strategy).requiresEqualRanks
     this.#done = new Promise((resolve) => {
@@ -446,18 +449,19 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     this.#feedCollection(ctx)
   }
 
-  /**
-   * A peer says (in a fresh handshake) that it caught up with our head: it is about to
-   * train the running round, so wait for its adapter in it (up to the deadline, as for any
-   * member). Once per peer per MEMBER_TTL_ROUNDS rounds, so a peer that says so and never
-   * delivers cannot hold every round to its deadline.
-   */
   /** A member says (in its handshake) that it committed rounds we have not: catch up. */
   aheadReported(peer: string, round: number): void {
     if (round <= this.#head.round || this.#status !== 'running') return
     this.#requestSync(`member ${peer.slice(-8)} reports round ${round} committed`)
   }
 
+  /**
+   * A peer says (in a fresh handshake) that it caught up with our head: it is about to
+   * train the running round, so wait for its adapter in it (up to the deadline, as for any
+   * member). Once per peer per MEMBER_TTL_ROUNDS rounds, so a peer that says so and never
+   * delivers cannot hold every round to its deadline; a round decided before its deadline
+   * was not held, and does not count (#commit).
+   */
   caughtUp(peer: string): void {
     const ctx = this.#ctx
     if (ctx == null || ctx.ac.signal.aborted || ctx.machine.founding || peer === this.#i.self) return
@@ -725,6 +729,20 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     if (behind) {
       this.#log.warn({ round, swarmHead }, `members report round ${swarmHead} committed; this peer is at round ${parent.round} (restarted or late): catching up by state sync before it trains, proposes or votes`)
       this.#requestSync(`members report round ${swarmHead}`)
+      this.#rejoinGreets = MEMBER_TTL_ROUNDS
+    } else if (this.#rejoinGreets > 0) {
+      // Back from a restart or a catch-up: tell the members our head as we start training,
+      // at every round start until an adapter of ours is merged (at most MEMBER_TTL_ROUNDS
+      // rounds); a member whose head is ours waits for our adapter (caughtUp, once per
+      // MEMBER_TTL_ROUNDS). Told only when a catch-up ended, members that had committed
+      // another round meanwhile saw a stale head, and members met later heard nothing: the
+      // restarted peer, which starts each round a little after them, was not waited for and
+      // its adapter came tens of ms after the proposal, round after round (scripts/soak.ts).
+      if (this.records.last?.contributors.includes(self) === true) this.#rejoinGreets = 0
+      else {
+        this.#rejoinGreets--
+        this.#i.network.caughtUp?.()
+      }
     }
     this.safeDispatchEvent('round:start', { detail: { round, parentStateHash: parent.hash } })
     this.#armStall(ctx)
@@ -1034,6 +1052,14 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     if (next == null) throw new Error(`round ${ctx.round}: committing a value that was never replayed`)
     this.#closeCtx()
     this.#ctx = undefined
+    // Decided before its deadline: no caught-up peer held this round, so the peers it waited
+    // for may be waited for again (caughtUp). Counted, a wait spent where it could not help
+    // (a peer that said so while still replaying rounds, or once this round was proposed)
+    // kept the round it did train from waiting for it, and its adapter came tens of ms after
+    // that round's proposal (scripts/soak.ts).
+    if (Date.now() - ctx.startedAt < this.#i.config.round.deadlineMs) {
+      for (const [p, r] of this.#caughtUpAt) if (r === ctx.round) this.#caughtUpAt.delete(p)
+    }
     const record = this.#adopt(next, m, certificate, nextMembership(this.#membership, ctx.round, m.body.entries.map((e) => e.peerId)))
     // The value's proposer spreads the certificate for peers that missed votes.
     if (m.body.proposer === this.#i.self) void this.#i.network.publish(this.#lastCommit as CommitMessage).catch(() => {})
@@ -1142,19 +1168,30 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
   // ---------------------------------------------------------------------------------
   // State sync: a peer behind the swarm catches up from any member, verifying every step
 
-  /** Starts a catch-up unless one runs (or ran within the last grace period). */
+  /** Starts a catch-up unless one runs (or asked members within the last grace period). */
   #requestSync(why: string): void {
     if (this.#syncing != null || this.#status !== 'running') return
     const now = Date.now()
     if (now - this.#lastSyncAt < Math.min(this.#i.config.round.graceMs, 2000)) return
+    const before = this.#lastSyncAt
     this.#lastSyncAt = now
+    let askedMembers = true
     this.#syncing = this.#catchUp(why)
+      .then((asked) => {
+        askedMembers = asked
+      })
       .catch((err: Error) => {
         if (!this.#stop.signal.aborted) this.#log.error({ err: err.message }, 'state sync failed')
       })
       .finally(() => {
         this.#syncing = undefined
-        this.#lastSyncAt = Date.now()
+        // A catch-up that asked no member (a restarted peer replays its state dir's commits
+        // before any member is connected) does not hold the next one back: the members'
+        // handshakes a moment later report the rounds the swarm committed meanwhile, and a
+        // request dropped then is not made again until the swarm's next commit (often
+        // dropped too). The peer trained a round the swarm had already committed and
+        // rejoined 3-4 rounds after it was up (scripts/soak.ts).
+        this.#lastSyncAt = askedMembers ? Date.now() : before
       })
   }
 
@@ -1190,8 +1227,10 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     this.#reject(peer, 'bad-sync', detail)
   }
 
-  async #catchUp(why: string): Promise<void> {
+  /** Catches up from the state dir's pending commits, then from members; resolves whether it asked any member. */
+  async #catchUp(why: string): Promise<boolean> {
     const start = this.#head.round
+    let asked = false
     this.#log.info({ round: this.round, why }, 'catching up with the swarm')
     let adopted = 0
     // Our own state dir's certified commits first (a crash between record and snapshot).
@@ -1214,6 +1253,7 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
         let emptyAnswers = 0
         for (const peer of this.#syncPeers()) {
           let commits: CommitMessage[]
+          asked = true
           try {
             commits = await net.syncCommits(peer, this.round, 64, AbortSignal.any([this.#stop.signal, AbortSignal.timeout(30_000)]))
           } catch (err) {
@@ -1261,9 +1301,11 @@ export class RoundEngine extends TypedEventEmitter<RoundEngineEvents> {
     }
     if (this.#head.round > start) {
       this.#log.info({ from: start, to: this.#head.round, rounds: adopted }, 'caught up')
-      this.#i.network.caughtUp?.()
+      // The members hear our head as the next round starts (#beginRound).
+      this.#rejoinGreets = MEMBER_TTL_ROUNDS
     }
     if (adopted > 0 && this.#status === 'running' && this.#ctx == null) this.#beginRound()
+    return asked
   }
 
   /**
