@@ -114,7 +114,8 @@ export function roundBytes(strategy: Strategy, shapes: readonly ModuleShape[], r
   const totalUp = up.reduce((a, b) => a + b, 0)
   const rMax = Math.max(...ranks)
   const server = ranks.map((r) => {
-    if (strategy.name === 'flora') return totalUp
+    // FLoRA and flora-pd merge the whole stack: a server would send every client all of it.
+    if (strategy.name === 'flora' || strategy.name === 'flora-pd') return totalUp
     if (strategy.name === 'zero-padding') return strategy.bytesPerClient(shapes, rMax)
     return strategy.bytesPerClient(shapes, r)
   })

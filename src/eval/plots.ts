@@ -71,6 +71,7 @@ const CONFIG = { font: 'DejaVu Sans', view: { stroke: '#ccc' } } as const
 
 /** One fixed color per method, so every plot and every run reads the same way. */
 const METHOD_COLORS: ReadonlyArray<readonly [string, string]> = [
+  ['flora-pd', '#e377c2'],
   ['flora', '#d62728'],
   ['fedit', '#1f77b4'],
   ['zero-padding', '#ff7f0e'],

@@ -220,7 +220,7 @@ export function renderMarkdown(results: EvalResults, plots: readonly string[] = 
     out.push(`## Paired differences from ${reference} (same seed: same data order and initial adapters)`)
     out.push('')
     out.push(
-      `Final pooled held-out loss of the method minus ${reference}'s, mean ± std over seeds; negative = better than ${reference}; ` +
+      `Final pooled held-out loss of the method minus ${reference}'s, mean [95% CI over seeds, t distribution]; negative = better than ${reference}; ` +
         `"lower in" counts the seeds where the method's loss was lower.`,
     )
     out.push('')
