@@ -78,6 +78,19 @@ export function stackedSvd(mod: { inFeatures: number; outFeatures: number }, ter
   return { s: core.s, u: lift(qb.q, core.u, out), v: lift(qa.q, core.v, inF) }
 }
 
+/** stackedSvd per module, computed on first use and kept (one aggregate's modules). */
+export function lazyStackedSvd(): (mod: RoundModule, terms: readonly LowRankTerm[]) => ModuleSvd {
+  const cache = new Map<string, ModuleSvd>()
+  return (mod, terms) => {
+    let s = cache.get(mod.name)
+    if (s === undefined) {
+      s = stackedSvd(mod, terms)
+      cache.set(mod.name, s)
+    }
+    return s
+  }
+}
+
 /**
  * Extends orthonormal rows to `r` rows by Gram-Schmidt (two passes) on e_0, e_1, ... in
  * order: a client whose rank exceeds rank(dW) still gets orthonormal A rows (with zero B
@@ -137,15 +150,7 @@ export const flexloraStrategy: FlexLoraStrategy = {
   aggregate(updates: readonly ClientUpdate[]): FlexLoraAggregate {
     const round = prepareRound('flexlora', updates)
     const terms = round.modules.map((m) => [m, stackedTerms(m, round.weights)] as const)
-    const cache = new Map<string, ModuleSvd>()
-    const svdOf = (mod: RoundModule, t: readonly LowRankTerm[]): ModuleSvd => {
-      let s = cache.get(mod.name)
-      if (s === undefined) {
-        s = stackedSvd(mod, t)
-        cache.set(mod.name, s)
-      }
-      return s
-    }
+    const svdOf = lazyStackedSvd()
     return {
       strategy: 'flexlora',
       clients: round.clients,

@@ -28,8 +28,8 @@
 import type { LoraModule, ModuleShape } from '../lora/types.js'
 import { type RoundModule, checkTarget, factorBytes, prepareRound, stackedTerms, targetModule, termsMap } from './common.js'
 import { UnsupportedTargetError } from './errors.js'
-import { type ModuleSvd, completeBasis, stackedSvd } from './flexlora.js'
-import type { AdapterTarget, ClientUpdate, LowRankTerm, RoundAggregate, Strategy } from './types.js'
+import { type ModuleSvd, completeBasis, lazyStackedSvd } from './flexlora.js'
+import type { AdapterTarget, ClientUpdate, RoundAggregate, Strategy } from './types.js'
 
 /** Unit rows times sqrt(1/3) have a fresh A row's expected squared norm: in entries U(+-1/sqrt(in)) of variance 1/(3 in). */
 const ROW_SCALE = Math.sqrt(1 / 3)
@@ -55,15 +55,7 @@ export const floraPdStrategy: Strategy = {
   aggregate(updates: readonly ClientUpdate[]): RoundAggregate {
     const round = prepareRound('flora-pd', updates)
     const terms = round.modules.map((m) => [m, stackedTerms(m, round.weights)] as const)
-    const cache = new Map<string, ModuleSvd>()
-    const svdOf = (mod: RoundModule, t: readonly LowRankTerm[]): ModuleSvd => {
-      let s = cache.get(mod.name)
-      if (s === undefined) {
-        s = stackedSvd(mod, t)
-        cache.set(mod.name, s)
-      }
-      return s
-    }
+    const svdOf = lazyStackedSvd()
     return {
       strategy: 'flora-pd',
       clients: round.clients,
