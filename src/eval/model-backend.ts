@@ -9,13 +9,14 @@
  *    out = the questions about held-out words and sums. Each held-out question is also
  *    scored by exact match, strictly, by teacher forcing (strictExactByTeacherForcing in
  *    src/model/exact-match.ts: one forward pass per accepted answer, no decoding loop;
- *    tests check it against greedy decoding).
+ *    tests check it against greedy decoding); the reference answer's bit comes from the
+ *    loss pass, so only the other accepted answers are forwarded again.
  * Examples are
  * tokenized once with the Alpaca-style template, loss on the response tokens only.
  * Training: `trainLora` (src/model/trainer.ts): AdamW, fresh optimizer per call, LoRA
  * dropout 0.05 as in the paper. Scoring: per-example summed next-token loss and argmax
- * hits over the response tokens (teacher forcing), computed here because the trainer's
- * `evaluate` returns only the pooled mean.
+ * hits over the response tokens (teacher forcing, scoreResponses in
+ * src/model/response-scores.ts; the trainer's `evaluate` returns only the pooled mean).
  *
  * Without a checkpoint in the model directory (config.json + model.safetensors) the
  * backend falls back to a small randomly initialized Llama with the bundled tokenizer and
@@ -26,7 +27,6 @@ import { createHash } from 'node:crypto'
 import { access, readFile } from 'node:fs/promises'
 import path from 'node:path'
 import { fileURLToPath } from 'node:url'
-import * as tf from '@tensorflow/tfjs'
 import { type BackendSelection, describeBackend, selectBackend } from '../model/backend.js'
 import { llamaConfig, parameterCount } from '../model/config.js'
 import { majorityAnswers, scoreAnswers, skillsSuite, type SkillExample } from '../model/data/skills.js'
@@ -38,7 +38,8 @@ import { LINEAR_MODULES, type LinearModuleKind, LlamaModel } from '../model/llam
 import { openModelForTraining } from '../model/open-model.js'
 import { TRAINING_RECIPE } from '../model/recipe.js'
 import { LlamaTokenizer } from '../model/tokenizer.js'
-import { makeBatch, trainLora, type TrainingExample } from '../model/trainer.js'
+import { scoreResponses } from '../model/response-scores.js'
+import { trainLora, type TrainingExample } from '../model/trainer.js'
 import type { EvalConfig, ExampleScores, SimBackend, TaskExample, TrainJob, TrainOutcome } from './types.js'
 
 /** models/flora-tiny in this repository. */
@@ -133,32 +134,6 @@ export async function createModelBackend(config: EvalConfig): Promise<SimBackend
   const padId = tokenizer.padId
   const c = model.config
 
-  /** Adds the batch's summed loss, token count and argmax hits into out at offset + row. */
-  const scoreBatch = (examples: readonly TrainingExample[], out: Pick<ExampleScores, 'lossSum' | 'tokens' | 'correct'>, offset: number): void => {
-    const batch = makeBatch(examples, config.maxLen, padId, c.vocabSize)
-    if (batch.rows.length === 0) return
-    const [nll, hit] = tf.tidy(() => {
-      const ids = tf.tensor2d(batch.ids, [batch.batchSize, batch.seqLen], 'int32')
-      const rows = tf.tensor1d(batch.rows, 'int32')
-      const targets = tf.tensor1d(batch.targets, 'int32')
-      const logits = model.lmHead(tf.gather(model.hiddenStates(ids), rows) as tf.Tensor2D)
-      // nll_i = logsumexp(z_i) - z_i[t_i];  hit_i = [argmax z_i == t_i]
-      const lse = tf.logSumExp(logits, 1)
-      const m = batch.rows.length
-      const picked = tf.gatherND(logits, tf.stack([tf.range(0, m, 1, 'int32'), targets], 1))
-      return [lse.sub(picked), tf.equal(tf.argMax(logits, 1), targets)]
-    })
-    const nllV = nll.dataSync()
-    const hitV = hit.dataSync()
-    tf.dispose([nll, hit])
-    batch.rows.forEach((row, i) => {
-      const e = offset + Math.floor(row / batch.seqLen)
-      out.lossSum[e] += nllV[i]
-      out.tokens[e] += 1
-      out.correct[e] += hitV[i]
-    })
-  }
-
   return {
     description: {
       model: pretrained ? path.basename(path.resolve(dir)) : 'random-init Llama (no checkpoint found: numbers are not meaningful)',
@@ -202,18 +177,14 @@ export async function createModelBackend(config: EvalConfig): Promise<SimBackend
     },
     async evaluate(idx: readonly number[]): Promise<ExampleScores> {
       model.clearAdapter()
-      const out = {
-        lossSum: new Float64Array(idx.length),
-        tokens: new Float64Array(idx.length),
-        correct: new Float64Array(idx.length),
-      }
-      for (let i = 0; i < idx.length; i += EVAL_BATCH) {
-        scoreBatch(idx.slice(i, i + EVAL_BATCH).map((j) => held[j]), out, i)
-        await new Promise<void>((resolve) => setImmediate(resolve))
-      }
+      const out = await scoreResponses(model, idx.map((j) => held[j] as TrainingExample), { seqLen: config.maxLen, padId, batchSize: EVAL_BATCH })
       if (!isSkillQuestions(task.eval)) return out
       const questions = task.eval
-      const exact = await strictExactByTeacherForcing(model, tokenizer, idx.map((j) => questions[j] as SkillExample), { maxLen: config.maxLen, batchSize: EVAL_BATCH })
+      const exact = await strictExactByTeacherForcing(model, tokenizer, idx.map((j) => questions[j] as SkillExample), {
+        maxLen: config.maxLen,
+        batchSize: EVAL_BATCH,
+        referenceScores: out,
+      })
       return { ...out, exact }
     },
     dispose() {

@@ -12,13 +12,13 @@
  *    answers that differ in case or a final period, or come out as another tokenization of
  *    the same text, which normalizeAnswer would accept. The evaluation harness uses it.
  */
-import * as tf from '@tensorflow/tfjs'
 import { scoreAnswers, type SkillExample, type SkillTask } from './data/skills.js'
 import { formatPrompt, tokenizeExample } from './data/template.js'
 import { generate } from './generate.js'
 import type { LlamaModel } from './llama.js'
 import type { LlamaTokenizer } from './tokenizer.js'
-import { makeBatch, type TrainingExample } from './trainer.js'
+import { allHit, type ResponseScores, scoreResponses } from './response-scores.js'
+import type { TrainingExample } from './trainer.js'
 
 /** Whether every example carries accepted answers (is a skills-suite question). */
 export function isSkillQuestions(examples: readonly object[]): examples is readonly SkillExample[] {
@@ -55,41 +55,37 @@ export async function exactMatchAccuracy(
  * Per question, 1 when the greedy answer is token for token one of its accepted answers,
  * else 0 (see the module comment), in batches of `batchSize` rows. Throws when `maxLen`
  * would cut an answer (a cut answer has no end token to check).
+ *
+ * `referenceScores`: the questions' reference answers (`output`) already scored by
+ * teacher forcing (scoreResponses, row i = question i, same `maxLen`); their bits are read
+ * from there and only the other accepted answers are forwarded.
  */
 export async function strictExactByTeacherForcing(
   model: LlamaModel,
   tok: LlamaTokenizer,
   questions: readonly SkillExample[],
-  options: { readonly maxLen: number; readonly batchSize?: number },
+  options: { readonly maxLen: number; readonly batchSize?: number; readonly referenceScores?: Pick<ResponseScores, 'tokens' | 'correct'> },
 ): Promise<Float64Array> {
+  const known = options.referenceScores
+  if (known !== undefined && (known.tokens.length !== questions.length || known.correct.length !== questions.length)) {
+    throw new RangeError(`referenceScores has ${known.tokens.length} rows for ${questions.length} questions`)
+  }
+  const exact = new Float64Array(questions.length)
   const rows: { q: number; ex: TrainingExample }[] = []
   questions.forEach((q, i) => {
     for (const a of new Set(q.accept)) {
       const t = tokenizeExample({ ...q, output: a }, tok, options.maxLen)
       if (t.truncated) throw new RangeError(`maxLen ${options.maxLen} cuts the answer '${a}' of '${q.instruction}'; use a longer sequence length`)
-      rows.push({ q: i, ex: { inputIds: t.inputIds, promptLength: t.promptLength } })
+      if (known !== undefined && a === q.output) {
+        if (allHit(known, i)) exact[i] = 1
+      } else {
+        rows.push({ q: i, ex: { inputIds: t.inputIds, promptLength: t.promptLength } })
+      }
     }
   })
-  const exact = new Float64Array(questions.length)
-  const batchSize = options.batchSize ?? 32
-  const c = model.config
-  for (let i = 0; i < rows.length; i += batchSize) {
-    const group = rows.slice(i, i + batchSize)
-    const batch = makeBatch(group.map((r) => r.ex), options.maxLen, tok.padId, c.vocabSize)
-    const hit = tf.tidy(() => {
-      const ids = tf.tensor2d(batch.ids, [batch.batchSize, batch.seqLen], 'int32')
-      const logits = model.lmHead(tf.gather(model.hiddenStates(ids), tf.tensor1d(batch.rows, 'int32')) as tf.Tensor2D)
-      return tf.equal(tf.argMax(logits, 1), tf.tensor1d(batch.targets, 'int32'))
-    })
-    const hits = (await hit.data()) as Uint8Array
-    hit.dispose()
-    const misses = new Int32Array(group.length)
-    batch.rows.forEach((row, j) => {
-      if (hits[j] === 0) misses[Math.floor(row / batch.seqLen)]++
-    })
-    group.forEach((r, b) => {
-      if (misses[b] === 0) exact[r.q] = 1
-    })
-  }
+  const scores = await scoreResponses(model, rows.map((r) => r.ex), { seqLen: options.maxLen, padId: tok.padId, batchSize: options.batchSize ?? 32 })
+  rows.forEach((r, k) => {
+    if (allHit(scores, k)) exact[r.q] = 1
+  })
   return exact
 }

@@ -11,6 +11,7 @@ import { skillsSuite, type SkillExample } from '../../src/model/data/skills.js'
 import { formatPrompt, tokenizeExample } from '../../src/model/data/template.js'
 import { strictExactByTeacherForcing } from '../../src/model/exact-match.js'
 import { generate } from '../../src/model/generate.js'
+import { scoreResponses } from '../../src/model/response-scores.js'
 import type { LlamaModel } from '../../src/model/llama.js'
 import { LlamaTokenizer } from '../../src/model/tokenizer.js'
 import { trainLora } from '../../src/model/trainer.js'
@@ -66,6 +67,24 @@ describe('strict exact match by teacher forcing', () => {
     const right = greedy.reduce((a, b) => a + b, 0)
     expect(right).toBeGreaterThan(0)
     expect(right).toBeLessThan(asked.length)
+  }, 120_000)
+
+  it('reads the reference answers\' bits from a loss pass (scoreResponses) and gives the same result', async () => {
+    const full = await strictExactByTeacherForcing(model, tok, asked, { maxLen: MAX_LEN, batchSize: 5 })
+    const reference = asked.map((q) => {
+      const t = tokenizeExample(q, tok, MAX_LEN)
+      return { inputIds: t.inputIds, promptLength: t.promptLength }
+    })
+    const scores = await scoreResponses(model, reference, { seqLen: MAX_LEN, padId: tok.padId, batchSize: 16 })
+    expect(scores.lossSum.every((l) => Number.isFinite(l) && l > 0)).toBe(true)
+    const withScores = await strictExactByTeacherForcing(model, tok, asked, { maxLen: MAX_LEN, batchSize: 5, referenceScores: scores })
+    expect([...withScores]).toEqual([...full])
+    // Only the multi-answer question's other answers decide anything beyond the loss pass.
+    const fromLossPassOnly = asked.map((_, i) => (scores.correct[i] === scores.tokens[i] ? 1 : 0))
+    expect(fromLossPassOnly.reduce((a: number, b) => a + b, 0)).toBeGreaterThan(0)
+    await expect(strictExactByTeacherForcing(model, tok, asked, { maxLen: MAX_LEN, referenceScores: { tokens: scores.tokens.slice(1), correct: scores.correct } })).rejects.toThrow(
+      /rows for/,
+    )
   }, 120_000)
 
   it('refuses a sequence length that would cut an answer', async () => {
