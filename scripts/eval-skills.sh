@@ -5,8 +5,11 @@
 # core each), then merged into OUT/results.{json,md} and plots.
 #
 #   scripts/eval-skills.sh [OUT] [extra npm run eval flags...]
-#   scripts/eval-skills.sh docs/results/skills                       # the small budget
-#   scripts/eval-skills.sh runs/epoch --local-steps 30 --rounds 3    # about one local epoch per round
+#   scripts/eval-skills.sh docs/results/skills-epoch --local-steps 30 --central-lr 3e-4,1e-3,3e-3
+#                                               # one local epoch per round (~56 min on 2 cores)
+#   scripts/eval-skills.sh docs/results/skills  # a third of an epoch per round (~38 min)
+#   scripts/eval-skills.sh docs/results/skills-tiny-budget --rounds 10 --local-steps 3 \
+#     --strategies flora,flora-pd,fedit,flexlora --no-references   # many small rounds
 #
 # Progress goes to OUT/homo16.log and OUT/hetero.log.
 set -euo pipefail
