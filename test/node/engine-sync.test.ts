@@ -66,6 +66,31 @@ function fakeNetwork(heads: Map<string, number>): RoundNetwork & { published: Go
   return net
 }
 
+/** The engine under test: rank 2, a synthetic trainer, nothing to fetch; `extra` says how it starts. */
+function testEngine(
+  self: { key: PrivateKey; id: string },
+  swarm: ReturnType<typeof syntheticSwarm>,
+  genesis: ReturnType<typeof genesisState>,
+  network: RoundNetwork,
+  extra: { priorHead?: number; restored?: ConstructorParameters<typeof RoundEngine>[0]['restored'] },
+): RoundEngine {
+  return new RoundEngine({
+    self: self.id,
+    privateKey: self.key,
+    config: swarm.config,
+    swarmId: SWARM_ID,
+    genesis,
+    rank: 2,
+    alpha: 4,
+    trainer: syntheticTrainer(),
+    network,
+    store: new PayloadStore(),
+    fetcher: {} as PayloadFetcher,
+    log: silentLogger(),
+    ...extra,
+  })
+}
+
 describe('a restarted peer getting back into the rounds (round engine, fake network)', () => {
   let engine: RoundEngine | undefined
   afterEach(() => {
@@ -77,27 +102,13 @@ describe('a restarted peer getting back into the rounds (round engine, fake netw
   it('its first catch-up, which asked no member, does not hold back the sync a member asks for at once', async () => {
     // Frozen clock: every request falls within the sync throttle's window of the last one.
     vi.spyOn(Date, 'now').mockReturnValue(1_800_000_000_000)
-    const { config, weights } = syntheticSwarm({ round: { deadlineMs: 3000, graceMs: 1000, minPeers: 2 } })
+    const swarm = syntheticSwarm({ round: { deadlineMs: 3000, graceMs: 1000, minPeers: 2 } })
     const self = await key('self')
     const member = (await key('member')).id
     const heads = new Map<string, number>()
     const network = fakeNetwork(heads)
-    engine = new RoundEngine({
-      self: self.id,
-      privateKey: self.key,
-      config,
-      swarmId: SWARM_ID,
-      genesis: genesisState(weights, config.targets),
-      rank: 2,
-      alpha: 4,
-      trainer: syntheticTrainer(),
-      network,
-      store: new PayloadStore(),
-      fetcher: {} as PayloadFetcher,
-      log: silentLogger(),
-      // Its records say it had round 1: it starts behind, and its first catch-up finds no member to ask.
-      priorHead: 1,
-    })
+    // Its records say it had round 1: it starts behind, and its first catch-up finds no member to ask.
+    engine = testEngine(self, swarm, genesisState(swarm.weights, swarm.config.targets), network, { priorHead: 1 })
     await engine.start()
     await tick()
     expect(engine.behind).toBe(true)
@@ -114,7 +125,8 @@ describe('a restarted peer getting back into the rounds (round engine, fake netw
   })
 
   it('tells the members its head at each round start until its adapter is merged; a caught-up peer waited for in a round decided early is waited for again', async () => {
-    const { config, weights } = syntheticSwarm({ round: { deadlineMs: 60_000, graceMs: 1000, minPeers: 1 } })
+    const swarm = syntheticSwarm({ round: { deadlineMs: 60_000, graceMs: 1000, minPeers: 1 } })
+    const { config, weights } = swarm
     const self = await key('A')
     const other = await key('B')
     const joiner = (await key('C')).id
@@ -139,21 +151,7 @@ describe('a restarted peer getting back into the rounds (round engine, fake netw
       [joiner, head - 2],
     ])
     const network = fakeNetwork(heads)
-    const e = new RoundEngine({
-      self: self.id,
-      privateKey: self.key,
-      config,
-      swarmId: SWARM_ID,
-      genesis,
-      rank: 2,
-      alpha: 4,
-      trainer: syntheticTrainer(),
-      network,
-      store: new PayloadStore(),
-      fetcher: {} as PayloadFetcher,
-      log: silentLogger(),
-      restored: { head: { ...genesis, round: head }, records: [record], pending: [] },
-    })
+    const e = testEngine(self, swarm, genesis, network, { restored: { head: { ...genesis, round: head }, records: [record], pending: [] } })
     engine = e
     await e.start()
     // Round head+1 starts: back from a restart, it tells the members its head.
